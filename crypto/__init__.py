@@ -1,0 +1,1 @@
+"""crypto layer of secure_fed."""

@@ -1,0 +1,1 @@
+"""dp layer of secure_fed."""

@@ -1,0 +1,1 @@
+"""protocol layer of secure_fed."""

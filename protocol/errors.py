@@ -1,0 +1,25 @@
+"""Errors of the secure-aggregation protocol (part of the one tree rooted in crypto.errors)."""
+
+from __future__ import annotations
+
+from crypto.errors import SecureFedError
+
+
+class ProtocolError(SecureFedError):
+    """A message is not valid in the current state, or a protocol rule was broken."""
+
+
+class ProtocolAbort(ProtocolError):
+    """The round cannot finish safely (e.g. fewer than t survivors); nothing is revealed."""
+
+
+class MalformedMessage(ProtocolError):
+    """Bytes that do not decode to a valid message of the expected kind and shape."""
+
+
+class ConsistencyViolation(ProtocolError):
+    """Clients were shown different survivor sets, or asked for both shares of one client."""
+
+
+class ReplayError(ProtocolError):
+    """A message bound to another round or session."""
