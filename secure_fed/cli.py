@@ -1,0 +1,149 @@
+"""Command line of secure_fed (``python run_secure.py`` / ``secure-fed``).
+
+Subcommands: ``train`` (the default when no subcommand is given), ``simulate`` (the secure
+aggregation protocol alone) and ``budget`` (privacy accounting for a plan). Every flag is in
+``--help`` with its default; a bad value exits with status 2 and a one-line message that
+names the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from secure_fed.config import ALGORITHMS, CLASSIFIERS, PARTITIONS, TrainConfig
+from secure_fed.errors import SecureFedError
+
+SUBCOMMANDS = ("train", "simulate", "budget")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset, help="digits (embedded, no download), mnist5k (needs the mnist5k extra), mnist, cifar10, cifar100")
+    g.add_argument("--data-root", default=d.data_root, help="folder holding torchvision's MNIST/CIFAR files (never downloaded unless --download)")
+    g.add_argument("--download", action="store_true", help="allow torchvision to download MNIST/CIFAR into --data-root")
+    g.add_argument("--clients", type=int, default=d.clients, help="number of clients the training set is split over")
+    g.add_argument("--partition", choices=PARTITIONS, default=d.partition, help="label split across clients")
+    g.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration of the label skew (smaller = more skewed)")
+    g.add_argument("--imbalance", type=float, default=d.imbalance, help="long-tail imbalance ratio rho of the global training set (1 = balanced)")
+
+    g = p.add_argument_group("federated training")
+    g.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm, help="FedHPro or a baseline in the same harness")
+    g.add_argument("--cohort", type=int, default=d.cohort, help="clients per round (sampled without replacement)")
+    g.add_argument("--rounds", type=int, default=d.rounds, help="communication rounds")
+    g.add_argument("--local-epochs", type=int, default=d.local_epochs, help="local epochs per round")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="local minibatch size")
+    g.add_argument("--lr", type=float, default=d.lr, help="local SGD learning rate")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="local SGD momentum")
+    g.add_argument("--feature-dim", type=int, default=d.feature_dim, help="feature dimension of the model (default: the model's own)")
+
+    g = p.add_argument_group("FedHPro")
+    g.add_argument("--length-of-hp", type=int, default=d.length_of_hp, help="hyper-prototypes per class (L)")
+    g.add_argument("--rounds-of-hp", type=int, default=d.rounds_of_hp, help="server SGD steps of gradient matching per round")
+    g.add_argument("--hp-lr", type=float, default=d.hp_lr, help="server learning rate of gradient matching and meta classifier training")
+    g.add_argument("--meta-per-class", type=int, default=d.meta_per_class, help="meta prototypes per class")
+    g.add_argument("--meta-steps", type=int, default=d.meta_steps, help="SGD steps training the meta classifier")
+    g.add_argument("--tau", type=float, default=d.tau, help="HPCL temperature")
+    g.add_argument("--margin", action=argparse.BooleanOptionalAction, default=d.margin, help="client-specific margin in HPCL")
+    g.add_argument("--hpcl-weight", type=float, default=d.hpcl_weight, help="weight of the HPCL loss")
+    g.add_argument("--hpal-weight", type=float, default=d.hpal_weight, help="weight of the HPAL loss")
+    g.add_argument("--classifier", choices=CLASSIFIERS, default=d.classifier, help="fedavg: keep the averaged classifier; meta: replace it by one trained on the meta prototypes")
+    g.add_argument("--proto-weight", type=float, default=d.proto_weight, help="FedProto: weight of the prototype distance loss")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--threads", type=int, default=d.threads, help="CPU threads for torch; 0 = auto (1 for the small digits/MNIST model, where more threads only add synchronization, torch's default otherwise)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of data split, model init, cohort sampling and local shuffles")
+    g.add_argument("--out", default=d.out, help="folder under which runs/<run-id>/ is created")
+    g.add_argument("--run-id", default=d.run_id, help="name of the run folder (default: time-algorithm-seed)")
+    g.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR after its last complete round (its config.json wins)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="run_secure.py",
+        description="secure_fed: DP-noised, securely aggregated FedHPro. With no subcommand, runs `train` with its defaults.",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    train = sub.add_parser("train", help="train FedHPro or a baseline", formatter_class=_Formatter)
+    _add_train_arguments(train)
+    for name, module, helptext in (
+        ("simulate", "secure_fed.simulate_cli", "run the secure aggregation protocol alone and check its sum"),
+        ("budget", "secure_fed.budget_cli", "privacy accounting: epsilon for a plan, or the noise for a target"),
+    ):
+        mod = _optional_module(module)
+        if mod is None:
+            continue
+        sp = sub.add_parser(name, help=helptext, formatter_class=_Formatter)
+        mod.add_arguments(sp)
+    return parser
+
+
+def _optional_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+
+
+def _train(args: argparse.Namespace) -> int:
+    from secure_fed.trainer import Trainer
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg_path = run_dir / "config.json"
+        if not (run_dir / "checkpoint.pt").exists() or not cfg_path.exists():
+            print(f"run_secure.py: error: --resume: {run_dir} has no config.json and checkpoint.pt to resume from", file=sys.stderr)
+            return 2
+        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        trainer = Trainer(cfg, progress=not args.quiet, run_dir=run_dir)
+        trainer.resume_from(run_dir)
+    else:
+        keys = set(TrainConfig.__dataclass_fields__)
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
+        trainer = Trainer(cfg, progress=not args.quiet)
+    print(f"run folder: {trainer.run_dir}", flush=True)
+    trainer.run()
+    final = trainer.history[-1]
+    print(f"final accuracy {final['accuracy']:.4f} after {final['round']} rounds; outputs in {trainer.run_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["train", *argv]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        mod = _optional_module(f"secure_fed.{args.command}_cli")
+        return int(mod.run(args))
+    except SecureFedError as exc:
+        print(f"run_secure.py: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("run_secure.py: interrupted; the last complete round is checkpointed (use --resume)", file=sys.stderr)
+        return 130

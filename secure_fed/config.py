@@ -1,0 +1,100 @@
+"""Run configuration: one frozen dataclass, validated in one place.
+
+Every check raises :class:`ConfigError` naming the command-line flag to change, so the CLI
+can print it as a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from secure_fed.errors import ConfigError
+
+ALGORITHMS = ("fedhpro", "fedavg", "fedproto")
+CLASSIFIERS = ("fedavg", "meta")
+PARTITIONS = ("dirichlet", "iid")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (written to ``config.json``)."""
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    download: bool = False
+    algorithm: str = "fedhpro"
+    clients: int = 10
+    cohort: int = 10
+    rounds: int = 30
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    imbalance: float = 1.0
+    length_of_hp: int = 5
+    rounds_of_hp: int = 30
+    hp_lr: float = 0.1
+    meta_per_class: int = 50
+    meta_steps: int = 100
+    tau: float = 0.05
+    margin: bool = True
+    hpcl_weight: float = 0.1
+    hpal_weight: float = 1.0
+    proto_weight: float = 1.0
+    classifier: str = "fedavg"
+    feature_dim: int | None = None
+    device: str = "auto"
+    threads: int = 0
+    seed: int = 0
+    out: str = "runs"
+    run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond: bool, flag: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{flag}: {msg}")
+
+        need(self.algorithm in ALGORITHMS, "--algorithm", f"must be one of {', '.join(ALGORITHMS)} (got {self.algorithm!r})")
+        need(self.classifier in CLASSIFIERS, "--classifier", f"must be one of {', '.join(CLASSIFIERS)} (got {self.classifier!r})")
+        need(self.partition in PARTITIONS, "--partition", f"must be one of {', '.join(PARTITIONS)} (got {self.partition!r})")
+        need(self.clients >= 1, "--clients", f"must be >= 1 (got {self.clients})")
+        need(1 <= self.cohort <= self.clients, "--cohort", f"must be between 1 and --clients={self.clients} (got {self.cohort})")
+        need(self.rounds >= 1, "--rounds", f"must be >= 1 (got {self.rounds})")
+        need(self.local_epochs >= 1, "--local-epochs", f"must be >= 1 (got {self.local_epochs})")
+        need(self.batch_size >= 1, "--batch-size", f"must be >= 1 (got {self.batch_size})")
+        need(self.lr > 0, "--lr", f"must be > 0 (got {self.lr})")
+        need(0 <= self.momentum < 1, "--momentum", f"must be in [0, 1) (got {self.momentum})")
+        need(self.alpha > 0, "--alpha", f"must be > 0 (got {self.alpha})")
+        need(self.imbalance >= 1, "--imbalance", f"must be >= 1 (1 = balanced; got {self.imbalance})")
+        need(self.length_of_hp >= 1, "--length-of-hp", f"must be >= 1 (got {self.length_of_hp})")
+        need(self.rounds_of_hp >= 0, "--rounds-of-hp", f"must be >= 0 (got {self.rounds_of_hp})")
+        need(self.hp_lr > 0, "--hp-lr", f"must be > 0 (got {self.hp_lr})")
+        need(self.meta_per_class >= 1, "--meta-per-class", f"must be >= 1 (got {self.meta_per_class})")
+        need(self.meta_steps >= 0, "--meta-steps", f"must be >= 0 (got {self.meta_steps})")
+        need(self.tau > 0, "--tau", f"must be > 0 (got {self.tau})")
+        for flag, v in (("--hpcl-weight", self.hpcl_weight), ("--hpal-weight", self.hpal_weight), ("--proto-weight", self.proto_weight)):
+            need(v >= 0, flag, f"must be >= 0 (got {v})")
+        need(self.feature_dim is None or self.feature_dim >= 2, "--feature-dim", f"must be >= 2 (got {self.feature_dim})")
+        need(self.threads >= 0, "--threads", f"must be >= 0 (0 = auto; got {self.threads})")
+        need(self.seed >= 0, "--seed", f"must be >= 0 (got {self.seed})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"config.json has unknown keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,151 @@
+"""FedHPro (federated hyper-prototype learning via gradient matching), per DESIGN.md section 2.
+
+Client side (:func:`fedhpro_client_round`): per-class gradient *sums* on the frozen global
+features, then local training with CE + HPCL + HPAL against the broadcast hyper-prototypes.
+
+Server side (:class:`FedHProServer`): from the cohort's sum only, match the hyper-prototypes
+P (C x L x dim) to the summed per-class feature gradients, match the meta prototypes to the
+summed classifier-parameter gradients, FedAvg the deltas, and optionally replace the
+classifier by one trained on the meta prototypes. Matching uses the classifier the clients
+used (the round's broadcast), not a retrained one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from secure_fed.aggregate import Aggregate
+from secure_fed.client import (
+    ClientShard,
+    class_mean_features,
+    extract_features,
+    flat_params,
+    local_train,
+    per_class_gradient_sums,
+)
+from secure_fed.config import TrainConfig
+from secure_fed.losses import client_margin, hpal_loss, hpcl_loss, normalized_hp_means
+from secure_fed.matching import (
+    init_hyper_prototypes,
+    match_hyper_prototypes,
+    match_meta_prototypes,
+    train_meta_classifier,
+)
+from secure_fed.server import Broadcast, FedServer
+
+
+class FedHProServer(FedServer):
+    """Server of FedHPro: hyper-prototypes, meta prototypes, meta classifier, FedAvg."""
+
+    name = "fedhpro"
+
+    def __init__(self, model: nn.Module, num_classes: int, device: torch.device, cfg: TrainConfig, generator: torch.Generator) -> None:
+        super().__init__(model, num_classes, device)
+        self.cfg = cfg
+        self.feature_dim = int(model.feature_dim)  # type: ignore[arg-type]
+        self.generator = generator
+        self.hyper_prototypes = init_hyper_prototypes(num_classes, cfg.length_of_hp, self.feature_dim, generator, device)
+        self.meta_prototypes = init_hyper_prototypes(num_classes, cfg.meta_per_class, self.feature_dim, generator, device)
+        self.matched = False  # hyper-prototypes are broadcast once they have been matched
+
+    def _blocks(self) -> list[tuple[str, tuple[int, ...]]]:
+        c, d = self.num_classes, self.feature_dim
+        return [
+            ("feat_grad", (c, d)),
+            ("cls_grad_w", (c, c, d)),
+            ("cls_grad_b", (c, c)),
+            ("holders", (c,)),
+            *super()._blocks(),
+        ]
+
+    def _extras(self) -> dict[str, torch.Tensor | None]:
+        return {"hyper_prototypes": self.hyper_prototypes.clone() if self.matched else None}
+
+    def _apply_extras(self, agg: Aggregate, broadcast: Broadcast) -> dict[str, float]:
+        dev = self.device
+        weight = broadcast.model_state["classifier.weight"].to(dev)
+        bias = broadcast.model_state["classifier.bias"].to(dev)
+        g_feat = torch.tensor(agg.block("feat_grad"), dtype=torch.float32, device=dev)
+        g_w = torch.tensor(agg.block("cls_grad_w"), dtype=torch.float32, device=dev)
+        g_b = torch.tensor(agg.block("cls_grad_b"), dtype=torch.float32, device=dev)
+        # A class is active when its summed gradient is nonzero: no per-client fact is needed.
+        active = g_feat.flatten(1).norm(dim=1) > 0
+        cfg = self.cfg
+        self.hyper_prototypes = match_hyper_prototypes(
+            self.hyper_prototypes, weight, bias, g_feat, active, steps=cfg.rounds_of_hp, lr=cfg.hp_lr
+        )
+        self.meta_prototypes = match_meta_prototypes(
+            self.meta_prototypes, weight, bias, g_w, g_b, active, steps=cfg.rounds_of_hp, lr=cfg.hp_lr
+        )
+        self.matched = True
+        self._active = active
+        return {"active_classes": float(active.sum())}
+
+    def _after_fedavg(self, agg: Aggregate, broadcast: Broadcast) -> dict[str, float]:
+        if self.cfg.classifier != "meta":
+            return {}
+        head: nn.Linear = self.model.classifier  # type: ignore[assignment]
+        fresh = train_meta_classifier(
+            self.meta_prototypes, self._active, self.num_classes,
+            steps=self.cfg.meta_steps, lr=self.cfg.hp_lr, init=None, generator=self.generator,
+        )
+        with torch.no_grad():
+            head.weight.copy_(fresh.weight.to(head.weight.device))
+            head.bias.copy_(fresh.bias.to(head.bias.device))
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        s = super().state_dict()
+        s.update(
+            hyper_prototypes=self.hyper_prototypes.clone(),
+            meta_prototypes=self.meta_prototypes.clone(),
+            matched=self.matched,
+        )
+        return s
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.hyper_prototypes = state["hyper_prototypes"].to(self.device)
+        self.meta_prototypes = state["meta_prototypes"].to(self.device)
+        self.matched = bool(state["matched"])
+
+
+def fedhpro_client_round(
+    bc: Broadcast, shard: ClientShard, model: nn.Module, cfg: TrainConfig, num_classes: int, generator: torch.Generator
+) -> tuple[dict[str, np.ndarray], float]:
+    """One client's FedHPro round (client side). Returns its upload blocks and its train loss."""
+    model.load_state_dict(bc.model_state)
+    theta0 = flat_params(model)
+    feats = extract_features(model, shard.x)
+    head: nn.Linear = model.classifier  # type: ignore[assignment]
+    g_feat, g_w, g_b = per_class_gradient_sums(feats, shard.y, head.weight.detach(), head.bias.detach())
+    holders = (torch.bincount(shard.y, minlength=num_classes) > 0).to(torch.float64)
+
+    extra = None
+    hp = bc.extras.get("hyper_prototypes")
+    if hp is not None:
+        hp_means = normalized_hp_means(hp.to(feats.device))
+        margin = client_margin(class_mean_features(feats, shard.y, num_classes)) if cfg.margin else 0.0
+
+        def extra(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return cfg.hpcl_weight * hpcl_loss(f, y, hp_means, tau=cfg.tau, margin=margin) + cfg.hpal_weight * hpal_loss(f, y, hp_means)
+
+    loss = local_train(
+        model, shard, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        momentum=cfg.momentum, generator=generator, extra_loss=extra,
+    )
+    delta = (flat_params(model) - theta0).double().cpu().numpy()
+    blocks = {
+        "feat_grad": g_feat.double().cpu().numpy(),
+        "cls_grad_w": g_w.double().cpu().numpy(),
+        "cls_grad_b": g_b.double().cpu().numpy(),
+        "holders": holders.cpu().numpy(),
+        "delta": shard.n * delta,
+        "n": np.array([float(shard.n)]),
+    }
+    return blocks, loss

@@ -1,0 +1,138 @@
+"""Run directories and crash-safe writes.
+
+Every file is written atomically (temporary file in the same folder, fsync, rename), so a
+killed process leaves either the old or the new version, never half a file. The audit log
+is an append-only JSON-lines file whose records form a hash chain: each carries the SHA-256
+of the previous record's canonical bytes, so an edited or deleted record is detectable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from secure_fed.errors import ConfigError, SecureFedError
+
+GENESIS = "0" * 64
+
+
+class AuditChainError(SecureFedError):
+    """The audit log's hash chain is broken; the message names the first bad record."""
+
+
+def make_run_dir(out: str, run_id: str | None, algorithm: str, seed: int) -> Path:
+    """Create ``out/<run-id>/`` (a fresh id from time, algorithm and seed when not given)."""
+    base = Path(out)
+    if run_id is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_id = f"{stamp}-{algorithm}-s{seed}"
+        candidate, k = base / run_id, 1
+        while candidate.exists():
+            k += 1
+            candidate = base / f"{run_id}-{k}"
+    else:
+        candidate = base / run_id
+        if candidate.exists() and any(candidate.iterdir()):
+            raise ConfigError(f"--run-id: {candidate} already exists and is not empty (use --resume to continue it)")
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(record)).hexdigest()
+
+
+class AuditLog:
+    """Append-only ``audit.jsonl`` with a hash chain (``prev`` = digest of the previous record)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last = GENESIS
+        if path.exists():
+            for rec in read_audit(path):
+                self.last = record_digest(rec)
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        rec = dict(record)
+        rec["prev"] = self.last
+        line = canonical(rec) + b"\n"
+        with open(self.path, "ab") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.last = record_digest(rec)
+        return rec
+
+    def truncate_to_rounds(self, rounds: int) -> None:
+        """Keep only records of rounds <= ``rounds`` (used by resume after a crash)."""
+        if not self.path.exists():
+            return
+        keep = [r for r in read_audit(self.path) if int(r.get("round", 0)) <= rounds]
+        _atomic_write_bytes(self.path, b"".join(canonical(r) + b"\n" for r in keep))
+        self.last = record_digest(keep[-1]) if keep else GENESIS
+
+
+def read_audit(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, "rb") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise AuditChainError(f"{path}: record {i} is not valid JSON ({exc.msg})") from None
+
+
+def verify_chain(path: Path) -> int:
+    """Check the hash chain; returns the number of records or raises :class:`AuditChainError`."""
+    prev = GENESIS
+    n = 0
+    for n, rec in enumerate(read_audit(path), 1):
+        if rec.get("prev") != prev:
+            raise AuditChainError(f"{path}: record {n} (round {rec.get('round')}) does not chain to record {n - 1}")
+        prev = record_digest(rec)
+    return n
