@@ -1,0 +1,160 @@
+"""Budget planning: the noise multiplier for a target (epsilon, delta) over a run plan.
+
+The trainer and ``run_secure.py budget`` share this code: :func:`round_events` builds the
+events one client's round appends to the ledger, :func:`plan_events` strings them over
+a run, and :func:`noise_for_target` finds by root finding (Brent on log sigma) the
+smallest noise multiplier whose accounted epsilon stays within the target.
+
+Cohort sampling: the server picks the cohort and sees who took part, so client sampling
+gives no privacy amplification against it. The cohort rate only sets how many rounds a
+client takes part in: ``participation="worst"`` (default, every round: a guarantee for
+every client) or ``"expected"`` (ceil(rounds * cohort_rate) rounds).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from scipy import optimize
+
+from dp.accountants import RDPAccountant, get_accountant
+from dp.errors import AccountingError, ConfigError
+from dp.events import ALL, Event, GaussianEvent
+
+Participation = Literal["worst", "expected"]
+NOISE_MIN, NOISE_MAX = 1e-2, 1e4
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """What one run releases about each client, per round.
+
+    rounds: training rounds. cohort_rate: expected fraction of clients per round.
+    release_rate: Poisson rate of the per-class gradient release (None: no release).
+    local_steps, local_rate: DP-SGD steps per round and their Poisson rate B / n_k
+    (local_steps 0: no DP-SGD). release_noise_ratio: the release uses this multiple of the
+    planned noise multiplier (1.0: the same sigma for both).
+    """
+
+    rounds: int
+    cohort_rate: float = 1.0
+    release_rate: float | None = None
+    local_steps: int = 0
+    local_rate: float = 1.0
+    release_noise_ratio: float = 1.0
+    participation: Participation = "worst"
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        for name, v in (("cohort_rate", self.cohort_rate), ("local_rate", self.local_rate)):
+            if not (0.0 < v <= 1.0):
+                raise ConfigError(f"{name} must be in (0, 1], got {v}")
+        if self.release_rate is not None and not (0.0 < self.release_rate <= 1.0):
+            raise ConfigError(f"release_rate must be in (0, 1], got {self.release_rate}")
+        if self.local_steps < 0:
+            raise ConfigError(f"local_steps must be >= 0, got {self.local_steps}")
+        if self.release_rate is None and self.local_steps == 0:
+            raise ConfigError("the plan releases nothing: set release_rate or local_steps")
+        if not self.release_noise_ratio > 0:
+            raise ConfigError("release_noise_ratio must be > 0")
+        if self.participation not in ("worst", "expected"):
+            raise ConfigError("participation must be 'worst' or 'expected'")
+
+    def participations(self, after_rounds: int | None = None) -> int:
+        """Rounds the accounted client has taken part in after ``after_rounds`` rounds."""
+        r = self.rounds if after_rounds is None else after_rounds
+        if self.participation == "worst":
+            return r
+        return min(r, math.ceil(r * self.cohort_rate - 1e-12))
+
+
+def _sampling(rate: float) -> Literal["poisson", "none"]:
+    return "none" if rate >= 1.0 else "poisson"
+
+
+def round_events(
+    plan: RunPlan,
+    noise_multiplier: float,
+    *,
+    subject: str = ALL,
+    round_index: int = -1,
+    release_noise_multiplier: float | None = None,
+) -> list[Event]:
+    """Events one client's round appends: per-class release, then DP-SGD steps.
+
+    ``release_noise_multiplier`` overrides the planned release noise with the noise
+    actually summed (distributed placement: survivors' shares, see
+    :meth:`GaussianEvent.from_shares`).
+    """
+    events: list[Event] = []
+    if plan.release_rate is not None:
+        z = release_noise_multiplier or noise_multiplier * plan.release_noise_ratio
+        events.append(
+            GaussianEvent(z, plan.release_rate, 1, _sampling(plan.release_rate), "sample",
+                          subject, "per_class_release", round_index)
+        )
+    if plan.local_steps:
+        events.append(
+            GaussianEvent(noise_multiplier, plan.local_rate, plan.local_steps,
+                          _sampling(plan.local_rate), "sample", subject, "dpsgd", round_index)
+        )
+    return events
+
+
+def plan_events(plan: RunPlan, noise_multiplier: float, after_rounds: int | None = None
+                ) -> list[Event]:
+    """Events of the accounted client over the plan (or its first ``after_rounds``)."""
+    out: list[Event] = []
+    for r in range(plan.participations(after_rounds)):
+        out.extend(round_events(plan, noise_multiplier, round_index=r))
+    return out
+
+
+def plan_epsilon(plan: RunPlan, noise_multiplier: float, delta: float,
+                 accountant: str = "rdp") -> float:
+    return get_accountant(accountant).epsilon(plan_events(plan, noise_multiplier), delta)
+
+
+def epsilon_per_round(plan: RunPlan, noise_multiplier: float, delta: float) -> list[float]:
+    """RDP epsilon of the accounted client after each round 1..rounds."""
+    acc = RDPAccountant()
+    return [acc.epsilon(plan_events(plan, noise_multiplier, r), delta)
+            for r in range(1, plan.rounds + 1)]
+
+
+def noise_for_target(
+    make_events: Callable[[float], Sequence[Event]],
+    target_epsilon: float,
+    delta: float,
+    accountant: str = "rdp",
+    rtol: float = 1e-6,
+) -> float:
+    """Smallest noise multiplier z (to ``rtol``) with epsilon(make_events(z)) <= target."""
+    if not target_epsilon > 0:
+        raise ConfigError(f"target epsilon must be > 0, got {target_epsilon}")
+    acc = get_accountant(accountant)
+
+    def gap(log_z: float) -> float:
+        eps = acc.epsilon(make_events(math.exp(log_z)), delta)
+        return min(eps, 1e6) - target_epsilon
+
+    lo, hi = math.log(NOISE_MIN), math.log(NOISE_MAX)
+    if gap(hi) > 0:
+        raise AccountingError(f"even noise multiplier {NOISE_MAX} exceeds eps {target_epsilon}")
+    if gap(lo) <= 0:
+        return NOISE_MIN
+    log_z = float(optimize.brentq(gap, lo, hi, xtol=rtol / 4, rtol=rtol / 4))
+    z = math.exp(log_z)
+    while gap(math.log(z)) > 0:  # land on the safe side of the root
+        z *= 1.0 + rtol / 4
+    return z
+
+
+def noise_for_plan(plan: RunPlan, target_epsilon: float, delta: float,
+                   accountant: str = "rdp") -> float:
+    """Noise multiplier for a whole run plan (what ``train --target-epsilon`` uses)."""
+    return noise_for_target(lambda z: plan_events(plan, z), target_epsilon, delta, accountant)
