@@ -1,1 +1,36 @@
-"""protocol layer of secure_fed."""
+"""protocol layer of secure_fed: SecAgg (Bonawitz et al. 2017) and SecAgg+ (Bell et al. 2020).
+
+Client and server state machines speaking versioned binary messages, with dropout recovery,
+authenticated key advertisement and a consistency round. Entry points:
+
+* :func:`run_secure_round` -- one in-process round (clients hold inputs, the server bytes);
+* :func:`simulate` -- a seeded, self-checking round for the ``simulate`` CLI and tests;
+* :class:`SecAggClient` / :class:`SecAggServer` -- the two sides, one message at a time;
+* :func:`choose_graph_params` -- SecAgg+ degree k and threshold t for a cohort.
+"""
+
+from protocol.client import SecAggClient
+from protocol.config import PROTOCOL_VERSION, ProtocolConfig
+from protocol.dropout import STAGES, DropoutSchedule
+from protocol.params import GraphParams, choose_graph_params
+from protocol.runner import RoundResult, StageStats, make_identities, run_secure_round
+from protocol.server import SecAggServer, Stage
+from protocol.simulator import SimulationResult, simulate
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "STAGES",
+    "DropoutSchedule",
+    "GraphParams",
+    "ProtocolConfig",
+    "RoundResult",
+    "SecAggClient",
+    "SecAggServer",
+    "SimulationResult",
+    "Stage",
+    "StageStats",
+    "choose_graph_params",
+    "make_identities",
+    "run_secure_round",
+    "simulate",
+]

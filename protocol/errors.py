@@ -23,3 +23,7 @@ class ConsistencyViolation(ProtocolError):
 
 class ReplayError(ProtocolError):
     """A message bound to another round or session."""
+
+
+class AuthenticationFailure(ProtocolAbort):
+    """A signature or share ciphertext did not verify; deliberately says no more than that."""

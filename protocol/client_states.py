@@ -1,0 +1,317 @@
+"""Client side: one immutable state class per protocol round.
+
+Each state accepts exactly one server message type; ``advance`` checks the whole message
+first and only then returns the next state and the reply, so a refused message leaves the
+client exactly where it was (the :class:`protocol.client.SecAggClient` facade swaps states
+only after ``advance`` returns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from crypto.aead import open_sealed, seal
+from crypto.agreement import KeyPair, Label, derive_key, generate_keypair
+from crypto.errors import DecryptionError, SharingError, SignatureError
+from crypto.rng import KeystreamRNG, random_bytes
+from crypto.shamir import Share, share_from_bytes, share_secrets, share_to_bytes
+from crypto.signing import SigningKeyPair, sign, verify
+from protocol.config import ProtocolConfig
+from protocol.errors import (
+    AuthenticationFailure,
+    ConsistencyViolation,
+    ProtocolAbort,
+    ProtocolError,
+    ReplayError,
+)
+from protocol.graph import Graph
+from protocol.masking import (
+    apply_mask,
+    pairwise_seeds,
+    pairwise_sign,
+    self_mask_seed,
+    shared_secrets,
+)
+from protocol.messages import (
+    AdvertiseBroadcast,
+    AdvertisedKey,
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    MaskedInput,
+    Message,
+    ShareKeys,
+    ShareKeysBroadcast,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from protocol.session import (
+    advertise_fields,
+    consistency_fields,
+    session_id,
+    share_associated_data,
+    share_key_context,
+)
+from protocol.vectors import pack, reduce_in_place
+
+SHARE_NONCE = bytes(12)  # each share key is used once: one key per (session, sender, recipient)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientContext:
+    """What a client knows for the whole round: its id, config, graph, input and keys."""
+
+    client_id: int
+    config: ProtocolConfig
+    graph: Graph
+    value: np.ndarray  # the client's input in Z_{2^bits}; never leaves the client unmasked
+    identity: SigningKeyPair | None
+    identity_keys: Mapping[int, bytes]
+    rng: KeystreamRNG | None
+
+    def random(self, n: int) -> bytes:
+        """n secret bytes: the injected stream (simulation) or the OS CSPRNG."""
+        return self.rng.bytes(n) if self.rng is not None else random_bytes(n)
+
+    def neighbors(self) -> frozenset[int]:
+        return self.graph.neighbors_of(self.client_id)
+
+
+def _share_key(secret: bytes, session: bytes, sender: int, rcpt: int) -> bytes:
+    """AES-256-GCM key for shares from ``sender`` to ``rcpt`` (one key per direction)."""
+    return derive_key(secret, Label.SHARE_ENCRYPTION, share_key_context(session, sender, rcpt))
+
+
+def _check_session(session: bytes, msg_session: bytes) -> None:
+    if msg_session != session:
+        raise ReplayError("message bound to another session")
+
+
+class ClientState:
+    """Base: a state accepts one message type and advances to the next state."""
+
+    accepts: ClassVar[tuple[type, ...]] = ()
+    name: ClassVar[str] = "state"
+
+    def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
+        raise ProtocolError(f"{type(msg).__name__} is not valid in client state {self.name}")
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertiseKeysState(ClientState):
+    """Round 0: nothing received yet; :meth:`start` makes and advertises the key pairs."""
+
+    name: ClassVar[str] = "AdvertiseKeys"
+
+    def start(self, ctx: ClientContext) -> tuple[ClientState, Message]:
+        c, s = generate_keypair(ctx.random(32)), generate_keypair(ctx.random(32))
+        cfg, u = ctx.config, ctx.client_id
+        sig = b""
+        if cfg.authenticated:
+            if ctx.identity is None:
+                raise ProtocolError("authenticated mode needs the client's Ed25519 identity")
+            sig = sign(ctx.identity.private, *advertise_fields(cfg, u, c.public, s.public))
+        return ShareKeysState(c, s), AdvertiseKeys(cfg.round_id, u, c.public, s.public, sig)
+
+
+@dataclass(frozen=True, slots=True)
+class ShareKeysState(ClientState):
+    """Round 1: on the key broadcast, share s_sk and b_u among neighbours, sealed."""
+
+    accepts: ClassVar[tuple[type, ...]] = (AdvertiseBroadcast,)
+    name: ClassVar[str] = "ShareKeys"
+    c: KeyPair
+    s: KeyPair
+
+    def _validate(self, ctx: ClientContext, msg: AdvertiseBroadcast) -> dict[int, AdvertisedKey]:
+        cfg, u = ctx.config, ctx.client_id
+        if msg.round_id != cfg.round_id:
+            raise ReplayError("key broadcast from another round")
+        if not bool(np.all(np.isin(msg.ids, np.asarray(cfg.cohort, dtype=np.int64)))):
+            raise ProtocolError("key broadcast names clients outside the cohort")
+        mine = msg.get(u)
+        if mine is None or (mine.c_pk, mine.s_pk) != (self.c.public, self.s.public):
+            raise ProtocolError("key broadcast omits or alters this client's own keys")
+        if not msg.public_keys_unique():
+            raise ProtocolError("key broadcast repeats a public key")
+        if msg.ids.size < cfg.threshold:
+            raise ProtocolAbort(f"only {msg.ids.size} clients advertised keys, fewer than t")
+        peers = {v: e for v in sorted(ctx.neighbors()) if (e := msg.get(v)) is not None}
+        if len(peers) + 1 < cfg.threshold:
+            raise ProtocolAbort("fewer than t share holders among this client's neighbours")
+        if cfg.authenticated:
+            for v, e in peers.items():
+                try:
+                    verify(ctx.identity_keys[v], e.signature,
+                           *advertise_fields(cfg, v, e.c_pk, e.s_pk))
+                except (SignatureError, KeyError):
+                    raise AuthenticationFailure("a key advertisement did not verify") from None
+        return peers
+
+    def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
+        assert isinstance(msg, AdvertiseBroadcast)
+        peers = self._validate(ctx, msg)
+        u, t = ctx.client_id, ctx.config.threshold
+        session = session_id(ctx.config, msg.key_records())
+        b_seed = ctx.random(32)
+        holders = sorted([*peers, u])
+        shares = share_secrets([self.s.private, b_seed], t, [h + 1 for h in holders], ctx.rng)
+        cts, inbound = [], {}
+        secrets = shared_secrets(self.c.private, [e.c_pk for e in peers.values()])
+        for (v, _), secret in zip(peers.items(), secrets, strict=True):
+            key = _share_key(secret, session, u, v)
+            pt = share_to_bytes(shares[v + 1])
+            cts.append((v, seal(key, SHARE_NONCE, pt, share_associated_data(session, u, v))))
+            inbound[v] = _share_key(secret, session, v, u)
+        s_pks = {v: e.s_pk for v, e in peers.items()}
+        nxt = MaskedInputState(self.s, session, b_seed, s_pks, inbound, shares[u + 1])
+        return nxt, ShareKeys(session, u, tuple(cts))
+
+
+@dataclass(frozen=True, slots=True)
+class MaskedInputState(ClientState):
+    """Round 2: on the shares addressed to it, open them and upload the masked input."""
+
+    accepts: ClassVar[tuple[type, ...]] = (ShareKeysBroadcast,)
+    name: ClassVar[str] = "MaskedInput"
+    s: KeyPair
+    session: bytes
+    b_seed: bytes
+    peer_s_pks: Mapping[int, bytes]  # live neighbours' masking public keys
+    inbound_keys: Mapping[int, bytes]  # neighbour -> AES key of its shares for this client
+    own_share: Share
+
+    def _open(self, ctx: ClientContext, msg: ShareKeysBroadcast) -> dict[int, Share]:
+        u = ctx.client_id
+        held = {u: self.own_share}
+        for v, ct in msg.ciphertexts:
+            key = self.inbound_keys[v]
+            try:
+                pt = open_sealed(key, SHARE_NONCE, ct, share_associated_data(self.session, v, u))
+                share = share_from_bytes(pt)
+            except (DecryptionError, SharingError):
+                raise AuthenticationFailure("a share ciphertext did not verify") from None
+            if share.index != u + 1 or len(share.values) != 2:
+                raise AuthenticationFailure("a share ciphertext did not verify")
+            held[v] = share
+        return held
+
+    def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
+        assert isinstance(msg, ShareKeysBroadcast)
+        cfg, u = ctx.config, ctx.client_id
+        _check_session(self.session, msg.session_id)
+        if msg.recipient != u:
+            raise ProtocolError("share broadcast addressed to another client")
+        senders = [v for v, _ in msg.ciphertexts]
+        if not set(senders) <= set(self.peer_s_pks):
+            raise ProtocolError("share broadcast contains shares from a non-neighbour")
+        if len(senders) + 1 < cfg.threshold:
+            raise ProtocolAbort("fewer than t of this client's share holders remain")
+        held = self._open(ctx, msg)
+        y = np.array(ctx.value, copy=True)
+        apply_mask(y, self_mask_seed(self.b_seed, self.session, u), 1)
+        seeds = pairwise_seeds(self.s.private, [self.peer_s_pks[v] for v in senders],
+                               self.session, u, senders)
+        for v, seed in zip(senders, seeds, strict=True):
+            apply_mask(y, seed, pairwise_sign(u, v))
+        reduce_in_place(y, cfg.bits)
+        reply = MaskedInput(self.session, u, cfg.bits, cfg.length, pack(y, cfg.bits))
+        nxt: ClientState = (ConsistencyCheckState(self.session, held) if cfg.authenticated
+                            else UnmaskingState(self.session, held, None))
+        return nxt, reply
+
+
+def _check_survivors(ctx: ClientContext, survivors: tuple[int, ...]) -> None:
+    if ctx.client_id not in survivors:
+        raise ConsistencyViolation("survivor set omits this client, which sent its input")
+    if not set(survivors) <= set(ctx.config.cohort):
+        raise ConsistencyViolation("survivor set names clients outside the cohort")
+    if len(survivors) < ctx.config.threshold:
+        raise ProtocolAbort(f"survivor set of {len(survivors)} is smaller than t")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencyCheckState(ClientState):
+    """Round 3 (authenticated): sign the survivor set U3 the server claims."""
+
+    accepts: ClassVar[tuple[type, ...]] = (ConsistencyRequest,)
+    name: ClassVar[str] = "ConsistencyCheck"
+    session: bytes
+    held: Mapping[int, Share]
+
+    def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
+        assert isinstance(msg, ConsistencyRequest) and ctx.identity is not None
+        _check_session(self.session, msg.session_id)
+        if msg.recipient != ctx.client_id:
+            raise ProtocolError("consistency request addressed to another client")
+        _check_survivors(ctx, msg.survivors)
+        sig = sign(ctx.identity.private, *consistency_fields(self.session, msg.survivors))
+        nxt = UnmaskingState(self.session, self.held, msg.survivors)
+        return nxt, ConsistencySignature(self.session, ctx.client_id, sig)
+
+
+@dataclass(frozen=True, slots=True)
+class UnmaskingState(ClientState):
+    """Round 4: reveal, per owner, its self-mask share if it survived, else its key share."""
+
+    accepts: ClassVar[tuple[type, ...]] = (UnmaskRequest,)
+    name: ClassVar[str] = "Unmasking"
+    session: bytes
+    held: Mapping[int, Share]
+    signed: tuple[int, ...] | None  # the survivor set this client signed (authenticated)
+
+    def _check_signatures(self, ctx: ClientContext, msg: UnmaskRequest) -> None:
+        """At least t of this client's holders must have signed exactly this survivor set:
+        itself (it signed ``self.signed``, equal to the request's set) and t - 1 neighbours,
+        whose signatures are checked in id order; any failure among those is a
+        ConsistencyViolation. Checking t (not all) is enough: two sets each confirmed by t
+        of the k + 1 holders would need 2t > k + 1 signers, so some honest holder would
+        have signed both, which an honest client never does (it signs once per round).
+        """
+        sigs = dict(msg.signatures)
+        if not set(sigs) <= set(msg.survivors):
+            raise ConsistencyViolation("consistency signatures from non-survivors")
+        signers = [v for v in sorted(ctx.neighbors()) if v in sigs]
+        # this client itself confirmed the set (checked against what it signed above)
+        if len(signers) + 1 < ctx.config.threshold:
+            raise ProtocolAbort("fewer than t neighbours confirmed the survivor set")
+        fields = consistency_fields(self.session, msg.survivors)
+        for v in signers[: ctx.config.threshold - 1]:
+            try:
+                verify(ctx.identity_keys[v], sigs[v], *fields)
+            except (SignatureError, KeyError):
+                raise ConsistencyViolation("survivor sets differ between clients") from None
+
+    def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
+        assert isinstance(msg, UnmaskRequest)
+        _check_session(self.session, msg.session_id)
+        if msg.recipient != ctx.client_id:
+            raise ProtocolError("unmask request addressed to another client")
+        if self.signed is not None and msg.survivors != self.signed:
+            raise ConsistencyViolation("unmask request's survivor set differs from the signed one")
+        _check_survivors(ctx, msg.survivors)
+        if ctx.config.authenticated:
+            self._check_signatures(ctx, msg)
+        alive = set(msg.survivors)
+        self_sh = tuple((o, Share(s.index, (s.values[1],)))
+                        for o, s in sorted(self.held.items()) if o in alive)
+        key_sh = tuple((o, Share(s.index, (s.values[0],)))
+                       for o, s in sorted(self.held.items()) if o not in alive)
+        revealed = {o: "self" for o, _ in self_sh} | {o: "key" for o, _ in key_sh}
+        return DoneState(revealed), UnmaskShares(self.session, ctx.client_id, self_sh, key_sh)
+
+
+@dataclass(frozen=True, slots=True)
+class DoneState(ClientState):
+    """Shares revealed: any further request (a second unmasking above all) is refused."""
+
+    accepts: ClassVar[tuple[type, ...]] = (UnmaskRequest,)
+    name: ClassVar[str] = "Done"
+    revealed: Mapping[int, str] = field(default_factory=dict)
+
+    def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
+        raise ConsistencyViolation("shares were already revealed this round; refusing again")

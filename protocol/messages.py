@@ -1,0 +1,446 @@
+"""Protocol messages: one frozen dataclass per round and direction, with a binary encoding.
+
+Client -> server: :class:`AdvertiseKeys`, :class:`ShareKeys`, :class:`MaskedInput`,
+:class:`ConsistencySignature`, :class:`UnmaskShares`. Server -> client:
+:class:`AdvertiseBroadcast`, :class:`ShareKeysBroadcast`, :class:`ConsistencyRequest`,
+:class:`UnmaskRequest`. ``encode()`` gives the versioned, length-prefixed bytes (see
+:mod:`protocol.wire`); ``Class.decode(data)`` and :func:`decode` validate every field
+(sizes, id ordering, vector length and bit width) and raise only :class:`MalformedMessage`.
+Semantic checks against the round (which ids, which session) happen in the state machines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeAlias
+
+import numpy as np
+
+from crypto.aead import TAG_BYTES
+from crypto.errors import SharingError
+from crypto.shamir import Share, share_from_bytes, share_to_bytes
+from crypto.signing import SIGNATURE_BYTES
+from protocol.config import MAX_CLIENT_ID, MAX_LENGTH
+from protocol.errors import MalformedMessage
+from protocol.vectors import entry_bytes, unpack
+from protocol.wire import Reader, Writer, peek_tag
+
+KEY_BYTES = 32
+SESSION_BYTES = 32
+SHARE_PAIR_BYTES = len(share_to_bytes(Share(1, (0, 0))))  # one holder's (s_sk, b) shares
+SINGLE_SHARE_BYTES = len(share_to_bytes(Share(1, (0,))))
+CIPHERTEXT_BYTES = SHARE_PAIR_BYTES + TAG_BYTES
+IdPairs: TypeAlias = tuple[tuple[int, bytes], ...]
+ShareList: TypeAlias = tuple[tuple[int, Share], ...]
+
+
+def _check_id(value: int) -> None:
+    if not isinstance(value, int) or not 0 <= value <= MAX_CLIENT_ID:
+        raise MalformedMessage("client id out of range")
+
+
+def _check_len(value: bytes, size: int, what: str) -> None:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise MalformedMessage(f"{what} must be {size} bytes")
+
+
+def _check_sorted(ids: tuple[int, ...]) -> None:
+    """Ids in range and strictly increasing (vectorized: survivor lists hold n ids)."""
+    if not ids:
+        return
+    try:
+        arr = np.array(ids)
+    except (TypeError, ValueError, OverflowError):
+        raise MalformedMessage("client ids must be integers") from None
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":  # floats, bools, objects (huge ints)
+        raise MalformedMessage("client ids must be integers")
+    if int(arr.min()) < 0 or int(arr.max()) > MAX_CLIENT_ID:
+        raise MalformedMessage("client id out of range")
+    arr = arr.astype(np.int64)
+    if arr.size > 1 and not bool(np.all(arr[1:] > arr[:-1])):
+        raise MalformedMessage("ids must be strictly increasing")
+
+
+def _check_pairs(pairs: IdPairs, size: int, what: str) -> None:
+    _check_sorted(tuple(p[0] for p in pairs))
+    for _, blob in pairs:
+        _check_len(blob, size, what)
+
+
+def _write_pairs(w: Writer, pairs: IdPairs) -> None:
+    w.u32(len(pairs))
+    for cid, blob in pairs:
+        w.u32(cid).blob(blob)
+
+
+def _read_pairs(r: Reader, size: int) -> IdPairs:
+    n = r.count(8 + size)
+    return tuple((r.u32(), r.blob(exact=size)) for _ in range(n))
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertiseKeys:
+    """Client -> server, round 0: the client's two X25519 public keys, optionally signed."""
+
+    TAG: ClassVar[int] = 1
+    round_id: int
+    sender: int
+    c_pk: bytes
+    s_pk: bytes
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_id(self.sender)
+        _check_len(self.c_pk, KEY_BYTES, "c_pk")
+        _check_len(self.s_pk, KEY_BYTES, "s_pk")
+        if len(self.signature) not in (0, SIGNATURE_BYTES):
+            raise MalformedMessage("signature must be empty or 64 bytes")
+
+    def encode(self) -> bytes:
+        w = Writer(self.TAG).u64(self.round_id).u32(self.sender)
+        return w.blob(self.c_pk).blob(self.s_pk).blob(self.signature).finish()
+
+    @classmethod
+    def decode(cls, data: bytes) -> AdvertiseKeys:
+        r = Reader(data, cls.TAG)
+        out = cls(r.u64(), r.u32(), r.blob(exact=KEY_BYTES), r.blob(exact=KEY_BYTES),
+                  r.blob(max_len=SIGNATURE_BYTES))
+        r.end()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertisedKey:
+    """One client's entry of :class:`AdvertiseBroadcast` (not a message by itself)."""
+
+    client_id: int
+    c_pk: bytes
+    s_pk: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        AdvertiseKeys(0, self.client_id, self.c_pk, self.s_pk, self.signature)
+
+
+_KEY_RECORD = 4 + 2 * KEY_BYTES  # id || c_pk || s_pk
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertiseBroadcast:
+    """Server -> every client, end of round 0: all advertised keys as fixed-width records.
+
+    ``records``: per client, sorted by id, id (4 bytes) || c_pk || s_pk || signature (64
+    bytes, only if ``signed``). Fixed width lets a client validate and index n records with
+    numpy instead of parsing n entries, and hash them straight into the session id.
+    """
+
+    TAG: ClassVar[int] = 2
+    round_id: int
+    signed: bool
+    records: bytes
+    _ids: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        width = self.width
+        if not isinstance(self.records, bytes) or len(self.records) % width:
+            raise MalformedMessage("key records must be a whole number of fixed-width records")
+        rows = np.frombuffer(self.records, dtype=np.uint8).reshape(-1, width)
+        ids = rows[:, :4].copy().view(">u4").reshape(-1).astype(np.int64)
+        if ids.size > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            raise MalformedMessage("key records must be sorted by strictly increasing id")
+        if ids.size and int(ids[-1]) > MAX_CLIENT_ID:
+            raise MalformedMessage("client id out of range")
+        object.__setattr__(self, "_ids", ids)
+
+    @property
+    def width(self) -> int:
+        return _KEY_RECORD + (SIGNATURE_BYTES if self.signed else 0)
+
+    @classmethod
+    def from_entries(cls, round_id: int, entries: tuple[AdvertisedKey, ...]
+                     ) -> AdvertiseBroadcast:
+        signed = bool(entries) and bool(entries[0].signature)
+        if any(bool(e.signature) != signed for e in entries):
+            raise MalformedMessage("entries must be all signed or all unsigned")
+        recs = b"".join(e.client_id.to_bytes(4, "big") + e.c_pk + e.s_pk + e.signature
+                        for e in entries)
+        return cls(round_id, signed, recs)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Client ids of the records (int64, increasing)."""
+        return self._ids
+
+    def get(self, client_id: int) -> AdvertisedKey | None:
+        """The record of ``client_id``, or None."""
+        pos = int(np.searchsorted(self._ids, client_id))
+        if pos >= self._ids.size or int(self._ids[pos]) != client_id:
+            return None
+        rec = self.records[pos * self.width : (pos + 1) * self.width]
+        return AdvertisedKey(client_id, rec[4:36], rec[36:68], rec[68:])
+
+    def key_records(self) -> bytes:
+        """id || c_pk || s_pk of every record, signatures stripped (session-id input)."""
+        rows = np.frombuffer(self.records, dtype=np.uint8).reshape(-1, self.width)
+        return rows[:, :_KEY_RECORD].tobytes()
+
+    def public_keys_unique(self) -> bool:
+        """Whether all 2n advertised public keys are distinct."""
+        rows = np.frombuffer(self.records, dtype=np.uint8).reshape(-1, self.width)
+        keys = np.ascontiguousarray(rows[:, 4:_KEY_RECORD]).reshape(-1, KEY_BYTES)
+        return int(np.unique(keys.view(f"V{KEY_BYTES}")).size) == keys.shape[0]
+
+    def encode(self) -> bytes:
+        w = Writer(self.TAG).u64(self.round_id).u8(int(self.signed))
+        return w.blob(self.records).finish()
+
+    @classmethod
+    def decode(cls, data: bytes) -> AdvertiseBroadcast:
+        r = Reader(data, cls.TAG)
+        round_id, signed = r.u64(), r.u8()
+        if signed > 1:
+            raise MalformedMessage("signed flag must be 0 or 1")
+        out = cls(round_id, bool(signed), r.blob())
+        r.end()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ShareKeys:
+    """Client -> server, round 1: one AES-GCM ciphertext of shares per recipient neighbour."""
+
+    TAG: ClassVar[int] = 3
+    session_id: bytes
+    sender: int
+    ciphertexts: IdPairs  # (recipient, ciphertext), recipients increasing
+
+    def __post_init__(self) -> None:
+        _check_len(self.session_id, SESSION_BYTES, "session id")
+        _check_id(self.sender)
+        _check_pairs(self.ciphertexts, CIPHERTEXT_BYTES, "share ciphertext")
+
+    def encode(self) -> bytes:
+        w = Writer(self.TAG).blob(self.session_id).u32(self.sender)
+        _write_pairs(w, self.ciphertexts)
+        return w.finish()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ShareKeys:
+        r = Reader(data, cls.TAG)
+        out = cls(r.blob(exact=SESSION_BYTES), r.u32(), _read_pairs(r, CIPHERTEXT_BYTES))
+        r.end()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ShareKeysBroadcast:
+    """Server -> one client, end of round 1: the ciphertexts addressed to it, by sender."""
+
+    TAG: ClassVar[int] = 4
+    session_id: bytes
+    recipient: int
+    ciphertexts: IdPairs  # (sender, ciphertext), senders increasing
+
+    def __post_init__(self) -> None:
+        _check_len(self.session_id, SESSION_BYTES, "session id")
+        _check_id(self.recipient)
+        _check_pairs(self.ciphertexts, CIPHERTEXT_BYTES, "share ciphertext")
+
+    def encode(self) -> bytes:
+        w = Writer(self.TAG).blob(self.session_id).u32(self.recipient)
+        _write_pairs(w, self.ciphertexts)
+        return w.finish()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ShareKeysBroadcast:
+        r = Reader(data, cls.TAG)
+        out = cls(r.blob(exact=SESSION_BYTES), r.u32(), _read_pairs(r, CIPHERTEXT_BYTES))
+        r.end()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class MaskedInput:
+    """Client -> server, round 2: y_u packed as ceil(bits/8) little-endian bytes per entry."""
+
+    TAG: ClassVar[int] = 5
+    session_id: bytes
+    sender: int
+    bits: int
+    length: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check_len(self.session_id, SESSION_BYTES, "session id")
+        _check_id(self.sender)
+        if not 1 <= self.bits <= 64 or not 1 <= self.length <= MAX_LENGTH:
+            raise MalformedMessage("bits must be in 1..64 and length in 1..2^28")
+        if len(self.data) != self.length * entry_bytes(self.bits):
+            raise MalformedMessage("masked vector size does not match length and bits")
+
+    def vector(self) -> np.ndarray:
+        """The masked vector as uint32/uint64 words (validated: entries < 2^bits)."""
+        return unpack(self.data, self.length, self.bits)
+
+    def encode(self) -> bytes:
+        w = Writer(self.TAG).blob(self.session_id).u32(self.sender)
+        return w.u8(self.bits).u32(self.length).blob(self.data).finish()
+
+    @classmethod
+    def decode(cls, data: bytes) -> MaskedInput:
+        r = Reader(data, cls.TAG)
+        out = cls(r.blob(exact=SESSION_BYTES), r.u32(), r.u8(), r.u32(), r.blob())
+        r.end()
+        unpack(out.data, out.length, out.bits)  # width check: no entry >= 2^bits
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencyRequest:
+    """Server -> one client, round 3 (authenticated): the survivor set U3 to sign."""
+
+    TAG: ClassVar[int] = 6
+    session_id: bytes
+    recipient: int
+    survivors: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_len(self.session_id, SESSION_BYTES, "session id")
+        _check_id(self.recipient)
+        _check_sorted(self.survivors)
+
+    def encode(self) -> bytes:
+        w = Writer(self.TAG).blob(self.session_id).u32(self.recipient)
+        return w.ids(self.survivors).finish()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ConsistencyRequest:
+        r = Reader(data, cls.TAG)
+        out = cls(r.blob(exact=SESSION_BYTES), r.u32(), r.ids())
+        r.end()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencySignature:
+    """Client -> server, round 3 (authenticated): Ed25519 signature of (session, U3)."""
+
+    TAG: ClassVar[int] = 7
+    session_id: bytes
+    sender: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_len(self.session_id, SESSION_BYTES, "session id")
+        _check_id(self.sender)
+        _check_len(self.signature, SIGNATURE_BYTES, "signature")
+
+    def encode(self) -> bytes:
+        w = Writer(self.TAG).blob(self.session_id).u32(self.sender)
+        return w.blob(self.signature).finish()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ConsistencySignature:
+        r = Reader(data, cls.TAG)
+        out = cls(r.blob(exact=SESSION_BYTES), r.u32(), r.blob(exact=SIGNATURE_BYTES))
+        r.end()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class UnmaskRequest:
+    """Server -> one client, round 4: survivors U3 (+ neighbours' consistency signatures)."""
+
+    TAG: ClassVar[int] = 8
+    session_id: bytes
+    recipient: int
+    survivors: tuple[int, ...]
+    signatures: IdPairs = ()  # (signer, signature), signers increasing; empty if unauthenticated
+
+    def __post_init__(self) -> None:
+        _check_len(self.session_id, SESSION_BYTES, "session id")
+        _check_id(self.recipient)
+        _check_sorted(self.survivors)
+        _check_pairs(self.signatures, SIGNATURE_BYTES, "signature")
+
+    def encode(self) -> bytes:
+        w = Writer(self.TAG).blob(self.session_id).u32(self.recipient).ids(self.survivors)
+        _write_pairs(w, self.signatures)
+        return w.finish()
+
+    @classmethod
+    def decode(cls, data: bytes) -> UnmaskRequest:
+        r = Reader(data, cls.TAG)
+        out = cls(r.blob(exact=SESSION_BYTES), r.u32(), r.ids(), _read_pairs(r, SIGNATURE_BYTES))
+        r.end()
+        return out
+
+
+def _share_pairs(pairs: ShareList) -> IdPairs:
+    return tuple((owner, share_to_bytes(s)) for owner, s in pairs)
+
+
+def _parse_shares(pairs: IdPairs) -> ShareList:
+    try:
+        out = tuple((owner, share_from_bytes(b)) for owner, b in pairs)
+    except SharingError:
+        raise MalformedMessage("malformed share") from None
+    if any(len(s.values) != 1 for _, s in out):
+        raise MalformedMessage("an unmasking share must hold exactly one field element")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class UnmaskShares:
+    """Client -> server, round 4: per owner, a self-mask share OR a key share, never both."""
+
+    TAG: ClassVar[int] = 9
+    session_id: bytes
+    sender: int
+    self_shares: ShareList  # (owner, share of b_owner), owners increasing: owner survived
+    key_shares: ShareList  # (owner, share of s_sk_owner), owners increasing: owner dropped
+
+    def __post_init__(self) -> None:
+        _check_len(self.session_id, SESSION_BYTES, "session id")
+        _check_id(self.sender)
+        for pairs in (self.self_shares, self.key_shares):
+            _check_sorted(tuple(o for o, _ in pairs))
+            if any(not isinstance(s, Share) or len(s.values) != 1 for _, s in pairs):
+                raise MalformedMessage("an unmasking share must hold exactly one field element")
+        if {o for o, _ in self.self_shares} & {o for o, _ in self.key_shares}:
+            raise MalformedMessage("both shares revealed for one owner")
+
+    def encode(self) -> bytes:
+        w = Writer(self.TAG).blob(self.session_id).u32(self.sender)
+        _write_pairs(w, _share_pairs(self.self_shares))
+        _write_pairs(w, _share_pairs(self.key_shares))
+        return w.finish()
+
+    @classmethod
+    def decode(cls, data: bytes) -> UnmaskShares:
+        r = Reader(data, cls.TAG)
+        session, sender = r.blob(exact=SESSION_BYTES), r.u32()
+        self_pairs = _read_pairs(r, SINGLE_SHARE_BYTES)
+        key_pairs = _read_pairs(r, SINGLE_SHARE_BYTES)
+        r.end()
+        return cls(session, sender, _parse_shares(self_pairs), _parse_shares(key_pairs))
+
+
+Message: TypeAlias = (
+    AdvertiseKeys | AdvertiseBroadcast | ShareKeys | ShareKeysBroadcast | MaskedInput
+    | ConsistencyRequest | ConsistencySignature | UnmaskRequest | UnmaskShares
+)
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    AdvertiseKeys, AdvertiseBroadcast, ShareKeys, ShareKeysBroadcast, MaskedInput,
+    ConsistencyRequest, ConsistencySignature, UnmaskRequest, UnmaskShares,
+)
+_BY_TAG: dict[int, type[Message]] = {cls.TAG: cls for cls in MESSAGE_TYPES}
+
+
+def decode(data: bytes) -> Message:
+    """Decode any protocol message by its type byte; raises only :class:`MalformedMessage`."""
+    cls = _BY_TAG.get(peek_tag(data))
+    if cls is None:
+        raise MalformedMessage("unknown message type")
+    msg: Message = cls.decode(data)
+    return msg

@@ -1,0 +1,127 @@
+"""Choosing SecAgg+ graph degree k and share threshold t (run by whoever configures a round).
+
+Model. Each client's two secrets (s_sk_u, b_u) are Shamir-shared among its k graph
+neighbours and itself (k + 1 holders) with threshold t. Clients drop out independently
+with probability ``dropout`` (over the whole round); the adversary is the server plus a
+``corrupt`` fraction of clients, each client independently corrupt.
+
+Halting (correctness). Recovering a secret of client u needs t live holders. Counting only
+u's k neighbours (u itself is gone when its s_sk is needed), the live count is
+Binomial(k, 1 - dropout), so one client fails with probability
+    f_halt(k, t) = P[Bin(k, 1 - dropout) < t] = sum_{i < t} C(k, i) q^i (1 - q)^(k - i),
+    q = 1 - dropout,
+and, by the union bound over the n clients, the round halts with probability at most
+    P_halt <= n * f_halt(k, t)
+(for the complete graph all clients share one holder set: P_halt <= f_halt(n - 1, t)).
+
+Security. Honest holders reveal one kind of share per owner, never both; c corrupt holders
+reveal both. The server learns both secrets of an honest u (hence x_u) only if
+h_b + c >= t and h_s + c >= t with h_b + h_s <= k + 1 - c honest holders, which needs
+c >= 2t - k - 1. With C ~ Binomial(k, corrupt) corrupt neighbours and the union bound,
+    P_leak <= n * P[Bin(k, corrupt) >= 2t - k - 1].
+(2t > k + 1 is always required, so that with no corrupt client it is impossible.)
+
+Choice. For k = 2, 4, ... (even: the Harary graph is then defined for every n), take the
+smallest t that meets the security target 2^-security_bits and stop at the first k whose
+halting bound meets 2^-halting_bits. If no k < n - 1 works, fall back to the complete
+graph (k = n - 1) or raise :class:`ConfigError` saying which input to relax.
+
+Example (the test checks it): n = 100, dropout 0.2, corrupt 0, targets 2^-20 / 2^-40
+gives a k with n * P[Bin(k, 0.8) < t] < 2^-20; a Monte Carlo run of the whole round
+(random dropouts on the real graph) at a looser target confirms the bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from crypto.errors import ConfigError
+
+
+def _log_pmf(k: int, i: int, p: float) -> float:
+    if p <= 0.0:
+        return 0.0 if i == 0 else -math.inf
+    if p >= 1.0:
+        return 0.0 if i == k else -math.inf
+    return (math.lgamma(k + 1) - math.lgamma(i + 1) - math.lgamma(k - i + 1)
+            + i * math.log(p) + (k - i) * math.log1p(-p))
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values, default=-math.inf)
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def binom_cdf_below(k: int, p: float, t: int) -> float:
+    """P[Bin(k, p) < t] (exact summation in log space)."""
+    return math.exp(_logsumexp([_log_pmf(k, i, p) for i in range(0, min(t, k + 1))]))
+
+
+def binom_at_least(k: int, p: float, m: int) -> float:
+    """P[Bin(k, p) >= m]."""
+    return math.exp(_logsumexp([_log_pmf(k, i, p) for i in range(max(m, 0), k + 1)]))
+
+
+def halting_bound(n: int, k: int, t: int, dropout: float) -> float:
+    """Union bound n * P[Bin(k, 1 - dropout) < t] on the round halting (capped at 1).
+
+    For the complete graph (k = n - 1) every client has the same holders, so the events
+    coincide and no union factor is needed: P[Bin(n - 1, 1 - dropout) < t].
+    """
+    factor = 1 if k >= n - 1 else n
+    return min(1.0, factor * binom_cdf_below(k, 1.0 - dropout, t))
+
+
+def leak_bound(n: int, k: int, t: int, corrupt: float) -> float:
+    """Union bound n * P[Bin(k, corrupt) >= 2t - k - 1] on any input leaking (capped at 1);
+    no union factor for the complete graph, where the corrupt count is one global event."""
+    factor = 1 if k >= n - 1 else n
+    return min(1.0, factor * binom_at_least(k, corrupt, 2 * t - k - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class GraphParams:
+    """A (k, t) choice and the failure probabilities it guarantees (upper bounds)."""
+
+    graph: str
+    k: int
+    t: int
+    halting_probability: float
+    leak_probability: float
+
+
+def _smallest_secure_t(n: int, k: int, corrupt: float, security_bits: float) -> int | None:
+    for t in range((k + 1) // 2 + 1, k + 2):
+        if leak_bound(n, k, t, corrupt) <= 2.0 ** -security_bits:
+            return t
+    return None
+
+
+def choose_graph_params(n: int, dropout: float = 0.2, corrupt: float = 0.0,
+                        halting_bits: float = 20.0, security_bits: float = 40.0) -> GraphParams:
+    """Smallest graph degree k (and its t) meeting both targets for a cohort of n clients.
+
+    ``dropout`` and ``corrupt`` are probabilities in [0, 1); the targets are
+    P_halt <= 2^-halting_bits and P_leak <= 2^-security_bits (see the module docstring for
+    the arithmetic). Returns ``graph="complete"`` when only k = n - 1 works.
+    """
+    if n < 3:
+        raise ConfigError(f"need a cohort of at least 3 clients, got {n}")
+    if not (0.0 <= dropout < 1.0 and 0.0 <= corrupt < 1.0):
+        raise ConfigError("dropout and corrupt must be probabilities in [0, 1)")
+    candidates = [*range(2, n - 1, 2), n - 1]
+    for k in candidates:
+        t = _smallest_secure_t(n, k, corrupt, security_bits)
+        if t is None:
+            continue
+        halt = halting_bound(n, k, t, dropout)
+        if halt <= 2.0 ** -halting_bits:
+            kind = "complete" if k == n - 1 else "harary"
+            return GraphParams(kind, k, t, halt, leak_bound(n, k, t, corrupt))
+    raise ConfigError(
+        f"no (k, t) meets P_halt <= 2^-{halting_bits} and P_leak <= 2^-{security_bits} for "
+        f"n={n}, dropout={dropout}, corrupt={corrupt}: lower the targets, the expected "
+        "dropout or the corrupt fraction, or enlarge the cohort")

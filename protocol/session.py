@@ -1,0 +1,76 @@
+"""Session binding: the session id and the contexts that bind keys, seeds and signatures.
+
+Both sides compute these. The session id is SHA-256 over the protocol version, the round
+id, the whole public config (sorted cohort ids included) and every advertised public key
+(sorted by client id); every HKDF context, AEAD associated data and consistency
+signature below contains it, so nothing from another round or session verifies here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from crypto.signing import encode_fields
+from protocol.config import PROTOCOL_VERSION, ProtocolConfig
+
+SESSION_ID_BYTES = 32
+_ADVERTISE_TAG = b"secure_fed/advertise-keys/v1"
+_CONSISTENCY_TAG = b"secure_fed/consistency/v1"
+_SHARE_AD_TAG = b"secure_fed/share-ciphertext/v1"
+
+
+def u32(value: int) -> bytes:
+    """4-byte big-endian client id."""
+    return value.to_bytes(4, "big")
+
+
+def session_id(config: ProtocolConfig, key_records: bytes) -> bytes:
+    """SHA-256 over version, round, config digest (it holds the sorted cohort ids) and the
+    advertised keys: ``key_records`` is id (4 bytes) || c_pk || s_pk per client, sorted by id
+    (see :meth:`protocol.messages.AdvertiseBroadcast.key_records`)."""
+    h = hashlib.sha256(b"secure_fed/session/v1")
+    h.update(PROTOCOL_VERSION.to_bytes(2, "big") + config.round_id.to_bytes(8, "big"))
+    h.update(config.digest())
+    h.update(len(key_records).to_bytes(8, "big") + key_records)
+    return h.digest()
+
+
+def advertise_fields(config: ProtocolConfig, sender: int, c_pk: bytes, s_pk: bytes) -> tuple[
+    bytes, ...
+]:
+    """Fields a client signs with its long-term Ed25519 key when advertising its keys."""
+    return (_ADVERTISE_TAG, config.digest(), u32(sender), c_pk, s_pk)
+
+
+def consistency_fields(session: bytes, survivors: Sequence[int]) -> tuple[bytes, ...]:
+    """Fields a client signs to confirm the survivor set it was shown."""
+    return (_CONSISTENCY_TAG, session, encode_ids(survivors))
+
+
+def encode_ids(ids: Sequence[int]) -> bytes:
+    """4-byte big-endian ids, concatenated."""
+    return np.asarray(ids, dtype=">u4").tobytes()
+
+
+def share_key_context(session: bytes, sender: int, recipient: int) -> bytes:
+    """HKDF context of the AES-GCM key for shares sent from ``sender`` to ``recipient``."""
+    return session + u32(sender) + u32(recipient)
+
+
+def share_associated_data(session: bytes, sender: int, recipient: int) -> bytes:
+    """AEAD associated data of one share ciphertext (binds session, u and v)."""
+    return encode_fields(_SHARE_AD_TAG, session, u32(sender), u32(recipient))
+
+
+def pairwise_context(session: bytes, a: int, b: int) -> bytes:
+    """HKDF context of the pairwise mask seed of clients a and b (symmetric in a, b)."""
+    lo, hi = min(a, b), max(a, b)
+    return session + u32(lo) + u32(hi)
+
+
+def self_mask_context(session: bytes, owner: int) -> bytes:
+    """HKDF context of the self-mask seed of ``owner``."""
+    return session + u32(owner)

@@ -1,0 +1,105 @@
+"""Masking graphs from public randomness, and the (k, t) helper checked by Monte Carlo."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from crypto.errors import ConfigError
+from crypto.rng import KeystreamRNG
+from protocol.config import ProtocolConfig
+from protocol.graph import build_graph
+from protocol.params import (
+    binom_cdf_below,
+    choose_graph_params,
+    halting_bound,
+    leak_bound,
+)
+
+
+def _exact_cdf_below(k: int, p: Fraction, t: int) -> Fraction:
+    return sum((math.comb(k, i) * p**i * (1 - p) ** (k - i) for i in range(t)), Fraction(0))
+
+
+@pytest.mark.parametrize("n,k", [(10, 2), (11, 4), (12, 5), (50, 10), (101, 20)])
+def test_harary_graph_is_k_regular_symmetric_and_public(n: int, k: int) -> None:
+    cfg = ProtocolConfig(3, tuple(range(n)), 4, 32, k // 2 + 1 + 1, "harary", k)
+    g = build_graph(cfg)
+    for u in range(n):
+        nb = g.neighbors_of(u)
+        assert len(nb) == k and u not in nb
+        assert all(u in g.neighbors_of(v) for v in nb)
+    same = build_graph(ProtocolConfig(3, tuple(range(n)), 4, 32, k // 2 + 2, "harary", k))
+    assert [same.neighbors_of(u) for u in range(n)] == [g.neighbors_of(u) for u in range(n)]
+    other = build_graph(ProtocolConfig(4, tuple(range(n)), 4, 32, k // 2 + 2, "harary", k))
+    assert [other.neighbors_of(u) for u in range(n)] != [g.neighbors_of(u) for u in range(n)]
+
+
+def test_harary_odd_degree_needs_even_cohort() -> None:
+    with pytest.raises(ConfigError, match="use k=6"):
+        ProtocolConfig(0, tuple(range(11)), 4, 32, 4, "harary", 5)
+
+
+def test_binomial_tail_matches_exact_rationals() -> None:
+    for k, p, t in [(10, 0.8, 6), (40, 0.8, 22), (74, 0.8, 38), (7, 0.5, 1)]:
+        exact = float(_exact_cdf_below(k, Fraction(p).limit_denominator(1000), t))
+        assert binom_cdf_below(k, p, t) == pytest.approx(exact, rel=1e-9)
+
+
+def test_helper_at_20_percent_dropout_and_n_100_halts_below_2_pow_minus_20() -> None:
+    p = choose_graph_params(100, dropout=0.2)
+    assert p.graph == "harary" and p.k < 99 and 2 * p.t > p.k + 1
+    exact = 100 * _exact_cdf_below(p.k, Fraction(4, 5), p.t)  # independent arithmetic
+    assert exact < Fraction(1, 2**20)
+    assert p.halting_probability == pytest.approx(float(exact), rel=1e-9)
+    smaller = choose_graph_params(100, dropout=0.2, halting_bits=10)
+    assert smaller.k < p.k  # the helper returns the smallest degree meeting the target
+    assert halting_bound(100, p.k - 2, (p.k - 2 + 1) // 2 + 1, 0.2) > 2.0**-20
+
+
+def test_helper_refuses_impossible_targets() -> None:
+    with pytest.raises(ConfigError, match="lower the targets"):
+        choose_graph_params(20, dropout=0.5, corrupt=0.3)
+
+
+def test_leak_bound_grows_with_corruption() -> None:
+    assert leak_bound(1000, 40, 30, 0.0) == 0.0
+    assert 0 < leak_bound(1000, 40, 30, 0.05) < leak_bound(1000, 40, 30, 0.2)
+
+
+def _halts(graph_sets: list[frozenset[int]], alive: np.ndarray, t: int) -> bool:
+    """Whether some client's secret the server needs keeps fewer than t live holders."""
+    for u, nb in enumerate(graph_sets):
+        live = sum(bool(alive[v]) for v in nb) + (1 if alive[u] else 0)
+        needed = alive[u] or any(alive[v] for v in nb)
+        if needed and live < t:
+            return True
+    return False
+
+
+def test_monte_carlo_halting_rate_below_the_bound() -> None:
+    """At a looser target (2^-4) the bound must dominate the simulated halting rate, and the
+    per-client binomial it is built from must match simulation."""
+    n, dropout = 100, 0.2
+    p = choose_graph_params(n, dropout=dropout, halting_bits=4)
+    cfg = ProtocolConfig(0, tuple(range(n)), 1, 32, p.t, "harary", p.k)
+    g = build_graph(cfg)
+    sets = [g.neighbors_of(u) for u in range(n)]
+    rng = KeystreamRNG.from_seed(11, "monte-carlo")
+    trials, halts, per_client, per_total = 3000, 0, 0, 0
+    for _ in range(trials):
+        alive = ~rng.bernoulli(dropout, n)
+        halts += _halts(sets, alive, p.t)
+        counts = [sum(bool(alive[v]) for v in sets[u]) for u in range(5)]
+        per_client += sum(c < p.t for c in counts)
+        per_total += 5
+    rate = halts / trials
+    sd = math.sqrt(p.halting_probability * (1 - p.halting_probability) / trials)
+    assert rate <= p.halting_probability + 4 * sd + 1e-3
+    f = binom_cdf_below(p.k, 1 - dropout, p.t)
+    sd1 = math.sqrt(f * (1 - f) / per_total)
+    assert abs(per_client / per_total - f) <= 5 * sd1 + 1e-3
+    assert halts > 0  # the looser target is loose enough to observe failures at all
