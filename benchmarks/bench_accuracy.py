@@ -64,7 +64,10 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = ap.parse_args()
 
-    extra: dict[str, Any] = {"rounds": args.rounds, "clients": args.clients, "cohort": args.clients}
+    extra: dict[str, Any] = {
+        "rounds": args.rounds, "clients": args.clients, "cohort": args.clients,
+        "secagg": "off", "dp": "off", "target_epsilon": None,
+    }
     for kv in args.set:
         k, v = kv.split("=", 1)
         extra[k] = json.loads(v) if v not in ("fedavg", "meta") else v

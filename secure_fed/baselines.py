@@ -11,14 +11,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from secure_fed.aggregate import Aggregate
-from secure_fed.client import ClientShard, extract_features, flat_params, local_train
-from secure_fed.config import TrainConfig
+from secure_fed.client import (
+    ClientContext,
+    ClientOutput,
+    ClientShard,
+    extract_features,
+    flat_params,
+    train_locally,
+    weighted_delta,
+)
+from secure_fed.errors import ConfigError
 from secure_fed.server import Broadcast, FedServer
+from secure_fed.upload import PLAIN_VALUE_BOUND, UploadSpec
 
 
 class FedAvgServer(FedServer):
@@ -32,14 +40,16 @@ class FedProtoServer(FedServer):
 
     name = "fedproto"
 
-    def __init__(self, model: nn.Module, num_classes: int, device: torch.device) -> None:
-        super().__init__(model, num_classes, device)
+    def __init__(self, model: nn.Module, num_classes: int, device: torch.device, upload: UploadSpec) -> None:
+        if upload.dp != "off":
+            raise ConfigError("--algorithm fedproto runs without DP only (its prototype sums are not clipped per sample); use fedhpro or fedavg with --dp")
+        super().__init__(model, num_classes, device, upload)
         self.feature_dim = int(model.feature_dim)  # type: ignore[arg-type]
         self.prototypes: torch.Tensor | None = None
 
-    def _blocks(self) -> list[tuple[str, tuple[int, ...]]]:
-        c, d = self.num_classes, self.feature_dim
-        return [("proto_sum", (c, d)), ("class_count", (c,)), *super()._blocks()]
+    def _blocks(self) -> list[tuple[str, tuple[int, ...], float]]:
+        c, d, n = self.num_classes, self.feature_dim, float(self.upload.train_size)
+        return [("proto_sum", (c, d), PLAIN_VALUE_BOUND * n), ("class_count", (c,), n), *super()._blocks()]
 
     def _extras(self) -> dict[str, torch.Tensor | None]:
         return {"prototypes": None if self.prototypes is None else self.prototypes.clone()}
@@ -66,21 +76,18 @@ class FedProtoServer(FedServer):
         self.prototypes = None if p is None else p.to(self.device)
 
 
-def fedavg_client_round(
-    bc: Broadcast, shard: ClientShard, model: nn.Module, cfg: TrainConfig, num_classes: int, generator: torch.Generator
-) -> tuple[dict[str, np.ndarray], float]:
-    """One client's FedAvg round (client side)."""
+def fedavg_client_round(bc: Broadcast, shard: ClientShard, model: nn.Module, ctx: ClientContext) -> ClientOutput:
+    """One client's FedAvg round (client side); DP-SGD under sample-level DP."""
     model.load_state_dict(bc.model_state)
     theta0 = flat_params(model)
-    loss = local_train(model, shard, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, generator=generator)
+    loss, sgd = train_locally(model, shard, ctx, None)
     delta = (flat_params(model) - theta0).double().cpu().numpy()
-    return {"delta": shard.n * delta, "n": np.array([float(shard.n)])}, loss
+    return ClientOutput(weighted_delta(delta, shard.n, ctx.spec), loss, sgd)
 
 
-def fedproto_client_round(
-    bc: Broadcast, shard: ClientShard, model: nn.Module, cfg: TrainConfig, num_classes: int, generator: torch.Generator
-) -> tuple[dict[str, np.ndarray], float]:
-    """One client's FedProto round (client side): CE + lambda * MSE(f, p_y)."""
+def fedproto_client_round(bc: Broadcast, shard: ClientShard, model: nn.Module, ctx: ClientContext) -> ClientOutput:
+    """One client's FedProto round (client side): CE + lambda * MSE(f, p_y); no DP."""
+    cfg, num_classes = ctx.cfg, ctx.num_classes
     model.load_state_dict(bc.model_state)
     theta0 = flat_params(model)
     protos = bc.extras.get("prototypes")
@@ -91,16 +98,13 @@ def fedproto_client_round(
         def extra(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return cfg.proto_weight * torch.nn.functional.mse_loss(f, gp[y])
 
-    loss = local_train(
-        model, shard, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-        momentum=cfg.momentum, generator=generator, extra_loss=extra,
-    )
+    loss, _ = train_locally(model, shard, ctx, extra)
     feats = extract_features(model, shard.x)
     onehot = torch.nn.functional.one_hot(shard.y, num_classes).to(feats.dtype)
     delta = (flat_params(model) - theta0).double().cpu().numpy()
-    return {
+    blocks = {
         "proto_sum": (onehot.T @ feats).double().cpu().numpy(),
         "class_count": onehot.sum(0).double().cpu().numpy(),
-        "delta": shard.n * delta,
-        "n": np.array([float(shard.n)]),
-    }, loss
+        **weighted_delta(delta, shard.n, ctx.spec),
+    }
+    return ClientOutput(blocks, loss)

@@ -16,10 +16,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from secure_fed.config import ALGORITHMS, CLASSIFIERS, PARTITIONS, TrainConfig
+from secure_fed.config import (
+    ACCOUNTANTS,
+    ALGORITHMS,
+    CLASSIFIERS,
+    DP_MODES,
+    MECHANISMS,
+    PARTITIONS,
+    PLACEMENTS,
+    SECAGG_MODES,
+    TrainConfig,
+)
 from secure_fed.errors import SecureFedError
 
-SUBCOMMANDS = ("train", "simulate", "budget")
+SUBCOMMANDS = ("train", "simulate", "budget", "report")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +40,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows every default, except on aliases that share another flag's destination."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action, argparse._StoreConstAction | argparse._StoreFalseAction) and action.dest in ("hardened", "target_epsilon"):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,6 +82,28 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classifier", choices=CLASSIFIERS, default=d.classifier, help="fedavg: keep the averaged classifier; meta: replace it by one trained on the meta prototypes")
     g.add_argument("--proto-weight", type=float, default=d.proto_weight, help="FedProto: weight of the prototype distance loss")
 
+    g = p.add_argument_group("secure aggregation")
+    g.add_argument("--secagg", choices=SECAGG_MODES, default=d.secagg, help="off: a trusted aggregator sums in the clear; secagg: Bonawitz et al. (complete graph); secagg+: Bell et al. (sparse Harary graph)")
+    g.add_argument("--neighbors", type=int, default=d.neighbors, help="SecAgg+ graph degree k (default: chosen for the cohort size and --dropout)")
+    g.add_argument("--threshold", type=int, default=d.threshold, help="Shamir threshold t (default: chosen with k; must satisfy (k+1)/2 < t <= k+1)")
+    g.add_argument("--bits", type=int, default=d.bits, help="ring Z_{2^bits} of the masked sum (each entry travels as ceil(bits/8) bytes)")
+    g.add_argument("--authenticated", action=argparse.BooleanOptionalAction, default=d.authenticated, help="Ed25519-signed key advertisements and a consistency round (protects against an active server)")
+    g.add_argument("--dropout", type=float, default=d.dropout, help="simulated probability that a client drops, at a stage drawn uniformly (seeded by --seed)")
+
+    g = p.add_argument_group("differential privacy")
+    g.add_argument("--dp", choices=DP_MODES, default=d.dp, help="privacy unit: sample (per-sample clipping + DP-SGD), client (clip the whole upload), or off")
+    g.add_argument("--noise-placement", choices=PLACEMENTS, default=d.noise_placement, help="local: every client adds all the noise; distributed: a share so any t survivors carry it (needs --secagg)")
+    g.add_argument("--mechanism", choices=MECHANISMS, default=d.mechanism, help="gaussian: float noise before encoding; discrete: discrete Gaussian noise in the ring after encoding")
+    g.add_argument("--clip", type=float, default=d.clip, help="L2 clip norm C per sample (sample unit) or per client upload (client unit)")
+    g.add_argument("--noise-multiplier", type=float, default=d.noise_multiplier, help="noise std / clip for every release; overrides the noise planned from --target-epsilon")
+    g.add_argument("--target-epsilon", type=float, default=d.target_epsilon, help="plan the noise for this epsilon over the run and stop before any round that would exceed it")
+    g.add_argument("--no-target", dest="target_epsilon", action="store_const", const=None, help="no target epsilon (needs --noise-multiplier)")
+    g.add_argument("--delta", type=float, default=d.delta, help="delta of the (epsilon, delta) guarantee")
+    g.add_argument("--accountant", choices=ACCOUNTANTS, default=d.accountant, help="accountant whose epsilon is printed (RDP is always recorded too)")
+    g.add_argument("--release-rate", type=float, default=d.release_rate, help="Poisson rate at which a client's samples enter its per-class gradient release")
+    g.add_argument("--hardened", action=argparse.BooleanOptionalAction, default=d.hardened, help="secrets and noise from the OS CSPRNG (--no-hardened: seeded noise, for experiments and tests only)")
+    g.add_argument("--reproducible", dest="hardened", action="store_false", help="alias of --no-hardened: --seed also drives noise and secrets")
+
     g = p.add_argument_group("run")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--threads", type=int, default=d.threads, help="CPU threads for torch; 0 = auto (1 for the small digits/MNIST model, where more threads only add synchronization, torch's default otherwise)")
@@ -89,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, helptext in (
         ("simulate", "secure_fed.simulate_cli", "run the secure aggregation protocol alone and check its sum"),
         ("budget", "secure_fed.budget_cli", "privacy accounting: epsilon for a plan, or the noise for a target"),
+        ("report", "secure_fed.report_cli", "re-render a run's report.html and verify its audit chain"),
     ):
         mod = _optional_module(module)
         if mod is None:
@@ -125,8 +163,15 @@ def _train(args: argparse.Namespace) -> int:
         trainer = Trainer(cfg, progress=not args.quiet)
     print(f"run folder: {trainer.run_dir}", flush=True)
     trainer.run()
-    final = trainer.history[-1]
-    print(f"final accuracy {final['accuracy']:.4f} after {final['round']} rounds; outputs in {trainer.run_dir}")
+    if trainer.run_dir is not None:
+        from secure_fed.report import render_report
+
+        render_report(trainer.run_dir)
+    done = [r for r in trainer.history if not r.get("aborted")]
+    if done:
+        final = done[-1]
+        eps = f", epsilon {final['epsilon']:.3f} at delta {trainer.cfg.delta}" if final.get("epsilon") is not None else ""
+        print(f"final accuracy {final['accuracy']:.4f} after round {final['round']}{eps}; outputs in {trainer.run_dir}")
     return 0
 
 

@@ -13,9 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from crypto.rng import KeystreamRNG
+from dp.dpsgd import DPSGDReport, private_local_training
+from secure_fed.config import TrainConfig
+from secure_fed.upload import UploadSpec
 
 FeatureLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """extra_loss(features (B x dim), labels (B)) -> scalar, added to the cross-entropy."""
@@ -145,3 +151,57 @@ def personalized_accuracy(hits: torch.Tensor, test_y: torch.Tensor, train_y: tor
     per_class.index_add_(0, test_y, hits.to(torch.float64))
     acc = torch.where(cnt > 0, per_class / cnt.clamp_min(1), torch.zeros_like(cnt))
     return float((acc * w.to(acc.device)).sum())
+
+
+@dataclass(frozen=True)
+class ClientContext:
+    """What a client knows in a round besides the broadcast: public settings and its own
+    randomness (``generator`` for data shuffling, ``rng`` for DP sampling and noise)."""
+
+    cfg: TrainConfig
+    spec: UploadSpec
+    num_classes: int
+    generator: torch.Generator
+    rng: KeystreamRNG
+    noise_multiplier: float = 0.0
+
+
+@dataclass
+class ClientOutput:
+    """A client's named upload blocks, its training loss and its DP-SGD report (if any)."""
+
+    blocks: dict[str, np.ndarray]
+    loss: float
+    sgd: DPSGDReport | None = None
+
+
+def train_locally(model: nn.Module, shard: ClientShard, ctx: ClientContext, extra: FeatureLoss | None) -> tuple[float, DPSGDReport | None]:
+    """Local training: plain SGD, or DP-SGD through Opacus under sample-level DP."""
+    cfg = ctx.cfg
+    if ctx.spec.dp != "sample":
+        loss = local_train(model, shard, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                           momentum=cfg.momentum, generator=ctx.generator, extra_loss=extra)
+        return loss, None
+
+    def loss_fn(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        f = m.features(xb)  # type: ignore[operator]
+        out = F.cross_entropy(m.classifier(f), yb)  # type: ignore[operator]
+        return out + extra(f, yb) if extra is not None else out
+
+    model.train()
+    report = private_local_training(
+        model, loss_fn, shard.x, shard.y, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        noise_multiplier=ctx.noise_multiplier, max_grad_norm=ctx.spec.clip, rng=ctx.rng, momentum=cfg.momentum,
+    )
+    with torch.no_grad():
+        model.eval()
+        loss = float(loss_fn(model, shard.x, shard.y))
+    return loss, report
+
+
+def weighted_delta(delta: np.ndarray, n: int, spec: UploadSpec) -> dict[str, np.ndarray]:
+    """The delta blocks: n_k * delta and n_k without DP, the bare delta under DP (uniform
+    weights: an exact n_k must not reach the server)."""
+    if spec.weighted:
+        return {"delta": n * delta, "n": np.array([float(n)])}
+    return {"delta": delta}

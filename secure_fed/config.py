@@ -15,6 +15,13 @@ from secure_fed.errors import ConfigError
 ALGORITHMS = ("fedhpro", "fedavg", "fedproto")
 CLASSIFIERS = ("fedavg", "meta")
 PARTITIONS = ("dirichlet", "iid")
+SECAGG_MODES = ("off", "secagg", "secagg+")
+DP_MODES = ("off", "sample", "client")
+PLACEMENTS = ("local", "distributed")
+MECHANISMS = ("gaussian", "discrete")
+ACCOUNTANTS = ("rdp", "prv")
+RECORDED_KEYS = frozenset({"environment", "noise_multiplier_used", "threshold_used"})
+"""Keys config.json records about a run beyond its settings (ignored when reading it back)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,22 @@ class TrainConfig:
     proto_weight: float = 1.0
     classifier: str = "fedavg"
     feature_dim: int | None = None
+    secagg: str = "secagg+"
+    neighbors: int | None = None
+    threshold: int | None = None
+    bits: int = 32
+    authenticated: bool = True
+    dropout: float = 0.1
+    dp: str = "sample"
+    noise_placement: str = "distributed"
+    mechanism: str = "discrete"
+    clip: float = 1.0
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = 8.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    release_rate: float = 0.5
+    hardened: bool = True
     device: str = "auto"
     threads: int = 0
     seed: int = 0
@@ -82,6 +105,26 @@ class TrainConfig:
         for flag, v in (("--hpcl-weight", self.hpcl_weight), ("--hpal-weight", self.hpal_weight), ("--proto-weight", self.proto_weight)):
             need(v >= 0, flag, f"must be >= 0 (got {v})")
         need(self.feature_dim is None or self.feature_dim >= 2, "--feature-dim", f"must be >= 2 (got {self.feature_dim})")
+        need(self.secagg in SECAGG_MODES, "--secagg", f"must be one of {', '.join(SECAGG_MODES)} (got {self.secagg!r})")
+        need(self.dp in DP_MODES, "--dp", f"must be one of {', '.join(DP_MODES)} (got {self.dp!r})")
+        need(self.noise_placement in PLACEMENTS, "--noise-placement", f"must be one of {', '.join(PLACEMENTS)}")
+        need(self.mechanism in MECHANISMS, "--mechanism", f"must be one of {', '.join(MECHANISMS)}")
+        need(self.accountant in ACCOUNTANTS, "--accountant", f"must be one of {', '.join(ACCOUNTANTS)}")
+        need(self.neighbors is None or self.neighbors >= 2, "--neighbors", f"must be >= 2 (got {self.neighbors})")
+        need(self.threshold is None or self.threshold >= 2, "--threshold", f"must be >= 2 (got {self.threshold})")
+        need(2 <= self.bits <= 64, "--bits", f"must be in 2..64 (got {self.bits})")
+        need(0 <= self.dropout < 1, "--dropout", f"must be in [0, 1) (got {self.dropout})")
+        need(self.clip > 0, "--clip", f"must be > 0 (got {self.clip})")
+        need(self.noise_multiplier is None or self.noise_multiplier > 0, "--noise-multiplier", f"must be > 0 (got {self.noise_multiplier})")
+        need(self.target_epsilon is None or self.target_epsilon > 0, "--target-epsilon", f"must be > 0 (got {self.target_epsilon})")
+        need(0 < self.delta < 1, "--delta", f"must be in (0, 1) (got {self.delta})")
+        need(0 < self.release_rate <= 1, "--release-rate", f"must be in (0, 1] (got {self.release_rate})")
+        need(self.dp == "off" or self.noise_multiplier is not None or self.target_epsilon is not None,
+             "--noise-multiplier", "give --noise-multiplier or --target-epsilon when --dp is on")
+        need(self.dp == "off" or self.algorithm != "fedproto", "--algorithm", "fedproto runs without DP only; use --dp off, or fedhpro/fedavg")
+        need(not (self.dp != "off" and self.noise_placement == "distributed" and self.secagg == "off"), "--noise-placement",
+             "distributed noise needs --secagg secagg or secagg+ (without it the server sees each share alone); use local")
+        need(self.secagg == "off" or self.cohort >= 3, "--cohort", f"secure aggregation needs at least 3 clients per round (got {self.cohort})")
         need(self.threads >= 0, "--threads", f"must be >= 0 (0 = auto; got {self.threads})")
         need(self.seed >= 0, "--seed", f"must be >= 0 (got {self.seed})")
 
@@ -91,6 +134,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in RECORDED_KEYS}
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"config.json has unknown keys: {sorted(unknown)}")

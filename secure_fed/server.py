@@ -18,6 +18,7 @@ from torch import nn
 from secure_fed.aggregate import Aggregate, VectorLayout
 from secure_fed.client import flat_params, set_flat_params
 from secure_fed.errors import ConfigError
+from secure_fed.upload import UploadSpec
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,15 @@ class Broadcast:
 class FedServer:
     """Global model + FedAvg of n_k-weighted deltas. Subclasses add their own state.
 
-    Upload blocks used here: ``delta`` (n_k * (theta_k - theta), P entries) and ``n`` (n_k).
+    Upload blocks used here: ``delta`` (n_k * (theta_k - theta), P entries) and ``n`` (n_k)
+    without DP; under DP only ``delta`` (theta_k - theta), averaged with uniform weights.
     """
 
     name = "fedavg"
 
-    def __init__(self, model: nn.Module, num_classes: int, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, num_classes: int, device: torch.device, upload: UploadSpec) -> None:
         self.model = model
+        self.upload = upload
         self.num_classes = num_classes
         self.device = device
         self.num_params = int(flat_params(model).numel())
@@ -47,8 +50,12 @@ class FedServer:
     def layout(self) -> VectorLayout:
         return VectorLayout.build(self._blocks())
 
-    def _blocks(self) -> list[tuple[str, tuple[int, ...]]]:
-        return [("delta", (self.num_params,)), ("n", (1,))]
+    def _blocks(self) -> list[tuple[str, tuple[int, ...], float]]:
+        up = self.upload
+        blocks = [("delta", (self.num_params,), up.delta_bound())]
+        if up.weighted:
+            blocks.append(("n", (1,), float(up.train_size)))
+        return blocks
 
     def broadcast(self, round_id: int) -> Broadcast:
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -68,7 +75,9 @@ class FedServer:
         return stats
 
     def _fedavg(self, agg: Aggregate) -> None:
-        n_total = float(agg.block("n")[0])
+        """theta += sum(n_k delta_k) / sum(n_k) without DP; the uniform mean over the summed
+        clients under DP (the count is protocol metadata the server sees anyway)."""
+        n_total = float(agg.block("n")[0]) if self.upload.weighted else float(agg.count)
         if n_total <= 0:
             return
         delta = torch.tensor(agg.block("delta") / n_total, dtype=torch.float32)

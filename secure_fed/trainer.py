@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,27 +21,47 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from secure_fed.aggregate import Aggregator, ClientWork, PlaintextAggregator, VectorLayout
+from crypto.rng import KeystreamRNG
+from dp.ledger import PrivacyLedger
+from secure_fed.aggregate import (
+    Aggregate,
+    Aggregator,
+    ClientWork,
+    PlaintextAggregator,
+    VectorLayout,
+)
 from secure_fed.baselines import (
     FedAvgServer,
     FedProtoServer,
     fedavg_client_round,
     fedproto_client_round,
 )
-from secure_fed.client import ClientShard, evaluate, personalized_accuracy
+from secure_fed.client import (
+    ClientContext,
+    ClientOutput,
+    ClientShard,
+    evaluate,
+    personalized_accuracy,
+)
 from secure_fed.config import TrainConfig
-from secure_fed.data.datasets import DatasetBundle, load_dataset
+from secure_fed.data.datasets import load_dataset
 from secure_fed.data.partition import class_histogram, make_partition
 from secure_fed.device import configure_cpu_threads, resolve_device, to_device
-from secure_fed.errors import ConfigError
+from secure_fed.errors import ConfigError, ProtocolAbort
 from secure_fed.fedhpro import FedHProServer, fedhpro_client_round
 from secure_fed.models import build_model
+from secure_fed.privacy import PrivacySettings, RunPrivacy, SgdPlan, share_factor
 from secure_fed.runio import AuditLog, make_run_dir, save_torch, write_json
+from secure_fed.secure_aggregation import (
+    RingAggregator,
+    RingSettings,
+    SecAggAggregator,
+    SecAggSettings,
+)
 from secure_fed.server import Broadcast, FedServer
+from secure_fed.upload import UploadSpec
 
-ClientRound = Callable[
-    [Broadcast, ClientShard, nn.Module, TrainConfig, int, torch.Generator], tuple[dict[str, np.ndarray], float]
-]
+ClientRound = Callable[[Broadcast, ClientShard, nn.Module, ClientContext], ClientOutput]
 CLIENT_ROUNDS: dict[str, ClientRound] = {
     "fedhpro": fedhpro_client_round,
     "fedavg": fedavg_client_round,
@@ -55,14 +74,18 @@ def _derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> np.uint64(1))
 
 
-@dataclass
-class RoundResult:
-    round: int
-    accuracy: float
-    loss: float
-    train_loss: float
-    seconds: float
-    cohort: list[int]
+def environment(device: torch.device) -> dict[str, str]:
+    """Versions that determine a run's numbers (written into config.json)."""
+    import platform
+
+    import cryptography
+    import opacus
+
+    return {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "opacus": opacus.__version__, "numpy": np.__version__,
+        "cryptography": cryptography.__version__, "device": str(device),
+    }
 
 
 class Trainer:
@@ -97,38 +120,129 @@ class Trainer:
         ]
         self.test_x = to_device(self.data.test_x, self.device)
         self.test_y = to_device(self.data.test_y, self.device)
+        self.spec = UploadSpec(cfg.dp, cfg.clip, int(labels.shape[0]))
 
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.dataset, self.num_classes, self.data.input_shape, cfg.feature_dim)
-        model = to_device(model, self.device)
-        self.server = self._make_server(model)
+        model = to_device(build_model(cfg.dataset, self.num_classes, self.data.input_shape, cfg.feature_dim), self.device)
         self.client_model = copy.deepcopy(model)  # the simulator's one reusable client model
         self.client_round = CLIENT_ROUNDS[cfg.algorithm]
-        self.aggregator = aggregator or PlaintextAggregator()
+        self._secagg_probe: SecAggAggregator | None = None
+        self.threshold = self._threshold()
+        self.privacy: RunPrivacy | None = None
+        self.noise_multiplier = 0.0
+        self.server = self._make_server(model)
         self.layout: VectorLayout = self.server.layout()
+        if cfg.dp != "off":
+            settings = PrivacySettings(
+                cfg.dp, cfg.noise_placement, cfg.mechanism, cfg.clip, cfg.noise_multiplier or 1.0,
+                cfg.delta, cfg.release_rate, cfg.accountant, secure=cfg.secagg != "off",
+            )
+            self.privacy = RunPrivacy(settings, self.layout, self.threshold, has_release=cfg.algorithm == "fedhpro")
+        self.aggregator = aggregator or self._make_aggregator()
+        self.ledger = PrivacyLedger()
         self.history: list[dict[str, Any]] = []
         self.start_round = 1
-        self.write_outputs = write_outputs
+        self.stopped: dict[str, Any] | None = None
         self.run_dir: Path | None = None
         self.audit: AuditLog | None = None
         if write_outputs:
             self.run_dir = run_dir or make_run_dir(cfg.out, cfg.run_id, cfg.algorithm, cfg.seed)
             self.audit = AuditLog(self.run_dir / "audit.jsonl")
 
+    # -- construction -----------------------------------------------------------------------
+    def _secagg_settings(self) -> SecAggSettings:
+        cfg = self.cfg
+        return SecAggSettings(
+            graph="complete" if cfg.secagg == "secagg" else "harary", neighbors=cfg.neighbors,
+            threshold=cfg.threshold, authenticated=cfg.authenticated, dropout=cfg.dropout,
+            dropout_seed=_derive_seed(cfg.seed, 4),
+        )
+
+    def _threshold(self) -> int:
+        """The protocol threshold t for a full cohort (1 without secure aggregation)."""
+        if self.cfg.secagg == "off":
+            return 1
+        probe = SecAggAggregator(RingSettings(bits=self.cfg.bits), self._secagg_settings())
+        return probe.protocol_config(1, list(range(self.cfg.cohort)), 1).threshold
+
     def _make_server(self, model: nn.Module) -> FedServer:
         cfg = self.cfg
         if cfg.algorithm == "fedhpro":
             gen = torch.Generator(device="cpu").manual_seed(_derive_seed(cfg.seed, 1))
-            return FedHProServer(model, self.num_classes, self.device, cfg, gen)
+            count_std = 0.0
+            if cfg.dp != "off":
+                count_std = (cfg.noise_multiplier or 1.0) * cfg.clip * share_factor(cfg.noise_placement, self.threshold)
+            return FedHProServer(model, self.num_classes, self.device, cfg, gen, self.spec, count_std)
         if cfg.algorithm == "fedproto":
-            return FedProtoServer(model, self.num_classes, self.device)
-        return FedAvgServer(model, self.num_classes, self.device)
+            return FedProtoServer(model, self.num_classes, self.device, self.spec)
+        return FedAvgServer(model, self.num_classes, self.device, self.spec)
+
+    def _make_aggregator(self) -> Aggregator:
+        cfg = self.cfg
+        if cfg.secagg == "off" and (cfg.dp == "off" or cfg.mechanism == "gaussian"):
+            return PlaintextAggregator()
+        post = None
+        noise_std = None
+        if self.privacy is not None:
+            noise = self.privacy.noise
+            noise_std = noise.total_noise_std(cfg.cohort)
+
+            def post(round_id: int, cid: int, words: np.ndarray, codec: Any, rng: KeystreamRNG) -> np.ndarray:
+                return noise.post_encode(words, codec, rng)
+
+        ring = RingSettings(cfg.bits, noise_std, post, hardened=cfg.hardened, seed=_derive_seed(cfg.seed, 5))
+        if cfg.secagg == "off":
+            return RingAggregator(ring)
+        return SecAggAggregator(ring, self._secagg_settings())
+
+    def plan_noise(self) -> float:
+        """The noise multiplier: given, or the smallest that keeps the planned run within
+        --target-epsilon for every client (worst case: every round, fewest shares)."""
+        cfg = self.cfg
+        if self.privacy is None:
+            return 0.0
+        if cfg.noise_multiplier is not None:
+            return cfg.noise_multiplier
+        assert cfg.target_epsilon is not None
+        plans = [self._sgd_plan(s) for s in self.shards]
+        gamma = self._release_gamma()
+        return self.privacy.noise_for_target(cfg.target_epsilon, cfg.rounds, plans, gamma)
+
+    def _set_noise(self, sigma: float) -> None:
+        """Install the run's noise multiplier everywhere it is used (client and server)."""
+        self.noise_multiplier = sigma
+        if self.privacy is None:
+            return
+        import dataclasses as _dc
+
+        self.privacy = RunPrivacy(_dc.replace(self.privacy.s, noise_multiplier=sigma), self.layout, self.threshold, self.privacy.has_release)
+        if isinstance(self.server, FedHProServer):
+            self.server.count_noise_std = sigma * self.cfg.clip * share_factor(self.cfg.noise_placement, self.threshold)
+        self.aggregator = self._make_aggregator()
+
+    def _sgd_plan(self, shard: ClientShard) -> SgdPlan | None:
+        if self.cfg.dp != "sample":
+            return None
+        batches = -(-shard.n // self.cfg.batch_size)
+        return SgdPlan(1.0 / batches, self.cfg.local_epochs * batches)
+
+    def _release_gamma(self) -> float | None:
+        if self.privacy is None or self.cfg.mechanism != "discrete" or not self.privacy.noise.blocks:
+            return None
+        from secure_fed.secure_aggregation import LayoutCodec
+
+        codec = LayoutCodec.for_cohort(self.layout, self.cfg.bits, self.cfg.cohort, self.privacy.noise.total_noise_std(self.cfg.cohort))
+        return codec.gamma(self.privacy.noise.blocks[0])
 
     # -- outputs --------------------------------------------------------------------------
     def write_static_outputs(self) -> None:
         if self.run_dir is None:
             return
-        write_json(self.run_dir / "config.json", self.cfg.to_dict())
+        cfg = self.cfg.to_dict()
+        cfg["environment"] = environment(self.device)
+        cfg["noise_multiplier_used"] = self.noise_multiplier if self.privacy is not None else None
+        cfg["threshold_used"] = self.threshold if self.cfg.secagg != "off" else None
+        write_json(self.run_dir / "config.json", cfg)
         write_json(
             self.run_dir / "partition.json",
             {
@@ -151,6 +265,9 @@ class Trainer:
                 "server": self.server.state_dict(),
                 "server_generator": None if gen is None else gen.get_state(),
                 "history": self.history,
+                "ledger": self.ledger.to_json(),
+                "noise_multiplier": self.noise_multiplier,
+                "stopped": self.stopped,
             },
         )
         write_json(self.run_dir / "metrics.json", self.metrics())
@@ -163,6 +280,9 @@ class Trainer:
         if gen is not None and state["server_generator"] is not None:
             gen.set_state(state["server_generator"])
         self.history = list(state["history"])
+        self.ledger = PrivacyLedger.from_json(state["ledger"])
+        self.stopped = state.get("stopped")
+        self._set_noise(float(state["noise_multiplier"]))
         self.start_round = int(state["round"]) + 1
         if self.audit is not None:
             self.audit.truncate_to_rounds(int(state["round"]))
@@ -172,100 +292,225 @@ class Trainer:
             "algorithm": self.cfg.algorithm,
             "rounds": self.history,
             "final": self.history[-1] if self.history else None,
+            "stopped": self.stopped,
         }
+
+    # -- privacy ----------------------------------------------------------------------------
+    def epsilons(self) -> dict[str, Any] | None:
+        """Epsilon at the run's delta per accountant: per client and the max."""
+        if self.privacy is None or len(self.ledger) == 0:
+            return None
+        out: dict[str, Any] = {}
+        for name in dict.fromkeys(("rdp", self.cfg.accountant)):
+            per = {}
+            note = None
+            for subject in self.ledger.subjects():
+                from dp.accountants import epsilon_with_fallback
+
+                eps, used, msg = epsilon_with_fallback(self.ledger.events_for(subject), self.cfg.delta, name)
+                per[subject] = eps
+                note = note or msg
+            out[name] = {"max": max(per.values()), "per_client": per, "note": note}
+        return out
+
+    def _planned_events(self, round_id: int, cohort: list[int]) -> list[Any]:
+        assert self.privacy is not None
+        shares = self.privacy.shares_for(self.threshold) if self.cfg.noise_placement == "distributed" else 1
+        gamma = self._release_gamma()
+        events: list[Any] = []
+        for cid in cohort:
+            events.extend(self.privacy.round_events(cid, round_id, shares, gamma, self._sgd_plan(self.shards[cid])))
+        return events
+
+    def _budget_allows(self, round_id: int, cohort: list[int]) -> bool:
+        cfg = self.cfg
+        if self.privacy is None or cfg.target_epsilon is None:
+            return True
+        if not self.ledger.would_exceed(self._planned_events(round_id, cohort), cfg.target_epsilon, cfg.delta, "rdp"):
+            return True
+        spent = self.epsilons()
+        self.stopped = {
+            "round": round_id,
+            "reason": f"target epsilon {cfg.target_epsilon} (delta {cfg.delta}) would be exceeded by round {round_id}; "
+                      f"stopped after round {round_id - 1}",
+            "epsilon": spent,
+        }
+        return False
 
     # -- rounds ---------------------------------------------------------------------------
     def cohort(self, round_id: int) -> list[int]:
         rng = np.random.default_rng(_derive_seed(self.cfg.seed, 2, round_id))
         return sorted(int(c) for c in rng.choice(self.cfg.clients, size=self.cfg.cohort, replace=False))
 
-    def _client_work(self, bc: Broadcast, cid: int, train_losses: dict[int, float], final: bool, pers: dict[int, float]) -> np.ndarray:
-        """Client ``cid``'s whole round (client side); returns its flattened upload."""
+    def _client_rng(self, round_id: int, cid: int) -> KeystreamRNG:
+        if self.cfg.hardened:
+            return KeystreamRNG.hardened()
+        return KeystreamRNG.from_seed(_derive_seed(self.cfg.seed, 6), f"client-dp/{round_id}/{cid}")
+
+    def _client_work(self, bc: Broadcast, cid: int, side: dict[str, dict[int, Any]], final: bool) -> np.ndarray:
+        """Client ``cid``'s whole round (client side); returns its flattened, DP-processed upload."""
         gen = torch.Generator(device="cpu").manual_seed(_derive_seed(self.cfg.seed, 3, bc.round_id, cid))
+        rng = self._client_rng(bc.round_id, cid)
         shard = self.shards[cid]
-        blocks, loss = self.client_round(bc, shard, self.client_model, self.cfg, self.num_classes, gen)
-        train_losses[cid] = loss
+        ctx = ClientContext(self.cfg, self.spec, self.num_classes, gen, rng, self.noise_multiplier)
+        out = self.client_round(bc, shard, self.client_model, ctx)
+        side["loss"][cid] = out.loss
+        if out.sgd is not None:
+            side["sgd"][cid] = SgdPlan(out.sgd.sample_rate, out.sgd.steps)
         if final:  # harness-side evaluation of the personalized (local) model; never uploaded
             _, _, hits = evaluate(self.client_model, self.test_x, self.test_y)
-            pers[cid] = personalized_accuracy(hits, self.test_y, shard.y, self.num_classes)
-        return self.layout.flatten(blocks)
+            side["pers"][cid] = personalized_accuracy(hits, self.test_y, shard.y, self.num_classes)
+        vec = self.layout.flatten(out.blocks)
+        if self.privacy is not None:
+            vec = self.privacy.noise.finish_float(vec, rng)
+        return vec
 
-    def run_round(self, round_id: int) -> dict[str, Any]:
+    def _charge(self, round_id: int, agg: Aggregate, sgd: dict[int, SgdPlan]) -> list[dict[str, Any]]:
+        """Ledger events of the clients whose uploads are in the sum."""
+        if self.privacy is None:
+            return []
+        from dp.events import event_to_dict
+
+        summed = list(agg.meta.get("summed", []))  # type: ignore[call-overload]
+        gamma = None
+        if self.cfg.mechanism == "discrete" and self.privacy.noise.blocks:
+            gamma = agg.meta["codec_gamma"][self.privacy.noise.blocks[0]]  # type: ignore[index]
+        shares = self.privacy.shares_for(len(summed))
+        events = []
+        for cid in summed:
+            events.extend(self.privacy.round_events(cid, round_id, shares, gamma, sgd.get(cid)))
+        self.ledger.extend(events)
+        return [event_to_dict(e) for e in events]
+
+    def run_round(self, round_id: int) -> dict[str, Any] | None:
+        """One round; None when the privacy budget stops training before it."""
         t0 = time.perf_counter()
         cohort = self.cohort(round_id)
+        if not self._budget_allows(round_id, cohort):
+            return None
         bc = self.server.broadcast(round_id)
         final = round_id == self.cfg.rounds
-        train_losses: dict[int, float] = {}
-        pers: dict[int, float] = {}
-        work: dict[int, ClientWork] = {
-            cid: partial(self._client_work, bc, cid, train_losses, final, pers) for cid in cohort
-        }
+        side: dict[str, dict[int, Any]] = {"loss": {}, "sgd": {}, "pers": {}}
+        work: dict[int, ClientWork] = {cid: partial(self._client_work, bc, cid, side, final) for cid in cohort}
         t_clients = time.perf_counter()
-        agg = self.aggregator.aggregate(round_id, self.layout, work)
+        try:
+            agg = self.aggregator.aggregate(round_id, self.layout, work)
+        except ProtocolAbort as exc:
+            return self._aborted(round_id, cohort, str(exc), time.perf_counter() - t0)
         t_server = time.perf_counter()
         stats = self.server.apply(agg, bc)
+        events = self._charge(round_id, agg, side["sgd"])
         t_eval = time.perf_counter()
         acc, loss, _ = evaluate(self.server.model, self.test_x, self.test_y)
         t_end = time.perf_counter()
+        eps = self.epsilons()
+        summed = list(agg.meta.get("summed", cohort))  # type: ignore[call-overload]
         rec: dict[str, Any] = {
             "round": round_id,
             "accuracy": acc,
             "loss": loss,
-            "train_loss": float(np.mean(list(train_losses.values()))) if train_losses else None,
+            "train_loss": float(np.mean(list(side["loss"].values()))) if side["loss"] else None,
+            "epsilon": None if eps is None else eps[self.cfg.accountant]["max"],
+            "survivors": len(summed),
+            "cohort": len(cohort),
+            "bytes_up_per_client": agg.meta.get("bytes_up_per_client"),
             "seconds": t_end - t0,
         }
-        if final and pers:
-            rec["personalized_accuracy"] = float(np.mean(list(pers.values())))
+        if final and side["pers"]:
+            rec["personalized_accuracy"] = float(np.mean(list(side["pers"].values())))
         self.history.append(rec)
         if self.audit is not None:
-            self.audit.append(
-                {
-                    "round": round_id,
-                    "algorithm": self.cfg.algorithm,
-                    "aggregator": self.aggregator.name,
-                    "cohort": cohort,
-                    "survivors": list(agg.meta.get("survivors", cohort)),  # type: ignore[arg-type]
-                    "dropped": sorted(set(cohort) - set(agg.meta.get("survivors", cohort))),  # type: ignore[arg-type]
-                    "upload_entries": self.layout.size,
-                    "bytes_up_per_client": agg.meta.get("bytes_up_per_client"),
-                    "aggregate_sha256": agg.digest(),
-                    "server": stats,
-                    "accuracy": acc,
-                    "loss": loss,
-                    "timings": {
-                        "clients_and_aggregation": t_server - t_clients,
-                        "server_update": t_eval - t_server,
-                        "evaluation": t_end - t_eval,
-                        "total": t_end - t0,
-                    },
-                }
-            )
+            self.audit.append(self._audit_record(round_id, cohort, agg, stats, events, eps, acc, loss, {
+                "clients_and_aggregation": t_server - t_clients, "server_update": t_eval - t_server,
+                "evaluation": t_end - t_eval, "total": t_end - t0,
+            }))
         return rec
+
+    def _dp_record(self) -> dict[str, Any] | None:
+        if self.privacy is None:
+            return None
+        cfg = self.cfg
+        return {
+            "unit": cfg.dp, "placement": cfg.noise_placement, "mechanism": cfg.mechanism,
+            "noise_multiplier": self.noise_multiplier, "clip": cfg.clip, "delta": cfg.delta,
+            "release_rate": cfg.release_rate, "target_epsilon": cfg.target_epsilon,
+            "hardened": cfg.hardened, "threshold": self.threshold,
+        }
+
+    def _audit_record(self, round_id: int, cohort: list[int], agg: Aggregate, stats: dict[str, float],
+                      events: list[dict[str, Any]], eps: dict[str, Any] | None, acc: float, loss: float,
+                      timings: dict[str, float]) -> dict[str, Any]:
+        meta = agg.meta
+        summed = list(meta.get("summed", cohort))  # type: ignore[call-overload]
+        dp = self._dp_record()
+        if dp is not None and summed:
+            shares = self.privacy.shares_for(len(summed)) if self.privacy else 1
+            dp["effective_noise_multiplier"] = self.noise_multiplier * share_factor(self.cfg.noise_placement, self.threshold) * shares ** 0.5
+        return {
+            "kind": "round", "round": round_id, "algorithm": self.cfg.algorithm, "aggregator": self.aggregator.name,
+            "cohort": cohort, "survivors": meta.get("survivors", {"masked": cohort}), "summed": summed,
+            "dropped": meta.get("dropped", []), "threshold": meta.get("threshold"),
+            "graph": meta.get("graph"), "neighbors": meta.get("neighbors"), "bits": meta.get("bits"),
+            "bytes": meta.get("bytes"), "bytes_up_per_client": meta.get("bytes_up_per_client"),
+            "upload_entries": self.layout.size, "protocol_seconds": meta.get("seconds"),
+            "dp": dp, "events": events, "epsilon": eps,
+            "aggregate_sha256": agg.digest(), "server": stats, "accuracy": acc, "loss": loss, "timings": timings,
+        }
+
+    def _aborted(self, round_id: int, cohort: list[int], reason: str, seconds: float) -> dict[str, Any]:
+        rec = {"round": round_id, "aborted": reason, "accuracy": self.history[-1]["accuracy"] if self.history else None,
+               "loss": None, "train_loss": None, "epsilon": self.history[-1].get("epsilon") if self.history else None,
+               "survivors": 0, "cohort": len(cohort), "bytes_up_per_client": None, "seconds": seconds}
+        self.history.append(rec)
+        if self.audit is not None:
+            self.audit.append({"kind": "round", "round": round_id, "aborted": reason, "cohort": cohort,
+                               "aggregator": self.aggregator.name, "dp": self._dp_record(), "events": [],
+                               "epsilon": self.epsilons(), "accuracy": rec["accuracy"], "timings": {"total": seconds}})
+        return rec
+
+    def _line(self, rec: dict[str, Any]) -> str:
+        r = rec["round"]
+        if rec.get("aborted"):
+            return f"round {r:>3}/{self.cfg.rounds}  ABORTED ({rec['aborted']}): no update, nothing revealed"
+        line = f"round {r:>3}/{self.cfg.rounds}  acc {rec['accuracy']:.4f}  loss {rec['loss']:.4f}"
+        if rec.get("epsilon") is not None:
+            line += f"  eps {rec['epsilon']:.3f}"
+        if self.cfg.secagg != "off":
+            line += f"  survivors {rec['survivors']}/{rec['cohort']}"
+        if rec.get("bytes_up_per_client") is not None:
+            line += f"  up {rec['bytes_up_per_client'] / 1024:.1f} KiB/client"
+        line += f"  {rec['seconds']:.2f}s"
+        if "personalized_accuracy" in rec:
+            line += f"  personalized {rec['personalized_accuracy']:.4f}"
+        return line
 
     def run(self, until: int | None = None) -> dict[str, Any]:
         """Run the remaining rounds (up to round ``until`` if given) and write the outputs."""
-        if self.start_round == 1:
+        if self.start_round == 1 and not self.history:
+            self._set_noise(self.plan_noise())
             self.write_static_outputs()
+            if self.privacy is not None:
+                self.log(f"DP {self.cfg.dp}-level, {self.cfg.mechanism} noise ({self.cfg.noise_placement}), "
+                         f"noise multiplier {self.noise_multiplier:.4f}, clip {self.cfg.clip}, delta {self.cfg.delta}")
         last = self.cfg.rounds if until is None else min(until, self.cfg.rounds)
-        rounds = range(self.start_round, last + 1)
-        bar = tqdm(rounds, desc=f"{self.cfg.algorithm} on {self.cfg.dataset}", unit="round", disable=not self.progress, leave=False)
+        bar = tqdm(range(self.start_round, last + 1), desc=f"{self.cfg.algorithm} on {self.cfg.dataset}", unit="round",
+                   disable=not self.progress, leave=False)
         for r in bar:
+            if self.stopped is not None:
+                break
             rec = self.run_round(r)
+            if rec is None:
+                assert self.stopped is not None
+                self.log(f"stopped before round {r}: {self.stopped['reason']}")
+                if self.audit is not None:
+                    self.audit.append({"kind": "stop", **self.stopped})
+                self._checkpoint(r - 1)
+                break
             self._checkpoint(r)
-            line = (
-                f"round {r:>3}/{self.cfg.rounds}  acc {rec['accuracy']:.4f}  loss {rec['loss']:.4f}  "
-                f"train {rec['train_loss']:.4f}  {rec['seconds']:.2f}s"
-            )
-            if "personalized_accuracy" in rec:
-                line += f"  personalized {rec['personalized_accuracy']:.4f}"
-            self.log(line)
+            self.log(self._line(rec))
         bar.close()
         self.start_round = last + 1
         if self.run_dir is not None:
             save_torch(self.run_dir / "model.pt", self.server.model.state_dict())
             write_json(self.run_dir / "metrics.json", self.metrics())
         return self.metrics()
-
-
-def bundle_summary(data: DatasetBundle) -> str:
-    return f"{data.name}: {len(data.train_y)} train / {len(data.test_y)} test, {data.num_classes} classes, input {data.input_shape}"

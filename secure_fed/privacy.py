@@ -1,0 +1,213 @@
+"""Differential privacy of a training run: the client-side noise step and the ledger events.
+
+Client side (:class:`ClientNoise`): after a client's FedHPro work has produced its blocks
+(per-class release already clipped per sample by :mod:`dp.clipping`, delta from DP-SGD),
+client unit clips the whole vector; then either float Gaussian noise is added before
+encoding, or discrete Gaussian noise in the ring after encoding. With ``distributed``
+placement each client adds a share sized so that any ``t`` survivors carry the target.
+
+Harness side (:class:`RunPrivacy`): the events each summed client's round adds to the
+:class:`~dp.ledger.PrivacyLedger`, built from the noise actually summed (the survivors),
+the planned events of the next round for ``--target-epsilon`` enforcement, and the noise
+multiplier for a target epsilon over the run plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from crypto.rng import KeystreamRNG
+from dp.clipping import clip_vector
+from dp.events import DiscreteGaussianEvent, Event, GaussianEvent
+from dp.mechanisms import (
+    DiscreteGaussianMechanism,
+    GaussianMechanism,
+    encoded_sensitivity,
+    integer_sigma,
+)
+from dp.planning import noise_for_target
+from secure_fed.aggregate import VectorLayout
+from secure_fed.errors import ConfigError
+from secure_fed.secure_aggregation import LayoutCodec
+
+RELEASE_BLOCKS = ("feat_grad", "cls_grad_w", "cls_grad_b", "class_count")
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """The DP part of a run's configuration (public)."""
+
+    unit: str  # "sample" | "client"
+    placement: str  # "local" | "distributed"
+    mechanism: str  # "gaussian" | "discrete"
+    clip: float
+    noise_multiplier: float
+    delta: float
+    release_rate: float
+    accountant: str = "rdp"
+    secure: bool = True  # is the sum computed under SecAgg (else the server sees each upload)
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("sample", "client"):
+            raise ConfigError(f"--dp must be sample or client here (got {self.unit!r})")
+        if self.placement not in ("local", "distributed"):
+            raise ConfigError(f"--noise-placement must be local or distributed (got {self.placement!r})")
+        if self.mechanism not in ("gaussian", "discrete"):
+            raise ConfigError(f"--mechanism must be gaussian or discrete (got {self.mechanism!r})")
+        if self.placement == "distributed" and not self.secure:
+            raise ConfigError(
+                "--noise-placement distributed needs --secagg secagg or secagg+: without secure "
+                "aggregation the server sees each client's noise share alone"
+            )
+        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
+            raise ConfigError(f"--noise-multiplier must be > 0 (got {self.noise_multiplier})")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"--delta must be in (0, 1) (got {self.delta})")
+        if not 0 < self.release_rate <= 1:
+            raise ConfigError(f"--release-rate must be in (0, 1] (got {self.release_rate})")
+
+
+def noised_blocks(layout: VectorLayout, unit: str) -> tuple[str, ...]:
+    """Names of the blocks the DP mechanism covers (client unit: all of them)."""
+    if unit == "client":
+        return layout.names()
+    return tuple(n for n in layout.names() if n in RELEASE_BLOCKS)
+
+
+def share_factor(placement: str, threshold: int) -> float:
+    """Std of one client's share relative to the target: 1 (local) or 1/sqrt(t)."""
+    return 1.0 if placement == "local" else 1.0 / math.sqrt(threshold)
+
+
+class ClientNoise:
+    """Client-side noise for one round (built from public parameters only)."""
+
+    def __init__(self, settings: PrivacySettings, layout: VectorLayout, threshold: int) -> None:
+        self.s = settings
+        self.layout = layout
+        self.threshold = threshold
+        self.blocks = noised_blocks(layout, settings.unit)
+        if not self.blocks:
+            self.blocks = ()
+
+    def _slices(self) -> list[slice]:
+        out = []
+        for name in self.blocks:
+            b = self.layout.block(name)
+            out.append(slice(b.offset, b.offset + b.size))
+        return out
+
+    def finish_float(self, vector: np.ndarray, rng: KeystreamRNG) -> np.ndarray:
+        """Client unit clipping, then float Gaussian noise (mechanism ``gaussian``)."""
+        if self.s.unit == "client":
+            clipped, _ = clip_vector(vector, self.s.clip)
+            vector = np.asarray(clipped, dtype=np.float64)
+        if self.s.mechanism != "gaussian":
+            return vector
+        std = self.s.noise_multiplier * self.s.clip * share_factor(self.s.placement, self.threshold)
+        mech = GaussianMechanism(std)
+        out = vector.copy()
+        for sl in self._slices():
+            out[sl] = mech.add(out[sl], rng)
+        return out
+
+    def integer_sigma(self, codec: LayoutCodec) -> float:
+        """Per-share discrete Gaussian parameter in encoded units of the release's gamma."""
+        gamma = codec.gamma(self.blocks[0])
+        return integer_sigma(self.s.noise_multiplier, self.s.clip, gamma) * share_factor(self.s.placement, self.threshold)
+
+    def post_encode(self, words: np.ndarray, codec: LayoutCodec, rng: KeystreamRNG) -> np.ndarray:
+        """Discrete Gaussian noise added in the ring to the released blocks (client side)."""
+        if self.s.mechanism != "discrete":
+            return words
+        mech = DiscreteGaussianMechanism(self.integer_sigma(codec))
+        mask = np.uint64((1 << codec.bits) - 1) if codec.bits < 64 else None
+        out = words.copy()
+        for sl in self._slices():
+            noise = mech.sample(sl.stop - sl.start, rng).astype(np.int64)
+            block = out[sl].astype(np.uint64) + noise.view(np.uint64)
+            if mask is not None:
+                block &= mask
+            out[sl] = block.astype(out.dtype)
+        return out
+
+    def total_noise_std(self, survivors_min: int) -> dict[str, float]:
+        """Worst-case total noise std per noised block (input units) for codec headroom."""
+        per = self.s.noise_multiplier * self.s.clip * share_factor(self.s.placement, self.threshold)
+        return dict.fromkeys(self.blocks, per * math.sqrt(survivors_min))
+
+    def release_dim(self) -> int:
+        return sum(self.layout.block(n).size for n in self.blocks)
+
+
+@dataclass(frozen=True)
+class SgdPlan:
+    """One client's DP-SGD shape per round: Poisson rate and steps."""
+
+    rate: float
+    steps: int
+
+
+class RunPrivacy:
+    """Ledger events of a run (harness side)."""
+
+    def __init__(self, settings: PrivacySettings, layout: VectorLayout, threshold: int, has_release: bool) -> None:
+        self.s = settings
+        self.layout = layout
+        self.threshold = threshold
+        self.has_release = has_release
+        self.noise = ClientNoise(settings, layout, threshold)
+
+    def _release_event(self, cid: int, round_id: int, shares: int, gamma: float | None, sigma: float) -> Event:
+        s = self.s
+        rate = 1.0 if s.unit == "client" else s.release_rate
+        sampling = "none" if rate >= 1.0 else "poisson"
+        label = "client_update" if s.unit == "client" else "per_class_release"
+        share_std = sigma * s.clip * share_factor(s.placement, self.threshold)
+        if s.mechanism == "gaussian" or gamma is None:
+            return GaussianEvent.from_shares(
+                share_std, shares, s.clip, sample_rate=rate, steps=1, sampling=sampling,
+                unit=s.unit, subject=str(cid), label=label, round=round_id,
+            )
+        dim = self.noise.release_dim()
+        l2, l1 = encoded_sensitivity(s.clip, gamma, dim)
+        sig = integer_sigma(sigma, s.clip, gamma) * share_factor(s.placement, self.threshold)
+        return DiscreteGaussianEvent(sig, shares, l2, l1, dim, rate, 1, sampling, s.unit, str(cid), label, round_id)
+
+    def round_events(
+        self, cid: int, round_id: int, shares: int, gamma: float | None, sgd: SgdPlan | None, sigma: float | None = None
+    ) -> list[Event]:
+        """Events of client ``cid`` in round ``round_id`` with ``shares`` noise shares summed."""
+        sigma = self.s.noise_multiplier if sigma is None else sigma
+        events: list[Event] = []
+        if self.has_release or self.s.unit == "client":
+            events.append(self._release_event(cid, round_id, shares, gamma, sigma))
+        if sgd is not None and self.s.unit == "sample":
+            events.append(GaussianEvent(sigma, sgd.rate, sgd.steps, "poisson", "sample", str(cid), "dpsgd", round_id))
+        return events
+
+    def shares_for(self, summed: int) -> int:
+        """Noise shares in what the server sees: all summed shares under SecAgg, else one."""
+        return summed if self.s.secure else 1
+
+    def noise_for_target(self, target: float, rounds: int, sgd: Sequence[SgdPlan | None], gamma: float | None) -> float:
+        """Smallest noise multiplier keeping every client's planned epsilon within ``target``.
+
+        Plans the worst case: every client in every round, with the fewest shares the
+        protocol accepts (t under SecAgg).
+        """
+        shares = self.shares_for(self.threshold) if self.s.placement == "distributed" else 1
+        best = 0.0
+        for plan in dict.fromkeys(sgd):  # clients with the same DP-SGD shape need the same noise
+            def events(sigma: float, plan: SgdPlan | None = plan) -> list[Event]:
+                out: list[Event] = []
+                for r in range(rounds):
+                    out.extend(self.round_events(0, r + 1, shares, gamma, plan, sigma))
+                return out
+
+            best = max(best, noise_for_target(events, target, self.s.delta, self.s.accountant))
+        return best

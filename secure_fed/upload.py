@@ -1,0 +1,81 @@
+"""What a client uploads under each privacy mode, and the declared bound of every block.
+
+The :class:`UploadSpec` is public and identical for every client of a run. It decides
+(DESIGN.md section 6) which blocks may travel:
+
+* ``dp="off"``: exact per-class gradient sums, class-holder indicators, n_k * delta and n_k.
+* ``dp="sample"``: the per-class release (gradients plus a constant count coordinate per
+  sample, clipped jointly to ``clip`` and noised) and the DP-SGD model delta, averaged with
+  uniform weights over the survivors. No n_k, no exact counts, no holder indicators.
+* ``dp="client"``: every block inside one vector clipped to ``clip`` and noised
+  (DP-FedAvg style); per-class sums are divided by the client's sample count first so no
+  block dominates the joint norm; uniform weights again.
+
+Bounds are per-client worst cases from public facts only (the clip norm, the size of the
+training set, a per-sample value bound for unclipped values) and size the fixed-point
+codec; a value beyond its bound is clamped on the client, which may cost accuracy but
+never privacy (clamping is a contraction, so sensitivities do not grow).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from secure_fed.errors import ConfigError
+
+DP_MODES = ("off", "sample", "client")
+PLAIN_VALUE_BOUND = 10.0
+"""Per-sample bound of an unclipped gradient or feature entry (DP off)."""
+DELTA_BOUND = 1.0
+"""Bound of one parameter's change in one round of local training."""
+COUNT_SHARE = 0.5
+"""The count coordinate as a fraction of the clip norm (sample unit)."""
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    """Public description of the uploads of a run (client and server agree on it)."""
+
+    dp: str = "off"
+    clip: float = 1.0
+    train_size: int = 1  # N: training samples in the whole federation (public)
+
+    def __post_init__(self) -> None:
+        if self.dp not in DP_MODES:
+            raise ConfigError(f"--dp must be one of {', '.join(DP_MODES)} (got {self.dp!r})")
+        if not self.clip > 0:
+            raise ConfigError(f"--clip must be > 0 (got {self.clip})")
+        if self.train_size < 1:
+            raise ConfigError("train_size must be >= 1")
+
+    @property
+    def count_coordinate(self) -> float:
+        """Value of the constant count coordinate each sample adds (sample unit)."""
+        return COUNT_SHARE * self.clip
+
+    def per_class_bound(self) -> float:
+        """Bound of one entry of a per-class gradient block."""
+        if self.dp == "sample":
+            return self.clip * self.train_size
+        if self.dp == "client":
+            return self.clip
+        return PLAIN_VALUE_BOUND * self.train_size
+
+    def delta_bound(self) -> float:
+        if self.dp == "off":
+            return DELTA_BOUND * self.train_size  # n_k * delta
+        if self.dp == "client":
+            return self.clip
+        return DELTA_BOUND
+
+    def count_bound(self) -> float:
+        if self.dp == "sample":
+            return self.count_coordinate * self.train_size
+        if self.dp == "client":
+            return self.clip
+        return float(self.train_size)
+
+    @property
+    def weighted(self) -> bool:
+        """Whether FedAvg weights by the exact n_k (only without DP)."""
+        return self.dp == "off"

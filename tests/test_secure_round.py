@@ -1,0 +1,122 @@
+"""The secure round: aggregator contract, server view, budget stop, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from secure_fed.aggregate import PlaintextAggregator, VectorLayout
+from secure_fed.config import TrainConfig
+from secure_fed.runio import read_audit, verify_chain
+from secure_fed.secure_aggregation import (
+    RingAggregator,
+    RingSettings,
+    SecAggAggregator,
+    SecAggSettings,
+)
+from secure_fed.trainer import Trainer
+
+LAYOUT = VectorLayout.build([("a", (3, 4), 50.0), ("b", (7,), 2.0), ("n", (1,), 100.0)])
+
+
+def _works(n: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    vecs = {}
+    for cid in range(n):
+        v = np.concatenate([rng.uniform(-5, 5, 12), rng.uniform(-2, 2, 7), [float(cid + 1)]])
+        vecs[cid] = v
+    return {cid: (lambda v=v: v) for cid, v in vecs.items()}, vecs
+
+
+def _aggregators() -> dict:
+    ring = RingSettings(bits=32, hardened=False, seed=7)
+    return {
+        "plaintext": PlaintextAggregator(),
+        "ring": RingAggregator(ring),
+        "secagg": SecAggAggregator(ring, SecAggSettings(graph="complete", dropout_seed=1)),
+        "secagg+": SecAggAggregator(ring, SecAggSettings(graph="harary", neighbors=4, dropout_seed=1)),
+    }
+
+
+@pytest.mark.parametrize("name", ["ring", "secagg", "secagg+"])
+def test_contract_every_aggregator_returns_the_sum_within_the_codec_bound(name: str) -> None:
+    work, vecs = _works(8)
+    ref = PlaintextAggregator().aggregate(3, LAYOUT, work)
+    agg = _aggregators()[name].aggregate(3, LAYOUT, work)
+    assert agg.count == 8 and agg.round_id == 3
+    bound = agg.meta["error_bound"]
+    for block in LAYOUT.blocks:
+        err = np.abs(agg.block(block.name) - ref.block(block.name)).max()
+        assert err <= bound[block.name], (name, block.name, err, bound[block.name])
+    np.testing.assert_allclose(ref.vector, sum(vecs.values()))
+
+
+def test_secagg_equals_trusted_ring_sum_exactly() -> None:
+    work, _ = _works(6, seed=3)
+    aggs = _aggregators()
+    ring = aggs["ring"].aggregate(0, LAYOUT, work)
+    for name in ("secagg", "secagg+"):
+        sec = aggs[name].aggregate(0, LAYOUT, work)
+        np.testing.assert_array_equal(sec.vector, ring.vector)  # same seeded rounding, exact ring sum
+
+
+def test_dropouts_sum_only_survivors() -> None:
+    work, vecs = _works(10, seed=4)
+    ring = RingSettings(bits=32, hardened=False, seed=1)
+    agg = SecAggAggregator(ring, SecAggSettings(graph="harary", neighbors=6, dropout=0.3, dropout_seed=9)).aggregate(2, LAYOUT, work)
+    summed = agg.meta["summed"]
+    assert agg.count == len(summed) and set(agg.meta["dropped"]) == set(range(10)) - set(summed)
+    expect = sum(vecs[c] for c in summed)
+    assert np.abs(agg.vector - expect).max() <= max(agg.meta["error_bound"].values())
+    assert agg.meta["bytes"]["masked"]["up"] > 0
+
+
+BASE = dict(clients=6, cohort=6, rounds=2, batch_size=64, rounds_of_hp=5, meta_steps=10, meta_per_class=5,
+            hardened=False, seed=2, dropout=0.0)
+
+
+def _trainer(tmp: Path | None, **kw: object) -> Trainer:
+    cfg = TrainConfig(**{**BASE, **kw, "out": str(tmp or "unused")})
+    return Trainer(cfg, progress=False, log=lambda s: None, write_outputs=tmp is not None)
+
+
+def test_same_round_plaintext_vs_secagg_gives_matching_hyper_prototypes() -> None:
+    out = {}
+    for mode in ("off", "secagg", "secagg+"):
+        t = _trainer(None, secagg=mode, dp="off", target_epsilon=None, rounds=1)
+        t.run()
+        out[mode] = t.server.hyper_prototypes.clone()  # type: ignore[attr-defined]
+    # Aggregates differ by at most the codec bound (relative ~1e-5 here); 5 SGD steps of cosine
+    # matching move P by lr * steps * O(relative error) -> well inside 1e-3.
+    for mode in ("secagg", "secagg+"):
+        torch.testing.assert_close(out[mode], out["off"], rtol=1e-3, atol=1e-3)
+
+
+def test_target_epsilon_stops_before_crossing(tmp_path: Path) -> None:
+    t = _trainer(tmp_path, secagg="secagg+", dp="sample", noise_multiplier=3.0, target_epsilon=3.0, rounds=20, run_id="eps")
+    t.run()
+    eps = [r["epsilon"] for r in t.history]
+    assert t.stopped is not None and 2 <= len(eps) < 20
+    assert max(eps) <= 3.0
+    recs = list(read_audit(tmp_path / "eps" / "audit.jsonl"))
+    assert recs[-1]["kind"] == "stop" and "would be exceeded" in recs[-1]["reason"]
+    assert verify_chain(tmp_path / "eps" / "audit.jsonl") == len(recs)
+    for rec in recs[:-1]:
+        assert rec["epsilon"]["rdp"]["max"] <= 3.0
+        assert all(e["round"] == rec["round"] for e in rec["events"])
+
+
+def test_dp_round_audit_has_no_exact_counts(tmp_path: Path) -> None:
+    t = _trainer(tmp_path, secagg="secagg+", dp="sample", target_epsilon=None, noise_multiplier=1.0, rounds=1, run_id="dp")
+    assert "n" not in t.layout.names() and "holders" not in t.layout.names()
+    t.run()
+    rec = next(read_audit(tmp_path / "dp" / "audit.jsonl"))
+    labels = {e["label"] for e in rec["events"]}
+    assert labels == {"per_class_release", "dpsgd"}
+    assert {e["subject"] for e in rec["events"]} == {str(c) for c in rec["summed"]}
+    cfg = json.loads((tmp_path / "dp" / "config.json").read_text())
+    assert cfg["environment"]["torch"] == torch.__version__
