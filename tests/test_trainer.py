@@ -63,3 +63,21 @@ def test_resume_continues_identically(tmp_path: Path) -> None:
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(second.history) == strip(full)
     assert verify_chain(tmp_path / "r" / "audit.jsonl") == 3
+
+
+@pytest.mark.cuda
+def test_one_round_on_cuda_matches_cpu() -> None:
+    """One plaintext FedHPro round on CUDA vs CPU. Tolerance: accuracy within 2 test samples
+    (float32 kernels differ between devices), hyper-prototypes within 1e-3."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    out = {}
+    for dev in ("cpu", "cuda"):
+        cfg = TrainConfig(**{**SMALL, "rounds": 1, "device": dev, "seed": 4, "out": "unused"})
+        t = Trainer(cfg, progress=False, log=lambda s: None, write_outputs=False)
+        t.run()
+        out[dev] = (t.history[-1]["accuracy"], t.server.hyper_prototypes.cpu())  # type: ignore[attr-defined]
+    assert abs(out["cpu"][0] - out["cuda"][0]) <= 2 / 360
+    torch.testing.assert_close(out["cuda"][1], out["cpu"][1], rtol=1e-3, atol=1e-3)
