@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from crypto.agreement import KEY_BYTES, Label, derive_key
+from crypto.agreement import Label, derive_key
+from crypto.agreement import shared_secrets as _shared_secrets
 from crypto.errors import CryptoError
 from crypto.prg import add_mod, expand, expand_into, sub_mod
 from protocol.errors import AuthenticationFailure
@@ -26,24 +26,12 @@ def self_mask_seed(b_seed: bytes, session: bytes, owner: int) -> bytes:
 
 
 def shared_secrets(private: bytes, peer_publics: Sequence[bytes]) -> list[bytes]:
-    """Raw X25519(private, peer) for many peers, loading the private key once.
-
-    Private helper for a gap in the crypto contract: it equals
-    ``[crypto.agreement.shared_secret(private, p) for p in peer_publics]`` (the tests check
-    this), including the refusal of malformed keys and all-zero outputs, at about half the
-    cost, because parsing the private key costs as much as one exchange. Raises
-    :class:`AuthenticationFailure` (a ProtocolAbort) where shared_secret raises CryptoError.
-    """
+    """:func:`crypto.agreement.shared_secrets`, with a failure raised as
+    :class:`AuthenticationFailure` (a ProtocolAbort): a peer key that does not agree aborts."""
     try:
-        if len(private) != KEY_BYTES or any(len(p) != KEY_BYTES for p in peer_publics):
-            raise CryptoError("key agreement failed")
-        sk = X25519PrivateKey.from_private_bytes(private)
-        out = [sk.exchange(X25519PublicKey.from_public_bytes(p)) for p in peer_publics]
-        if any(s == bytes(KEY_BYTES) for s in out):
-            raise CryptoError("key agreement failed")
-    except (CryptoError, ValueError):
+        return _shared_secrets(private, peer_publics)
+    except CryptoError:
         raise AuthenticationFailure("key agreement with a peer key failed") from None
-    return out
 
 
 def pairwise_seed_from_secret(secret: bytes, session: bytes, me: int, peer: int) -> bytes:
