@@ -116,6 +116,28 @@ class AuditLog:
         self.last = record_digest(keep[-1]) if keep else GENESIS
 
 
+JOURNAL = "ledger_journal.jsonl"
+"""Privacy events, appended (and fsynced) when a round's sum is released, before its checkpoint."""
+
+
+def append_journal(path: Path, entry: dict[str, Any]) -> None:
+    with open(path, "ab") as fh:
+        fh.write(canonical(entry) + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """Journal entries; a torn last line (killed mid-write) is ignored: that release was not complete."""
+    out = []
+    for line in path.read_bytes().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 def read_audit(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, "rb") as fh:
         for i, line in enumerate(fh, 1):

@@ -51,7 +51,7 @@ from secure_fed.errors import ConfigError, ProtocolAbort
 from secure_fed.fedhpro import FedHProServer, fedhpro_client_round
 from secure_fed.models import build_model
 from secure_fed.privacy import PrivacySettings, RunPrivacy, SgdPlan, share_factor
-from secure_fed.runio import AuditLog, make_run_dir, save_torch, write_json
+from secure_fed.runio import JOURNAL, AuditLog, append_journal, make_run_dir, read_journal, save_torch, write_json
 from secure_fed.secure_aggregation import (
     RingAggregator,
     RingSettings,
@@ -143,6 +143,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.start_round = 1
         self.stopped: dict[str, Any] | None = None
+        self.interrupted_releases: list[int] = []
         self.run_dir: Path | None = None
         self.audit: AuditLog | None = None
         if write_outputs:
@@ -283,6 +284,7 @@ class Trainer:
         self.ledger = PrivacyLedger.from_json(state["ledger"])
         self.stopped = state.get("stopped")
         self._set_noise(float(state["noise_multiplier"]))
+        self._recover_interrupted_releases(run_dir, int(state["round"]))
         self.start_round = int(state["round"]) + 1
         if self.audit is not None:
             self.audit.truncate_to_rounds(int(state["round"]))
@@ -379,8 +381,26 @@ class Trainer:
         events = []
         for cid in summed:
             events.extend(self.privacy.round_events(cid, round_id, shares, gamma, sgd.get(cid)))
+        dicts = [event_to_dict(e) for e in events]
+        if self.run_dir is not None:
+            append_journal(self.run_dir / JOURNAL, {"round": round_id, "events": dicts})
         self.ledger.extend(events)
-        return [event_to_dict(e) for e in events]
+        return dicts
+
+    def _recover_interrupted_releases(self, run_dir: Path, last_complete: int) -> None:
+        """Hardened mode: a round killed after its sum was released but before its checkpoint
+        spent privacy with noise that will not be drawn again; count it (from the journal)
+        before the round is redone. Reproducible mode redraws the identical noise, so the
+        redone release is the same value and is counted once."""
+        from dp.events import event_from_dict
+
+        path = run_dir / JOURNAL
+        if not self.cfg.hardened or not path.exists():
+            return
+        for entry in read_journal(path):
+            if int(entry["round"]) > last_complete:
+                self.ledger.extend(event_from_dict(e) for e in entry["events"])
+                self.interrupted_releases.append(int(entry["round"]))
 
     def run_round(self, round_id: int) -> dict[str, Any] | None:
         """One round; None when the privacy budget stops training before it."""
@@ -398,8 +418,8 @@ class Trainer:
         except ProtocolAbort as exc:
             return self._aborted(round_id, cohort, str(exc), time.perf_counter() - t0)
         t_server = time.perf_counter()
+        events = self._charge(round_id, agg, side["sgd"])  # journaled before the server uses the sum
         stats = self.server.apply(agg, bc)
-        events = self._charge(round_id, agg, side["sgd"])
         t_eval = time.perf_counter()
         acc, loss, _ = evaluate(self.server.model, self.test_x, self.test_y)
         t_end = time.perf_counter()
