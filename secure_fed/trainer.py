@@ -51,7 +51,15 @@ from secure_fed.errors import ConfigError, ProtocolAbort
 from secure_fed.fedhpro import FedHProServer, fedhpro_client_round
 from secure_fed.models import build_model
 from secure_fed.privacy import PrivacySettings, RunPrivacy, SgdPlan, share_factor
-from secure_fed.runio import JOURNAL, AuditLog, append_journal, make_run_dir, read_journal, save_torch, write_json
+from secure_fed.runio import (
+    JOURNAL,
+    AuditLog,
+    append_journal,
+    make_run_dir,
+    read_journal,
+    save_torch,
+    write_json,
+)
 from secure_fed.secure_aggregation import (
     RingAggregator,
     RingSettings,
