@@ -9,6 +9,7 @@ of the previous record's canonical bytes, so an edited or deleted record is dete
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -16,8 +17,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from secure_fed.errors import ConfigError, SecureFedError
 
@@ -53,6 +52,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -65,17 +65,13 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through the same atomic write (torch is imported only here, so the
+    report and budget commands start without it)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write_bytes(path, buf.getvalue())
 
 
 def canonical(record: dict[str, Any]) -> bytes:
@@ -144,9 +140,12 @@ def read_audit(path: Path) -> Iterator[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise AuditChainError(f"{path}: record {i} is not valid JSON ({exc.msg})") from None
+                raise AuditChainError(f"{path.name}: record {i} is not valid JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise AuditChainError(f"{path.name}: record {i} is not a JSON object")
+            yield rec
 
 
 def verify_chain(path: Path) -> int:
@@ -155,6 +154,9 @@ def verify_chain(path: Path) -> int:
     n = 0
     for n, rec in enumerate(read_audit(path), 1):
         if rec.get("prev") != prev:
-            raise AuditChainError(f"{path}: record {n} (round {rec.get('round')}) does not chain to record {n - 1}")
+            raise AuditChainError(
+                f"{path.name}: record {n} (round {rec.get('round')}) does not chain to record {n - 1}: "
+                f"record {n - 1} was altered, or records were removed or inserted before record {n}"
+            )
         prev = record_digest(rec)
     return n
