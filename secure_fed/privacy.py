@@ -91,8 +91,6 @@ class ClientNoise:
         self.layout = layout
         self.threshold = threshold
         self.blocks = noised_blocks(layout, settings.unit)
-        if not self.blocks:
-            self.blocks = ()
 
     def _slices(self) -> list[slice]:
         out = []
@@ -106,7 +104,7 @@ class ClientNoise:
         if self.s.unit == "client":
             clipped, _ = clip_vector(vector, self.s.clip)
             vector = np.asarray(clipped, dtype=np.float64)
-        if self.s.mechanism != "gaussian":
+        if self.s.mechanism != "gaussian" or not self.blocks:
             return vector
         std = self.s.noise_multiplier * self.s.clip * share_factor(self.s.placement, self.threshold)
         mech = GaussianMechanism(std)
@@ -122,8 +120,8 @@ class ClientNoise:
 
     def post_encode(self, words: np.ndarray, codec: LayoutCodec, rng: KeystreamRNG) -> np.ndarray:
         """Discrete Gaussian noise added in the ring to the released blocks (client side)."""
-        if self.s.mechanism != "discrete":
-            return words
+        if self.s.mechanism != "discrete" or not self.blocks:
+            return words  # nothing released besides the DP-SGD delta (FedAvg): no release noise
         mech = DiscreteGaussianMechanism(self.integer_sigma(codec))
         mask = np.uint64((1 << codec.bits) - 1) if codec.bits < 64 else None
         out = words.copy()

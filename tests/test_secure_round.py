@@ -155,3 +155,12 @@ def test_reproducible_resume_counts_the_identical_redo_once(tmp_path: Path) -> N
     full = _trainer(None, **kw)
     full.run()
     assert second.ledger.to_json() == full.ledger.to_json()
+
+
+@pytest.mark.parametrize("mechanism", ["discrete", "gaussian"])
+def test_fedavg_under_dp_has_no_release_and_runs_with_either_mechanism(mechanism: str) -> None:
+    t = _trainer(None, algorithm="fedavg", secagg="secagg+", dp="sample", mechanism=mechanism,
+                 noise_multiplier=2.0, target_epsilon=None, rounds=1)
+    t.run()
+    labels = {e.label for e in t.ledger.events}
+    assert labels == {"dpsgd"}
