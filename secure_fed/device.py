@@ -111,7 +111,7 @@ def configure_cpu_threads(num_threads: int | None = None) -> int:
 
     ``None`` leaves torch's default. Small models (SmallCNN on 8 x 8 digits) do too little
     work per operation to amortize thread synchronization, so 1 thread is usually fastest
-    for them; see ``benchmarks/results/models.md``.
+    for them; see ``benchmarks/RESULTS.md``.
     """
     if num_threads is not None:
         if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:

@@ -146,6 +146,7 @@ class Trainer:
                 cfg.delta, cfg.release_rate, cfg.accountant, secure=cfg.secagg != "off",
             )
             self.privacy = RunPrivacy(settings, self.layout, self.threshold, has_release=cfg.algorithm == "fedhpro")
+        self._custom_aggregator = aggregator is not None
         self.aggregator = aggregator or self._make_aggregator()
         self.ledger = PrivacyLedger()
         self.history: list[dict[str, Any]] = []
@@ -227,6 +228,10 @@ class Trainer:
         self.privacy = RunPrivacy(_dc.replace(self.privacy.s, noise_multiplier=sigma), self.layout, self.threshold, self.privacy.has_release)
         if isinstance(self.server, FedHProServer):
             self.server.count_noise_std = sigma * self.cfg.clip * share_factor(self.cfg.noise_placement, self.threshold)
+        if self._custom_aggregator:
+            if self.cfg.mechanism == "discrete":
+                raise ConfigError("--mechanism discrete needs the trainer's own aggregator (it adds the ring noise)")
+            return
         self.aggregator = self._make_aggregator()
 
     def _sgd_plan(self, shard: ClientShard) -> SgdPlan | None:

@@ -24,7 +24,7 @@ CASES = [
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_cpu_thread() -> Iterator[None]:
-    """Small models run faster on one thread (see benchmarks/results/models.md); restored after."""
+    """Small models run faster on one thread (see benchmarks/RESULTS.md); restored after."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

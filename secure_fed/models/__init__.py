@@ -9,7 +9,7 @@
   7,140 values at dim 64 against 28,260 at dim 256. The model delta shrinks too (the
   512 -> dim projection is 32.8k weights at 64, 131k at 256). 8 x 8 digits have only 64
   pixels, and 64 features suffice: 3 epochs reach 98% test accuracy on digits and 94% on
-  mnist5k (benchmarks/results/models.md).
+  mnist5k (benchmarks/RESULTS.md).
 * ``cifar10``, ``cifar100`` -> :class:`ResNet10GN`, ``feature_dim`` 256 by default.
 """
 
