@@ -106,8 +106,7 @@ class ClientNoise:
             vector = np.asarray(clipped, dtype=np.float64)
         if self.s.mechanism != "gaussian" or not self.blocks:
             return vector
-        std = self.s.noise_multiplier * self.s.clip * share_factor(self.s.placement, self.threshold)
-        mech = GaussianMechanism(std)
+        mech = GaussianMechanism(self.share_std())
         out = vector.copy()
         for sl in self._slices():
             out[sl] = mech.add(out[sl], rng)
@@ -133,10 +132,14 @@ class ClientNoise:
             out[sl] = block.astype(out.dtype)
         return out
 
-    def total_noise_std(self, survivors_min: int) -> dict[str, float]:
-        """Worst-case total noise std per noised block (input units) for codec headroom."""
-        per = self.s.noise_multiplier * self.s.clip * share_factor(self.s.placement, self.threshold)
-        return dict.fromkeys(self.blocks, per * math.sqrt(survivors_min))
+    def share_std(self) -> float:
+        """Std of one client's noise share per coordinate (input units)."""
+        return self.s.noise_multiplier * self.s.clip * share_factor(self.s.placement, self.threshold)
+
+    def total_noise_std(self, survivors_max: int) -> dict[str, float]:
+        """Total noise std per noised block (input units) when ``survivors_max`` shares are
+        summed: the headroom the codec must leave."""
+        return dict.fromkeys(self.blocks, self.share_std() * math.sqrt(survivors_max))
 
     def release_dim(self) -> int:
         return sum(self.layout.block(n).size for n in self.blocks)

@@ -10,6 +10,7 @@ the harness, outside the server's code path.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from functools import partial
@@ -22,6 +23,8 @@ from torch import nn
 from tqdm import tqdm
 
 from crypto.rng import KeystreamRNG
+from dp.accountants import epsilon_with_fallback
+from dp.events import event_from_dict, event_to_dict
 from dp.ledger import PrivacyLedger
 from secure_fed.aggregate import (
     Aggregate,
@@ -61,6 +64,7 @@ from secure_fed.runio import (
     write_json,
 )
 from secure_fed.secure_aggregation import (
+    LayoutCodec,
     RingAggregator,
     RingSettings,
     SecAggAggregator,
@@ -179,10 +183,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.algorithm == "fedhpro":
             gen = torch.Generator(device="cpu").manual_seed(_derive_seed(cfg.seed, 1))
-            count_std = 0.0
-            if cfg.dp != "off":
-                count_std = (cfg.noise_multiplier or 1.0) * cfg.clip * share_factor(cfg.noise_placement, self.threshold)
-            return FedHProServer(model, self.num_classes, self.device, cfg, gen, self.spec, count_std)
+            return FedHProServer(model, self.num_classes, self.device, cfg, gen, self.spec)  # noise set in _set_noise
         if cfg.algorithm == "fedproto":
             return FedProtoServer(model, self.num_classes, self.device, self.spec)
         return FedAvgServer(model, self.num_classes, self.device, self.spec)
@@ -223,11 +224,9 @@ class Trainer:
         self.noise_multiplier = sigma
         if self.privacy is None:
             return
-        import dataclasses as _dc
-
-        self.privacy = RunPrivacy(_dc.replace(self.privacy.s, noise_multiplier=sigma), self.layout, self.threshold, self.privacy.has_release)
+        self.privacy = RunPrivacy(dataclasses.replace(self.privacy.s, noise_multiplier=sigma), self.layout, self.threshold, self.privacy.has_release)
         if isinstance(self.server, FedHProServer):
-            self.server.count_noise_std = sigma * self.cfg.clip * share_factor(self.cfg.noise_placement, self.threshold)
+            self.server.count_noise_std = self.privacy.noise.share_std()
         if self._custom_aggregator:
             if self.cfg.mechanism == "discrete":
                 raise ConfigError("--mechanism discrete needs the trainer's own aggregator (it adds the ring noise)")
@@ -243,8 +242,6 @@ class Trainer:
     def _release_gamma(self) -> float | None:
         if self.privacy is None or self.cfg.mechanism != "discrete" or not self.privacy.noise.blocks:
             return None
-        from secure_fed.secure_aggregation import LayoutCodec
-
         codec = LayoutCodec.for_cohort(self.layout, self.cfg.bits, self.cfg.cohort, self.privacy.noise.total_noise_std(self.cfg.cohort))
         return codec.gamma(self.privacy.noise.blocks[0])
 
@@ -320,8 +317,6 @@ class Trainer:
             per = {}
             note = None
             for subject in self.ledger.subjects():
-                from dp.accountants import epsilon_with_fallback
-
                 eps, used, msg = epsilon_with_fallback(self.ledger.events_for(subject), self.cfg.delta, name)
                 per[subject] = eps
                 note = note or msg
@@ -384,8 +379,6 @@ class Trainer:
         """Ledger events of the clients whose uploads are in the sum."""
         if self.privacy is None:
             return []
-        from dp.events import event_to_dict
-
         summed = list(agg.meta.get("summed", []))  # type: ignore[call-overload]
         gamma = None
         if self.cfg.mechanism == "discrete" and self.privacy.noise.blocks:
@@ -405,8 +398,6 @@ class Trainer:
         spent privacy with noise that will not be drawn again; count it (from the journal)
         before the round is redone. Reproducible mode redraws the identical noise, so the
         redone release is the same value and is counted once."""
-        from dp.events import event_from_dict
-
         path = run_dir / JOURNAL
         if not self.cfg.hardened or not path.exists():
             return
