@@ -6,6 +6,7 @@ SecureFedError
  +-- CryptoError > DecryptionError, SignatureError, SharingError
  +-- PrivacyBudgetExceeded, AccountingError
  +-- ProtocolError > ProtocolAbort, MalformedMessage, ConsistencyViolation, ReplayError
+ +-- AuditFailed (an empirical privacy audit contradicted the claimed guarantee)
 """
 
 from __future__ import annotations
@@ -28,7 +29,18 @@ from protocol.errors import (
     ReplayError,
 )
 
+
+class AuditFailed(SecureFedError):
+    """An empirical privacy audit found evidence against the claimed guarantee.
+
+    Raised, for instance, when the one-run audit's epsilon lower bound exceeds the epsilon
+    the accountant claims for the audited mechanism: a noise or sensitivity bug. The audit
+    writes its results before raising, so the evidence is kept.
+    """
+
+
 __all__ = [
+    "AuditFailed",
     "AccountingError",
     "ConfigError",
     "ConsistencyViolation",
