@@ -29,7 +29,7 @@ from secure_fed.config import (
 )
 from secure_fed.errors import SecureFedError
 
-SUBCOMMANDS = ("train", "simulate", "budget", "report")
+SUBCOMMANDS = ("train", "simulate", "budget", "report", "audit", "sweep")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("simulate", "secure_fed.simulate_cli", "run the secure aggregation protocol alone and check its sum"),
         ("budget", "secure_fed.budget_cli", "privacy accounting: epsilon for a plan, or the noise for a target"),
         ("report", "secure_fed.report_cli", "re-render a run's report.html and verify its audit chain"),
+        ("audit", "secure_fed.audit_cli", "empirical privacy audits of a finished run (inversion, one-run DP audit, membership inference)"),
+        ("sweep", "secure_fed.sweep_cli", "a grid of training runs and the privacy-utility plot over them"),
     ):
         mod = _optional_module(module)
         if mod is None:
