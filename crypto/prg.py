@@ -16,6 +16,8 @@ No numpy or torch RNG is used anywhere here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
@@ -106,6 +108,54 @@ def expand_into(seed: bytes, out: np.ndarray, sign: int) -> None:
         enc.update_into(_ZEROS[:nbytes], mv[: nbytes + _SLACK])
         mask = buf[:nbytes].view(out.dtype.newbyteorder("<"))
         op(part, mask, out=part, casting="unsafe")
+
+
+_BATCH_BYTES = 1 << 20  # keystream rows summed per numpy reduction in expand_sum_into
+_CTR_ZERO = modes.CTR(_ZERO_BLOCK)  # immutable; shared by every expand_sum_into row
+
+
+def expand_sum_into(seeds: Sequence[bytes], out: np.ndarray, sign: int) -> None:
+    """Add (``sign=+1``) or subtract (``sign=-1``) ``sum_i expand(seeds[i], out.size)`` into
+    ``out`` in place, mod 2^32 / 2^64 (server side: removing thousands of short masks).
+
+    Equals calling :func:`expand_into` once per seed. For short vectors the per-seed cost is
+    the cipher set-up, not the keystream, so rows of keystream are written into one reused
+    buffer of up to 1 MiB and summed with a single numpy reduction per buffer (wrapping in
+    the word dtype, so the sum is exact mod the word size); vectors longer than a quarter
+    of that buffer stream through :func:`expand_into` instead.
+    """
+    if sign not in (1, -1):
+        raise ConfigError(f"sign must be +1 or -1, got {sign!r}")
+    if out.dtype not in (_DTYPES[32], _DTYPES[64]):
+        raise ConfigError(f"out must be uint32 or uint64, got {out.dtype}")
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ConfigError("out must be a C-contiguous, writable array")
+    if any(len(seed) not in SEED_SIZES for seed in seeds):
+        raise ConfigError("PRG seeds must be 16 or 32 bytes")
+    flat = out.reshape(-1)
+    row = flat.size * out.dtype.itemsize
+    if not seeds or row == 0:
+        return
+    if 4 * row > _BATCH_BYTES:
+        for seed in seeds:
+            expand_into(seed, out, sign)
+        return
+    rows = min(len(seeds), _BATCH_BYTES // row)
+    buf = np.empty(rows * row + _SLACK, dtype=np.uint8)
+    mv = buf.data
+    zeros = _ZEROS[:row]
+    words = buf[: rows * row].view(out.dtype.newbyteorder("<")).reshape(rows, flat.size)
+    acc = np.empty(flat.size, dtype=out.dtype)
+    op = np.add if sign == 1 else np.subtract
+    aes, cipher = algorithms.AES, Cipher
+    for start in range(0, len(seeds), rows):
+        batch = seeds[start : start + rows]
+        for r, seed in enumerate(batch):
+            # each row's slack overlaps the next row, which is written afterwards
+            cipher(aes(seed), _CTR_ZERO).encryptor().update_into(
+                zeros, mv[r * row : (r + 1) * row + _SLACK])
+        np.add.reduce(words[: len(batch)], axis=0, dtype=out.dtype, out=acc)
+        op(flat, acc, out=flat, casting="unsafe")
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> None:

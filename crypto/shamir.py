@@ -15,7 +15,9 @@ once per index set with a single modular inversion (batched-inverse trick) and c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import operator
+import struct
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -30,25 +32,32 @@ MAX_SECRET_BYTES = 32
 MAX_INDEX = (1 << 32) - 1  # share indices are 1..MAX_INDEX (4 bytes on the wire)
 _INDEX_BYTES = 4
 _COUNT_BYTES = 2
+_HEAD = struct.Struct(">IH")  # index, element count
+_set_field = object.__setattr__  # how a frozen dataclass sets its own fields
 _LAZY_BITS = 256  # let Horner's accumulator grow by this many bits before reducing
 _PRODUCT_RUN = 32  # int64 partial products multiplied before one reduction mod p
 _ROW_BLOCK = 256  # rows of the difference matrix held at once (caps memory at 2 KiB * t)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Share:
     """One holder's share: its index (1..n) and one field element per shared secret."""
 
     index: int
     values: tuple[int, ...]
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.index, int) or not 1 <= self.index <= MAX_INDEX:
+    def __init__(self, index: int, values: tuple[int, ...]) -> None:
+        # validated before the fields are set, in plain loops (no generator): the server
+        # builds ~10^5 shares per round while decoding unmasking messages
+        if not isinstance(index, int) or not 1 <= index <= MAX_INDEX:
             raise SharingError("share index out of range")
-        if not 1 <= len(self.values) < (1 << 16):
+        if not 1 <= len(values) < (1 << 16):
             raise SharingError("a share must hold 1..65535 field elements")
-        if any(not isinstance(v, int) or not 0 <= v < PRIME for v in self.values):
-            raise SharingError("share value is not a field element")
+        for v in values:
+            if not isinstance(v, int) or not 0 <= v < PRIME:
+                raise SharingError("share value is not a field element")
+        _set_field(self, "index", index)
+        _set_field(self, "values", values)
 
     def __repr__(self) -> str:  # shares are secret material
         return f"Share(index={self.index}, values=<{len(self.values)} elements>)"
@@ -180,6 +189,54 @@ def lagrange_at_zero(indices: Sequence[int]) -> list[int]:
     return list(_lagrange_cached(idx))
 
 
+def common_index_sets(available: Sequence[Collection[int]], threshold: int
+                      ) -> list[tuple[int, ...]]:
+    """Choose ``threshold`` share indices per secret so that neighbours in the given order
+    reuse one choice (server side).
+
+    ``available[j]``: the indices of the shares that arrived for secret j. Any t of them
+    reconstruct it, so the choice only matters for speed: greedily, consecutive secrets
+    join one group while the intersection of their available sets still holds t indices,
+    and the whole group uses the t smallest of that intersection. Lagrange coefficients are
+    then computed once per group instead of once per secret (on a SecAgg+ ring whose
+    secrets are visited in ring order a group spans about k - t/(1-dropout) neighbours;
+    on the complete graph all secrets form one group). For each fixed order the greedy
+    grouping is the coarsest possible. Raises :class:`SharingError` if some secret has
+    fewer than ``threshold`` shares.
+    """
+    if threshold < 1:
+        raise SharingError("threshold must be at least 1")
+    out: list[tuple[int, ...]] = []
+    current: set[int] = set()
+    size = 0  # secrets in the open group
+    for avail in available:
+        if len(avail) < threshold:
+            raise SharingError(f"need at least {threshold} shares, got {len(avail)}")
+        joined = current.intersection(avail) if size else set(avail)
+        if len(joined) < threshold:
+            out.extend([tuple(sorted(current)[:threshold])] * size)
+            joined, size = set(avail), 0
+        current, size = joined, size + 1
+    if size:
+        out.extend([tuple(sorted(current)[:threshold])] * size)
+    return out
+
+
+def interpolate_at_zero(indices: Sequence[int], rows: Sequence[Sequence[int]]) -> list[int]:
+    """``sum_i lambda_i * y_i mod p`` for each row ``y`` of share values on ``indices``.
+
+    Server side: every secret whose chosen shares sit on the same index set reuses one set
+    of (cached) Lagrange coefficients; each row costs t big-integer products.
+    """
+    lam = lagrange_at_zero(indices)
+    out = []
+    for row in rows:
+        if len(row) != len(lam):
+            raise SharingError("need one share value per index")
+        out.append(sum(map(operator.mul, lam, row)) % PRIME)
+    return out
+
+
 def reconstruct(
     shares: Sequence[Share], threshold: int, secret_lengths: Sequence[int] | int = 32
 ) -> list[bytes]:
@@ -222,10 +279,11 @@ def share_from_bytes(data: bytes) -> Share:
     head = _INDEX_BYTES + _COUNT_BYTES
     if len(data) < head:
         raise SharingError("malformed share encoding")
-    index = int.from_bytes(data[:_INDEX_BYTES], "big")
-    count = int.from_bytes(data[_INDEX_BYTES:head], "big")
+    index, count = _HEAD.unpack_from(data)
     if len(data) != head + count * ELEMENT_BYTES:
         raise SharingError("malformed share encoding")
+    if count == 1:  # unmasking shares: one element, parsed without a generator
+        return Share(index, (int.from_bytes(data[head:], "big"),))
     values = tuple(
         int.from_bytes(data[head + k * ELEMENT_BYTES : head + (k + 1) * ELEMENT_BYTES], "big")
         for k in range(count)

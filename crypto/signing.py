@@ -21,6 +21,7 @@ from crypto.rng import random_bytes
 KEY_BYTES = 32  # raw Ed25519 private seed and public key (bytes)
 SIGNATURE_BYTES = 64
 _MAX_FIELD = (1 << 32) - 1
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +50,15 @@ def generate_signing_keypair(private: bytes | None = None) -> SigningKeyPair:
 
 def encode_fields(*fields: bytes) -> bytes:
     """Concatenate fields, each as a 4-byte big-endian length then the bytes."""
-    parts: list[bytes] = []
+    parts: list[bytes | bytearray | memoryview] = []
     for f in fields:
-        if not isinstance(f, bytes | bytearray | memoryview):
+        if not isinstance(f, _BYTES_LIKE):
             raise ConfigError(f"encode_fields: fields must be bytes, got {type(f).__name__}")
-        if len(f) > _MAX_FIELD:
+        n = len(f)
+        if n > _MAX_FIELD:
             raise ConfigError("encode_fields: a field is longer than 2^32 - 1 bytes")
-        parts.append(len(f).to_bytes(4, "big"))
-        parts.append(bytes(f))
+        parts.append(n.to_bytes(4, "big"))
+        parts.append(f)  # join copies bytes-like fields itself
     return b"".join(parts)
 
 

@@ -9,15 +9,16 @@ by the smaller id and subtracted by the larger, so each pair cancels in the sum.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
 
-from crypto.agreement import Label, derive_key
+from crypto.agreement import KeyMismatch, Label, PublicKeyCache, derive_key, derive_keys
 from crypto.agreement import shared_secrets as _shared_secrets
 from crypto.errors import CryptoError
-from crypto.prg import add_mod, expand, expand_into, sub_mod
-from protocol.errors import AuthenticationFailure
-from protocol.session import pairwise_context, self_mask_context
+from crypto.prg import add_mod, expand, expand_into, expand_sum_into, sub_mod
+from protocol.errors import AuthenticationFailure, ProtocolAbort
+from protocol.session import pairwise_context, pairwise_contexts, self_mask_context
 
 
 def self_mask_seed(b_seed: bytes, session: bytes, owner: int) -> bytes:
@@ -43,8 +44,7 @@ def pairwise_seeds(s_sk: bytes, peer_s_pks: Sequence[bytes], session: bytes, me:
                    peers: Sequence[int]) -> list[bytes]:
     """Pairwise PRG seeds of ``me`` with each of ``peers`` (either side derives the same)."""
     secrets = shared_secrets(s_sk, peer_s_pks)
-    return [pairwise_seed_from_secret(sec, session, me, v)
-            for sec, v in zip(secrets, peers, strict=True)]
+    return derive_keys(secrets, Label.PAIRWISE_MASK, pairwise_contexts(session, me, peers))
 
 
 def pairwise_sign(me: int, peer: int) -> int:
@@ -67,3 +67,57 @@ def apply_mask(vec: np.ndarray, seed: bytes, sign: int) -> None:
         return
     mask = expand(seed, vec.size, vec.dtype.itemsize * 8)
     (add_mod if sign == 1 else sub_mod)(vec, mask, out=vec)
+
+
+# -- server side: removing the masks of a whole round ---------------------------------------
+
+PairwiseJob: TypeAlias = tuple[int, bytes, bytes, tuple[int, ...], tuple[bytes, ...]]
+"""(d, s_sk_d, s_pk_d, survivors v that masked with d, their s_pk_v): the pairwise masks
+of one dropped client d. Plain tuples, so a job pickles cheaply to a worker process."""
+
+
+def self_mask_seeds(b_seeds: Sequence[bytes], session: bytes, owners: Sequence[int]
+                    ) -> list[bytes]:
+    """:func:`self_mask_seed` of each owner, derived in one batch."""
+    return derive_keys(b_seeds, Label.SELF_MASK, [self_mask_context(session, u) for u in owners])
+
+
+def add_pairwise_masks(out: np.ndarray, jobs: Sequence[PairwiseJob], session: bytes,
+                       sign: int) -> None:
+    """``out += sign * (the pairwise masks the survivors added for the pairs in jobs)``.
+
+    Survivor v added ``pairwise_sign(v, d) * PRG(s_vd)`` for each dropped neighbour d; the
+    server regenerates s_vd from d's reconstructed s_sk (after checking it against d's
+    advertised s_pk) and calls this with ``sign=-1`` on the running sum. One private-key
+    parse per d, one public-key parse per survivor (cached across jobs), batched HKDF and
+    batched AES-CTR rows (:func:`crypto.prg.expand_sum_into`). Raises ProtocolAbort if a
+    reconstructed key does not match its advertisement, AuthenticationFailure if a peer key
+    does not agree. Mask seeds live only inside this call.
+    """
+    cache = PublicKeyCache()
+    plus: list[bytes] = []  # seeds whose masks the survivors added (v < d)
+    minus: list[bytes] = []  # ... and subtracted (v > d)
+    for d, s_sk, s_pk, peers, peer_pks in jobs:
+        try:
+            secrets = _shared_secrets(s_sk, peer_pks, expected_public=s_pk, cache=cache)
+        except KeyMismatch:
+            raise ProtocolAbort("a reconstructed key does not match its advertisement") from None
+        except CryptoError:
+            raise AuthenticationFailure("key agreement with a peer key failed") from None
+        seeds = derive_keys(secrets, Label.PAIRWISE_MASK, pairwise_contexts(session, d, peers))
+        for v, seed in zip(peers, seeds, strict=True):
+            (plus if v < d else minus).append(seed)
+        del secrets, seeds
+    expand_sum_into(plus, out, sign)
+    expand_sum_into(minus, out, -sign)
+    plus.clear()
+    minus.clear()
+
+
+def pairwise_mask_total(jobs: Sequence[PairwiseJob], session: bytes, length: int,
+                        dtype: str) -> np.ndarray:
+    """The pairwise masks the survivors added for ``jobs``, as a new vector (the part of
+    the server's work a worker process runs; the server subtracts the result)."""
+    out = np.zeros(length, dtype=np.dtype(dtype))
+    add_pairwise_masks(out, jobs, session, 1)
+    return out

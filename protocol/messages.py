@@ -74,8 +74,7 @@ def _write_pairs(w: Writer, pairs: IdPairs) -> None:
 
 
 def _read_pairs(r: Reader, size: int) -> IdPairs:
-    n = r.count(8 + size)
-    return tuple((r.u32(), r.blob(exact=size)) for _ in range(n))
+    return r.pairs(size)
 
 
 @dataclass(frozen=True, slots=True)

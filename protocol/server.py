@@ -12,16 +12,20 @@ client message of the current stage, then ``finish_stage()`` to get the messages
 
 from __future__ import annotations
 
+import atexit
 import enum
+import multiprocessing
+import threading
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from crypto.agreement import generate_keypair
-from crypto.errors import SharingError, SignatureError
-from crypto.prg import dtype_for_bits
-from crypto.shamir import PRIME, Share, lagrange_at_zero
+from crypto.errors import ConfigError, SharingError, SignatureError
+from crypto.prg import dtype_for_bits, expand_sum_into
+from crypto.shamir import Share, common_index_sets, interpolate_at_zero
 from crypto.signing import verify
 from protocol.config import ProtocolConfig
 from protocol.errors import (
@@ -31,8 +35,13 @@ from protocol.errors import (
     ProtocolError,
     ReplayError,
 )
-from protocol.graph import build_graph
-from protocol.masking import apply_mask, pairwise_seeds, pairwise_sign, self_mask_seed
+from protocol.graph import build_graph, graph_seed, random_order
+from protocol.masking import (
+    PairwiseJob,
+    add_pairwise_masks,
+    pairwise_mask_total,
+    self_mask_seeds,
+)
 from protocol.messages import (
     CIPHERTEXT_BYTES,
     AdvertiseBroadcast,
@@ -71,35 +80,140 @@ _EXPECTS: dict[Stage, type] = {
 
 
 def reconstruct_secrets(shares: Mapping[int, list[Share]], t: int) -> dict[int, bytes]:
-    """One 32-byte secret per owner from its t lowest-index shares (server side).
-
-    secret = sum_i lambda_i * y_i mod p with ``crypto.shamir.lagrange_at_zero`` (cached per
-    index set, so the complete graph computes it once for all owners). Raises ProtocolAbort
-    if an owner has fewer than t shares or they do not interpolate to a 32-byte value.
-    """
-    out: dict[int, bytes] = {}
+    """One 32-byte secret per owner from t of its shares (server side); owners are taken
+    in the mapping's order. See :func:`_reconstruct` (shares as index -> value tables)."""
+    tables = {}
     for owner, lst in shares.items():
-        if len(lst) < t:
+        table = {s.index: s.values[0] for s in lst}
+        if len(table) != len(lst):
+            raise ProtocolAbort("inconsistent shares; the round cannot finish")
+        tables[owner] = table
+    return _reconstruct(list(tables), tables, t)
+
+
+def _reconstruct(order: Sequence[int], tables: Mapping[int, Mapping[int, int]], t: int
+                 ) -> dict[int, bytes]:
+    """Secrets of the owners in ``order``; ``tables[owner]``: holder index -> share value.
+
+    secret = sum_i lambda_i * y_i mod p over t shares. Which t shares is free (any t
+    interpolate to the same secret), so :func:`crypto.shamir.common_index_sets` picks them
+    such that owners adjacent in ``order`` share one index set, and the Lagrange
+    coefficients are computed once per set rather than once per owner. Raises
+    ProtocolAbort if an owner has fewer than t shares or they do not interpolate to a
+    32-byte value.
+    """
+    rows = [tables[o] for o in order]
+    for owner, table in zip(order, rows, strict=True):
+        if len(table) < t:
             raise ProtocolAbort(f"fewer than t shares survived for client {owner}")
-        chosen = sorted(lst, key=lambda s: s.index)[:t]
+    chosen = common_index_sets([r.keys() for r in rows], t)
+    out: dict[int, bytes] = {}
+    start = 0
+    while start < len(order):
+        idx = chosen[start]
+        stop = start + 1
+        while stop < len(order) and chosen[stop] == idx:
+            stop += 1
         try:
-            lam = lagrange_at_zero([s.index for s in chosen])
+            values = interpolate_at_zero(idx, [[rows[j][i] for i in idx]
+                                               for j in range(start, stop)])
         except SharingError:
             raise ProtocolAbort("inconsistent shares; the round cannot finish") from None
-        value = sum(li * s.values[0] for li, s in zip(lam, chosen, strict=True)) % PRIME
-        if value >> 256:
-            raise ProtocolAbort("inconsistent shares; the round cannot finish")
-        out[owner] = value.to_bytes(32, "big")
+        for owner, value in zip(order[start:stop], values, strict=True):
+            if value >> 256:
+                raise ProtocolAbort("inconsistent shares; the round cannot finish")
+            out[owner] = value.to_bytes(32, "big")
+        start = stop
+    return out
+
+
+MIN_PARALLEL_PAIRS = 1024
+"""Pairwise masks below which ``workers > 1`` still runs in this process: shipping the
+jobs and one partial sum to a worker costs more than it saves on fewer pairs."""
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _worker_pool(processes: int) -> ProcessPoolExecutor:
+    """A process pool kept for the life of this process (one per size, made on first use).
+
+    Workers come from a ``forkserver`` (a clean single-threaded process that has imported
+    the masking code once), never from a fork of a server that may run other threads.
+    """
+    with _POOL_LOCK:
+        pool = _POOLS.get(processes)
+        if pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["protocol.masking"])
+            if not _POOLS:
+                atexit.register(shutdown_worker_pools)
+            pool = _POOLS[processes] = ProcessPoolExecutor(processes, mp_context=ctx)
+        return pool
+
+
+def _discard_pool(processes: int) -> None:
+    """Forget a broken pool (a worker died); the next round starts a fresh one."""
+    with _POOL_LOCK:
+        pool = _POOLS.pop(processes, None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def prepare_workers(workers: int) -> None:
+    """Start the worker processes a server with ``workers`` will use, now rather than
+    inside the first round's unmasking (call it at server start-up). Pools persist across
+    rounds; a no-op for ``workers == 1``."""
+    if workers > 1:
+        pool = _worker_pool(workers - 1)
+        for future in [pool.submit(int) for _ in range(workers - 1)]:
+            future.result()
+
+
+def shutdown_worker_pools() -> None:
+    """Stop the worker processes of every server in this process (they restart on use)."""
+    with _POOL_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _split_jobs(jobs: list[PairwiseJob], parts: int) -> list[list[PairwiseJob]]:
+    """``jobs`` cut into ``parts`` contiguous runs of about equal pair counts."""
+    total = sum(len(j[3]) for j in jobs)
+    out: list[list[PairwiseJob]] = [[] for _ in range(parts)]
+    done = 0
+    for job in jobs:
+        out[min(parts - 1, done * parts // max(total, 1))].append(job)
+        done += len(job[3])
     return out
 
 
 class SecAggServer:
-    """Server of one SecAgg / SecAgg+ round (server side; holds bytes and one sum)."""
+    """Server of one SecAgg / SecAgg+ round (server side; holds bytes and one sum).
 
-    def __init__(self, config: ProtocolConfig, identity_keys: Mapping[int, bytes] | None = None):
+    ``workers``: processes that regenerate the pairwise masks of dropped clients when
+    unmasking (one X25519 agreement, HKDF and PRG per dropped-survivor pair, independent
+    of each other). 1 (the default) keeps all work in this process; ``w > 1`` sends all
+    but this process's share of the pairs to ``w - 1`` worker processes (started from a
+    forkserver on first use, or by :func:`prepare_workers`, and kept for later rounds),
+    each returning one partial mask sum. The result is identical; the reconstructed keys
+    s_sk_d of dropped clients travel to the workers over a local pipe and are dropped
+    there after use. Worth it only with idle cores: on a machine whose cores are already
+    busy the workers compete with everything else. Rounds with fewer than
+    :data:`MIN_PARALLEL_PAIRS` pairs always run in this process.
+    """
+
+    def __init__(self, config: ProtocolConfig, identity_keys: Mapping[int, bytes] | None = None,
+                 *, workers: int = 1):
         if config.authenticated and identity_keys is None:
             raise ProtocolError("authenticated mode needs the clients' Ed25519 public keys")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"SecAggServer: workers must be an integer >= 1 (1 = this "
+                              f"process only), got {workers!r}")
         self.config = config
+        self.workers = workers
         self.graph = build_graph(config)
         self._ids = frozenset(config.cohort)
         self._identity_keys = dict(identity_keys or {})
@@ -113,8 +227,9 @@ class SecAggServer:
         self._u3: set[int] = set()
         self._sigs: dict[int, bytes] = {}
         self._u3_fields: tuple[bytes, ...] = ()
-        self._self_sh: dict[int, list[Share]] = defaultdict(list)
-        self._key_sh: dict[int, list[Share]] = defaultdict(list)
+        # owner -> holder index -> share value (secret material: cleared once used)
+        self._self_sh: dict[int, dict[int, int]] = defaultdict(dict)
+        self._key_sh: dict[int, dict[int, int]] = defaultdict(dict)
         self._u5: set[int] = set()
         self.survivors: dict[str, tuple[int, ...]] = {}
         self.total: np.ndarray | None = None
@@ -148,7 +263,7 @@ class SecAggServer:
         assert isinstance(msg, AdvertiseKeys)
         if msg.round_id != self.config.round_id:
             raise ReplayError("key advertisement from another round")
-        self._check_sender(msg.sender, set(self._ids), self._keys)
+        self._check_sender(msg.sender, self._ids, self._keys)
         if self.config.authenticated:
             try:
                 verify(self._identity_keys[msg.sender], msg.signature,
@@ -188,20 +303,22 @@ class SecAggServer:
 
     def _on_unmask(self, msg: Message) -> None:
         assert isinstance(msg, UnmaskShares)
-        responders = set(self._sigs) if self.config.authenticated else self._u3
+        responders: Collection[int] = self._sigs if self.config.authenticated else self._u3
         self._check_sender(msg.sender, responders, self._u5)
         held = self._peers[msg.sender] | {msg.sender}
-        want_self = sorted(held & self._u3)
-        want_key = sorted(held - self._u3)
-        if [o for o, _ in msg.self_shares] != want_self or [
-                o for o, _ in msg.key_shares] != want_key:
+        u3 = self._u3
+        if [o for o, _ in msg.self_shares] != sorted(held & u3) or [
+                o for o, _ in msg.key_shares] != sorted(held - u3):
             raise ProtocolError("unmasking shares do not match the survivor set")
-        if any(s.index != msg.sender + 1 for _, s in msg.self_shares + msg.key_shares):
+        index = msg.sender + 1
+        indices = {s.index for _, s in msg.self_shares} | {s.index for _, s in msg.key_shares}
+        if indices - {index}:
             raise ProtocolError("unmasking share carries another holder's index")
+        self_sh, key_sh = self._self_sh, self._key_sh
         for owner, share in msg.self_shares:
-            self._self_sh[owner].append(share)
+            self_sh[owner][index] = share.values[0]
         for owner, share in msg.key_shares:
-            self._key_sh[owner].append(share)
+            key_sh[owner][index] = share.values[0]
         self._u5.add(msg.sender)
 
     # -- finishing stages -------------------------------------------------------------
@@ -267,34 +384,86 @@ class SecAggServer:
 
     def _finish_unmask(self) -> dict[int, bytes]:
         self._require("unmask", self._u5)
-        dropped: dict[int, set[int]] = defaultdict(set)  # d -> survivors that masked with d
-        for v in self._u3:
-            for d in self._peers[v] - self._u3:
-                dropped[d].add(v)
-        t = self.config.threshold
         try:
-            b_seeds = reconstruct_secrets({u: self._self_sh[u] for u in self._u3}, t)
-            s_keys = reconstruct_secrets({d: self._key_sh[d] for d in dropped}, t)
+            self.total = self._unmask()
         except ProtocolAbort:
             self.stage = Stage.ABORTED
             raise
-        total = self._sum
-        for u in sorted(self._u3):
-            apply_mask(total, self_mask_seed(b_seeds[u], self.session, u), -1)
-        for d, peers in sorted(dropped.items()):
-            self._remove_pairwise(total, d, s_keys[d], peers)
-        self.total = reduce_in_place(total, self.config.bits)
+        finally:  # shares are secret material: dropped whether or not the round finished
+            self._self_sh.clear()
+            self._key_sh.clear()
         self.stage = Stage.DONE
         return {}
 
-    def _remove_pairwise(self, total: np.ndarray, d: int, s_sk: bytes, peers: set[int]) -> None:
-        if generate_keypair(s_sk).public != self._keys[d].s_pk:
-            self.stage = Stage.ABORTED
-            raise ProtocolAbort("a reconstructed key does not match its advertisement")
-        order = sorted(peers)
-        seeds = pairwise_seeds(s_sk, [self._keys[v].s_pk for v in order], self.session, d, order)
-        for v, seed in zip(order, seeds, strict=True):
-            apply_mask(total, seed, -pairwise_sign(v, d))
+    def _owner_order(self) -> list[int]:
+        """Cohort ids in masking-graph order: on the Harary ring (SecAgg+) adjacent clients
+        share most share holders, so reconstructing in ring order lets runs of owners reuse
+        one set of Lagrange coefficients; any order gives the same secrets."""
+        if self.graph.kind == "harary":
+            return random_order(self.config.cohort, graph_seed(self.config))
+        return list(self.config.cohort)
+
+    def _unmask(self) -> np.ndarray:
+        """Reconstruct b_u (survivors) and s_sk_d (dropped), remove every mask from the sum.
+
+        Work: one Shamir reconstruction per client (shared Lagrange coefficients), one
+        self mask per survivor, and per dropped client d one X25519 agreement, HKDF and PRG
+        per surviving neighbour -- the bulk, spread over ``workers`` processes if > 1.
+        """
+        u3 = self._u3
+        survivors = sorted(u3)
+        dropped: dict[int, list[int]] = defaultdict(list)  # d -> survivors that masked with d
+        for v in survivors:
+            for d in self._peers[v] - u3:
+                dropped[d].append(v)
+        order = [o for o in self._owner_order() if o in u3 or o in dropped]
+        tables = {o: (self._self_sh[o] if o in u3 else self._key_sh[o]) for o in order}
+        secrets = _reconstruct(order, tables, self.config.threshold)
+        tables.clear()
+        keys = self._keys
+        jobs: list[PairwiseJob] = [
+            (d, secrets[d], keys[d].s_pk, tuple(peers), tuple(keys[v].s_pk for v in peers))
+            for d, peers in sorted(dropped.items())]
+        total = self._sum
+        own, futures = self._dispatch(jobs, total)
+        try:
+            seeds = self_mask_seeds([secrets[u] for u in survivors], self.session, survivors)
+            secrets.clear()
+            expand_sum_into(seeds, total, -1)
+            del seeds
+            add_pairwise_masks(total, own, self.session, -1)
+            for part, future in futures:
+                try:
+                    masks = future.result()
+                except BrokenProcessPool:  # a worker died: redo its part here, same result
+                    _discard_pool(self.workers - 1)
+                    add_pairwise_masks(total, part, self.session, -1)
+                    continue
+                np.subtract(total, masks, out=total)
+        finally:
+            for _, future in futures:
+                future.cancel()
+            jobs.clear()
+            own.clear()
+        return reduce_in_place(total, self.config.bits)
+
+    def _dispatch(self, jobs: list[PairwiseJob], total: np.ndarray
+                  ) -> tuple[list[PairwiseJob], list[tuple[list[PairwiseJob], Future]]]:
+        """Send all but this process's share of ``jobs`` to ``workers - 1`` worker processes;
+        returns (jobs to run here, [(jobs, future of their mask total)])."""
+        pairs = sum(len(j[3]) for j in jobs)
+        if self.workers == 1 or pairs < MIN_PARALLEL_PAIRS:
+            return list(jobs), []
+        parts = _split_jobs(jobs, self.workers)
+        try:
+            pool = _worker_pool(self.workers - 1)
+            futures = [(part, pool.submit(pairwise_mask_total, part, self.session, total.size,
+                                          total.dtype.name)) for part in parts[1:] if part]
+        except (BrokenProcessPool, OSError, RuntimeError, ValueError):  # no worker processes
+            # here (none can start, or no forkserver on this platform): all work stays here
+            _discard_pool(self.workers - 1)
+            return list(jobs), []
+        return parts[0], futures
 
     def resident_bytes(self) -> int:
         """Approximate bytes of round state the server holds now (sum + relayed data)."""

@@ -9,6 +9,7 @@ signature below contains it, so nothing from another round or session verifies h
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ SESSION_ID_BYTES = 32
 _ADVERTISE_TAG = b"secure_fed/advertise-keys/v1"
 _CONSISTENCY_TAG = b"secure_fed/consistency/v1"
 _SHARE_AD_TAG = b"secure_fed/share-ciphertext/v1"
+_PAIR = struct.Struct(">II")  # two 4-byte big-endian client ids
 
 
 def u32(value: int) -> bytes:
@@ -69,6 +71,12 @@ def pairwise_context(session: bytes, a: int, b: int) -> bytes:
     """HKDF context of the pairwise mask seed of clients a and b (symmetric in a, b)."""
     lo, hi = min(a, b), max(a, b)
     return session + u32(lo) + u32(hi)
+
+
+def pairwise_contexts(session: bytes, me: int, peers: Sequence[int]) -> list[bytes]:
+    """:func:`pairwise_context` of ``me`` with each of ``peers`` (batch form, same bytes)."""
+    pack = _PAIR.pack
+    return [session + (pack(me, v) if me < v else pack(v, me)) for v in peers]
 
 
 def self_mask_context(session: bytes, owner: int) -> bytes:
