@@ -14,7 +14,9 @@ seconds are the trainer's (cohort selection to evaluation, everything included);
 of every run is warm-up and skipped. Medians pool every measured round of every repeat
 (repeat i uses seed i). The per-stage table of the DP + SecAgg+ mode comes from the
 aggregator's :class:`Aggregate` metadata: client median seconds and server seconds per
-protocol stage, and bytes up/down per stage summed over the cohort.
+protocol stage, and bytes up/down per stage summed over the cohort. The machine's load
+average (1, 5, 15 min) is printed before and after: other processes slow every mode, and
+only the interleaved ratios stay comparable between runs.
 
     python benchmarks/bench_round.py --rounds 12 --repeats 3 --json round.json
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -154,6 +157,17 @@ def report(summary: dict[str, dict[str, Any]], stages: dict[str, dict[str, float
     return lines
 
 
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return None
+
+
+def _fmt_load(load: list[float] | None) -> str:
+    return "n/a" if load is None else "/".join(f"{x:.2f}" for x in load)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
@@ -168,17 +182,20 @@ def main() -> int:
     warnings.filterwarnings("ignore")
 
     t0 = time.perf_counter()
+    load_before = _load()
     runs = run_interleaved(args, args.modes)
+    load_after = _load()
     summary = {m: summarize(trs) for m, trs in runs.items()}
     stages = stage_table(runs["dp+secagg+"]) if "dp+secagg+" in runs else None
     if args.json:
-        raw = {"summary": summary, "stages": stages,
+        raw = {"summary": summary, "stages": stages, "load_average": [load_before, load_after],
                "rounds": {m: [[h["seconds"] for h in tr.history] for tr in trs] for m, trs in runs.items()},
                "aggregate_seconds": {m: [tr.recorder.seconds for tr in trs] for m, trs in runs.items()}}
         args.json.write_text(json.dumps(raw, indent=2))
     print(f"digits, FedHPro, 10 clients all in the cohort, dropout 0, {args.rounds} rounds x {args.repeats} repeats "
           f"per mode (round 1 skipped), noise multiplier {args.noise_multiplier}, "
-          f"{'hardened' if args.hardened else 'seeded'} randomness, 1 torch thread; wall {time.perf_counter() - t0:.0f} s\n")
+          f"{'hardened' if args.hardened else 'seeded'} randomness, 1 torch thread; wall {time.perf_counter() - t0:.0f} s; "
+          f"load average {_fmt_load(load_before)} before, {_fmt_load(load_after)} after\n")
     print("\n".join(report(summary, stages)))
     return 0
 

@@ -11,13 +11,21 @@ holds no state, so a ledger replayed from JSON yields bit-identical epsilons.
   factor version) at integer orders; fractional orders use the next integer order
   (Renyi divergence is non-decreasing in the order).
 * ``prv``: Opacus's PRV accountant (Gopi et al. 2021), eps_error 0.01 and delta_error
-  delta/1000 as Opacus defaults; Gaussian events only. A non-finite or failed result
-  raises :class:`AccountingError` so callers can fall back to RDP and say so.
+  delta/1000 as Opacus defaults; Gaussian events only. It is run and its answer checked:
+  an exception, or an epsilon that is not a finite number >= 0, raises
+  :class:`AccountingError` saying what happened, so callers fall back to RDP and say so
+  (:func:`epsilon_with_fallback`). Known case: noise 0.6, rate 1, 1000 steps returns inf
+  (epsilon there is ~1.6e3, and PRV's float64 terms exp(-t) underflow past t ~ 745). The
+  one thing checked before running is memory: Opacus discretizes on a grid costing up to
+  ~183 bytes per point (that case: 6.47 GB peak for the whole process, 3.53e7 points), so
+  a grid that would need more than half the memory available is refused rather than risk
+  the process (or its neighbours) being killed for memory.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Protocol
@@ -34,7 +42,8 @@ from dp.events import DiscreteGaussianEvent, Event, GaussianEvent
 
 RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in _OpacusRDP.DEFAULT_ALPHAS)
 PRV_EPS_ERROR = 0.01
-PRV_MAX_POINTS = 2e7  # the grid size past which PRV takes minutes (3.5e7 points: inf)
+PRV_BYTES_PER_POINT = 200.0  # Opacus 1.6 peak memory per grid point (<= 183 measured) + margin
+EXP_UNDERFLOW = 745.0  # exp(-t) is 0.0 in float64 past this t
 ACCOUNTANT_NAMES: tuple[str, ...] = ("rdp", "prv")
 
 
@@ -176,8 +185,7 @@ def gaussian_history(events: Sequence[Event]) -> list[tuple[float, float, int]]:
     for ev in events:
         if not isinstance(ev, GaussianEvent):
             raise AccountingError(
-                f"the PRV accountant handles Gaussian events only, got {type(ev).__name__}; "
-                "use accountant='rdp'"
+                f"it handles Gaussian events only, got {type(ev).__name__}"
             )
         key = (ev.noise_multiplier, ev.sample_rate)
         steps[key] = steps.get(key, 0) + ev.steps
@@ -199,20 +207,41 @@ def prv_grid_points(history: list[tuple[float, float, int]], delta: float,
     return 2.0 * float(length) / mesh
 
 
-class PRVAccountant:
-    """Opacus's PRV accountant over Gaussian events; raises AccountingError if not finite.
+def available_memory_bytes() -> float | None:
+    """Memory the OS can give this process now (Linux ``MemAvailable``), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
-    ``max_points`` (None: no limit) refuses histories whose discretization grid would
-    exceed that many points, before spending minutes on them (noise 0.6, rate 1, 1000
-    steps needs 3.5e7 points and then returns inf).
+
+class PRVAccountant:
+    """Opacus's PRV accountant over Gaussian events, its result checked.
+
+    ``epsilon`` runs Opacus and raises :class:`AccountingError` (message: what went wrong)
+    if it raises or returns anything but a finite epsilon >= 0. A history whose
+    discretization grid would need more than ``max_bytes`` (None: half the memory
+    available at the call; ``math.inf``: no check) is refused before anything is allocated.
     """
 
     name = "prv"
 
-    def __init__(self, eps_error: float = PRV_EPS_ERROR,
-                 max_points: float | None = PRV_MAX_POINTS) -> None:
+    def __init__(self, eps_error: float = PRV_EPS_ERROR, max_bytes: float | None = None) -> None:
         self.eps_error = eps_error
-        self.max_points = max_points
+        self.max_bytes = max_bytes
+
+    def _memory_limit(self) -> float | None:
+        if self.max_bytes is None:
+            avail = available_memory_bytes()
+            return None if avail is None else avail / 2
+        return None if math.isinf(self.max_bytes) else float(self.max_bytes)
 
     def epsilon(self, events: Sequence[Event], delta: float) -> float:
         _check_delta(delta)
@@ -220,19 +249,25 @@ class PRVAccountant:
             return 0.0
         acc = _OpacusPRV()
         acc.history = gaussian_history(events)
-        if self.max_points is not None:
+        limit = self._memory_limit()
+        if limit is not None:
             pts = prv_grid_points(acc.history, delta, self.eps_error)
-            if not pts <= self.max_points:
+            need = pts * PRV_BYTES_PER_POINT
+            if not need <= limit:
                 raise AccountingError(
-                    f"PRV accountant not run: its grid would need {pts:.3g} points "
-                    f"(limit {self.max_points:.3g}); use 'rdp'"
+                    f"not run: its grid of {pts:.3g} points needs ~{need / 2**30:.3g} GiB, "
+                    f"more than the {limit / 2**30:.3g} GiB it may use"
                 )
         try:
-            eps = float(acc.get_epsilon(delta=delta, eps_error=self.eps_error))
-        except (ValueError, RuntimeError, OverflowError, FloatingPointError) as exc:
-            raise AccountingError(f"PRV accountant failed ({exc}); use accountant='rdp'") from exc
-        if not math.isfinite(eps):
-            raise AccountingError("PRV accountant returned a non-finite epsilon; use 'rdp'")
+            raw = acc.get_epsilon(delta=delta, eps_error=self.eps_error)
+        except Exception as exc:  # any failure inside Opacus is reported, never fatal
+            raise AccountingError(f"it raised {type(exc).__name__}: {exc}") from exc
+        try:
+            eps = float(raw)
+        except (TypeError, ValueError) as exc:
+            raise AccountingError(f"it returned {raw!r}, not a number") from exc
+        if not (math.isfinite(eps) and eps >= 0.0):
+            raise AccountingError(f"it returned epsilon = {eps}")
         return eps
 
 
@@ -245,14 +280,29 @@ def get_accountant(name: str) -> Accountant:
     raise ConfigError(f"accountant must be one of {ACCOUNTANT_NAMES}, got {name!r}")
 
 
+def fallback_note(accountant: str, why: str) -> str:
+    """The one line that says ``accountant`` failed (``why``) and RDP is used instead."""
+    return f"{accountant.upper()} accountant failed for this plan ({why}); using RDP"
+
+
 def epsilon_with_fallback(
     events: Sequence[Event], delta: float, accountant: str
 ) -> tuple[float, str, str | None]:
-    """(epsilon, accountant actually used, note). PRV failures fall back to RDP."""
+    """(epsilon, accountant actually used, note).
+
+    A failed PRV (see :class:`PRVAccountant`) falls back to RDP; the note is one line
+    saying so and why (:func:`fallback_note`), e.g. ``PRV accountant failed for this plan
+    (it returned epsilon = inf; epsilon here is beyond ~745, where PRV's float64 exp(-t)
+    underflows: RDP gives 1.64e+03); using RDP``. RDP failures propagate.
+    """
     try:
         return get_accountant(accountant).epsilon(events, delta), accountant, None
     except AccountingError as exc:
         if accountant == "rdp":
             raise
         eps = RDPAccountant().epsilon(events, delta)
-        return eps, "rdp", f"{accountant} failed: {exc}; fell back to rdp"
+        why = str(exc)
+        if why.startswith("it returned epsilon = inf") and eps > EXP_UNDERFLOW:
+            why += (f"; epsilon here is beyond ~{EXP_UNDERFLOW:.0f}, where PRV's float64 "
+                    f"exp(-t) underflows: RDP gives {eps:.3g}")
+        return eps, "rdp", fallback_note(accountant, why)

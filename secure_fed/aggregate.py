@@ -170,5 +170,6 @@ class PlaintextAggregator:
             len(work),
             layout,
             round_id,
-            {"aggregator": self.name, "survivors": sorted(work), "bytes_up_per_client": 8 * layout.size},
+            {"aggregator": self.name, "survivors": sorted(work), "summed": sorted(work),
+             "bytes_up_per_client": 8 * layout.size},
         )

@@ -10,8 +10,11 @@ Three forms (chosen by the flags given):
     --batch-size --samples-per-client --release-rate``) and either ``--noise-multiplier``
     or ``--target-epsilon``: epsilon after every round for one client of that plan.
 
-A PRV result that fails or is not finite is reported as such and replaced by RDP.
-``--json`` prints one machine-readable object instead of text.
+With ``--accountant prv`` the PRV accountant is run and its answer checked: if it raises
+or returns anything but a finite epsilon >= 0 (noise 0.6, rate 1, 1000 steps returns
+inf), the output starts with one line saying that PRV failed for this plan and why, and
+the RDP result follows, labelled ``rdp``. ``--json`` prints one machine-readable object
+instead of text (``accountant`` is the one used, ``note`` the failure, else null).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import math
 import sys
 from typing import Any
 
-from dp.accountants import epsilon_with_fallback
+from dp.accountants import epsilon_with_fallback, fallback_note
 from dp.errors import AccountingError, SecureFedError
 from dp.events import Event, GaussianEvent
 from dp.planning import RunPlan, epsilon_per_round, noise_for_plan, noise_for_target, plan_events
@@ -37,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--target-epsilon", type=float, help="print the noise for this epsilon")
     g.add_argument("--delta", type=float, default=1e-5, help="target delta (default 1e-5)")
     g.add_argument("--accountant", choices=("rdp", "prv"), default="rdp",
-                   help="rdp (Opacus orders) or prv (Opacus PRV, falls back to rdp)")
+                   help="rdp (Opacus orders) or prv (Opacus PRV; where it fails, says why and reports rdp)")
     p = parser.add_argument_group("run plan (form c; same meaning as in train)")
     p.add_argument("--rounds", type=int, help="training rounds (selects form c)")
     p.add_argument("--clients", type=int, default=10, help="clients in the federation")
@@ -63,16 +66,22 @@ def _epsilon(events: list[Event], delta: float, accountant: str) -> dict[str, An
             "note": note}
 
 
+def _search_failed(accountant: str, exc: AccountingError) -> str:
+    """The root finder evaluates the accountant over a wide noise bracket; say so."""
+    return fallback_note(accountant, f"while searching the noise for the target: {exc}")
+
+
 def _noise(make: Any, target: float, delta: float, accountant: str) -> dict[str, Any]:
     try:
         z = noise_for_target(make, target, delta, accountant)
-        return {"noise_multiplier": z, "accountant": accountant, "note": None}
+        return {"noise_multiplier": z, "accountant": accountant,
+                "requested_accountant": accountant, "note": None}
     except AccountingError as exc:
         if accountant == "rdp":
             raise
         z = noise_for_target(make, target, delta, "rdp")
         return {"noise_multiplier": z, "accountant": "rdp",
-                "note": f"{accountant} failed: {exc}; fell back to rdp"}
+                "requested_accountant": accountant, "note": _search_failed(accountant, exc)}
 
 
 def _need(args: argparse.Namespace, *names: str) -> None:
@@ -125,7 +134,7 @@ def _form_c(args: argparse.Namespace) -> dict[str, Any]:
             if args.accountant == "rdp":
                 raise
             z = noise_for_plan(plan, args.target_epsilon, d, "rdp")
-            out["note"] = f"{args.accountant} failed: {exc}; fell back to rdp"
+            out["note"] = _search_failed(args.accountant, exc)
         out["target_epsilon"] = args.target_epsilon
     else:
         _need(args, "noise_multiplier")
@@ -142,7 +151,7 @@ def _form_c(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_text(res: dict[str, Any]) -> None:
     if res.get("note"):
-        print(f"note: {res['note']}")
+        print(res["note"])
     if res["form"] == "epsilon":
         print(f"epsilon = {res['epsilon']:.6g} at delta = {res['delta']:g} "
               f"({res['accountant']}; noise {res['noise_multiplier']:g}, rate "
