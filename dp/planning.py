@@ -139,14 +139,33 @@ def noise_for_target(
     acc = get_accountant(accountant)
 
     def gap(log_z: float) -> float:
-        eps = acc.epsilon(make_events(math.exp(log_z)), delta)
+        evs = make_events(math.exp(log_z))
+        try:
+            eps = acc.epsilon(evs, delta)
+        except AccountingError:
+            if accountant == "rdp":
+                raise
+            # The accountant could not bound this plan (PRV: event types it does not
+            # handle, or a grid too large): RDP's bound holds for it too, as when reporting.
+            eps = RDPAccountant().epsilon(evs, delta)
         return min(eps, 1e6) - target_epsilon
 
     lo, hi = math.log(NOISE_MIN), math.log(NOISE_MAX)
+    if accountant != "rdp":
+        # Bracket the root near RDP's answer: RDP always runs, and at the tiny noise of the
+        # full bracket PRV's discretization grid is enormous (and it fails), so the search
+        # would learn nothing there. Both accountants bound the same mechanism, so their roots
+        # are close; the bracket widens until it holds the root.
+        z_rdp = noise_for_target(make_events, target_epsilon, delta, "rdp", rtol)
+        lo, hi = math.log(max(z_rdp / 2, NOISE_MIN)), math.log(min(z_rdp * 1.25, NOISE_MAX))
+        while gap(hi) > 0 and hi < math.log(NOISE_MAX):
+            hi = min(hi + math.log(2), math.log(NOISE_MAX))
+        while gap(lo) <= 0 and lo > math.log(NOISE_MIN):
+            lo = max(lo - math.log(2), math.log(NOISE_MIN))
     if gap(hi) > 0:
-        raise AccountingError(f"even noise multiplier {NOISE_MAX} exceeds eps {target_epsilon}")
+        raise AccountingError(f"even noise multiplier {math.exp(hi):.6g} exceeds eps {target_epsilon}")
     if gap(lo) <= 0:
-        return NOISE_MIN
+        return math.exp(lo)
     log_z = float(optimize.brentq(gap, lo, hi, xtol=rtol / 4, rtol=rtol / 4))
     z = math.exp(log_z)
     while gap(math.log(z)) > 0:  # land on the safe side of the root
