@@ -48,7 +48,14 @@ class LayoutCodec:
         cls, layout: VectorLayout, bits: int, n: int, noise_std: Mapping[str, float] | None = None
     ) -> LayoutCodec:
         """Largest per-block gamma such that a sum of ``n`` uploads plus integer noise of
-        total standard deviation ``noise_std[block]`` (input units) cannot wrap the ring."""
+        total standard deviation ``noise_std[block]`` (input units) cannot wrap the ring.
+
+        The blocks named in ``noise_std`` (those a DP mechanism covers) share one gamma, the
+        smallest of theirs: the release is clipped jointly to one L2 norm and noised with one
+        integer scale, so an encoded unit must mean the same in every released block. With
+        per-block gammas a block with a smaller bound would get a larger gamma, hence less
+        noise in input units and a larger encoded sensitivity than the accountant assumes.
+        """
         if n < 1:
             raise ConfigError(f"cohort size must be >= 1, got {n}")
         noise_std = noise_std or {}
@@ -60,6 +67,9 @@ class LayoutCodec:
             room = half - 1 - n  # each client's stochastic rounding may add one unit
             need = n * b.bound + NOISE_TAIL_Z * noise_std.get(b.name, 0.0)
             gamma = room / need
+            if b.name in noise_std:
+                gamma = min(room / (n * o.bound + NOISE_TAIL_Z * noise_std[o.name])
+                            for o in layout.blocks if o.name in noise_std and o.bound)
             if gamma < 1.0:
                 raise EncodingOverflow(
                     f"--bits {bits}: block {b.name!r} needs a range of {need:.3g} for a cohort of {n}, "

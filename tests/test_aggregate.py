@@ -65,3 +65,16 @@ def test_server_entry_point_takes_an_aggregate_only() -> None:
     assert params == ["self", "agg", "broadcast"]
     hints = FedServer.apply.__annotations__
     assert hints["agg"] in ("Aggregate", Aggregate)
+
+
+def test_noised_blocks_share_one_codec_gamma() -> None:
+    # One integer noise scale covers every released block, so an encoded unit must mean the
+    # same in each of them: the blocks with noise share the smallest gamma; others keep theirs.
+    from secure_fed.secure_aggregation import LayoutCodec
+
+    layout = VectorLayout.build([("feat", (6,), 100.0), ("count", (3,), 50.0), ("delta", (4,), 1.0)])
+    codec = LayoutCodec.for_cohort(layout, 32, 10, {"feat": 4.0, "count": 4.0})
+    assert codec.gamma("feat") == codec.gamma("count")
+    alone = LayoutCodec.for_cohort(layout, 32, 10, {"count": 4.0})
+    assert codec.gamma("count") < alone.gamma("count")  # count alone would get a larger gamma
+    assert codec.gamma("delta") == alone.gamma("delta") > codec.gamma("feat")
