@@ -4,11 +4,18 @@ Usage (client side): ``c = SecAggClient(...)``; ``up = c.start()`` (AdvertiseKey
 then ``up = c.receive(down)`` for each server message. A message that is malformed,
 addressed elsewhere, replayed, or not valid in the current state raises a
 :class:`ProtocolError` subclass and leaves the client in the state it was in.
+
+The input may be given lazily, as a callable producing it: it is then produced only when
+the client is about to mask it (:meth:`SecAggClient.load_input`, called at the latest by
+the masked-input step), and it is released as soon as the masked vector is sent, so a
+host running many clients never holds more inputs than it is masking at that moment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+import dataclasses
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -16,7 +23,12 @@ from crypto.errors import ConfigError
 from crypto.prg import dtype_for_bits
 from crypto.rng import KeystreamRNG
 from crypto.signing import SigningKeyPair
-from protocol.client_states import AdvertiseKeysState, ClientContext, ClientState
+from protocol.client_states import (
+    AdvertiseKeysState,
+    ClientContext,
+    ClientState,
+    MaskedInputState,
+)
 from protocol.config import ProtocolConfig
 from protocol.errors import ProtocolError
 from protocol.graph import build_graph
@@ -32,27 +44,38 @@ def _check_input(value: np.ndarray, config: ProtocolConfig) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=dtype_for_bits(config.bits))
 
 
+InputSource = Callable[[], np.ndarray]
+"""Produces a client's input (client side), called at most once, when it is masked."""
+
+
+_EMPTY = (np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.uint64))  # no input held
+
+
 class SecAggClient:
     """One client of one round (client side). Its input never leaves it unmasked."""
 
-    __slots__ = ("_ctx", "_state", "_started")
+    __slots__ = ("_ctx", "_state", "_started", "_source")
 
     def __init__(
         self,
         client_id: int,
         config: ProtocolConfig,
-        value: np.ndarray,
+        value: np.ndarray | InputSource,
         identity: SigningKeyPair | None = None,
         identity_keys: Mapping[int, bytes] | None = None,
         rng: KeystreamRNG | None = None,
     ) -> None:
-        if client_id not in config.cohort:
+        pos = bisect.bisect_left(config.cohort, client_id)  # the cohort is sorted
+        if pos == config.n or config.cohort[pos] != client_id:
             raise ConfigError(f"client {client_id} is not in the round's cohort")
         if config.authenticated and (identity is None or identity_keys is None):
             raise ConfigError("authenticated mode needs identity and identity_keys")
-        self._ctx = ClientContext(client_id, config, build_graph(config),
-                                  _check_input(value, config), identity,
-                                  dict(identity_keys or {}), rng)
+        self._source: InputSource | None = value if callable(value) else None
+        initial = _EMPTY[config.bits > 32] if callable(value) else _check_input(value, config)
+        # identity_keys is shared read-only by every client of a host (not copied per client)
+        keys = identity_keys if identity_keys is not None else {}
+        self._ctx = ClientContext(client_id, config, build_graph(config), initial, identity,
+                                  keys, rng)
         self._state: ClientState = AdvertiseKeysState()
         self._started = False
 
@@ -64,6 +87,19 @@ class SecAggClient:
     def state(self) -> ClientState:
         """The current round state (read-only view, for tests and logs)."""
         return self._state
+
+    @property
+    def needs_input(self) -> bool:
+        """True when the next server message is the one the input is masked for and a
+        lazily given input has not been produced yet."""
+        return self._source is not None and isinstance(self._state, MaskedInputState)
+
+    def load_input(self) -> None:
+        """Produce a lazily given input now (client side; a no-op if already present)."""
+        if self._source is not None:
+            value = _check_input(self._source(), self._ctx.config)
+            self._ctx = dataclasses.replace(self._ctx, value=value)
+            self._source = None
 
     def start(self) -> bytes:
         """Round 0: generate key pairs; returns the encoded AdvertiseKeys message."""
@@ -80,7 +116,12 @@ class SecAggClient:
         state = self._state
         if not isinstance(msg, state.accepts):
             raise ProtocolError(f"{type(msg).__name__} is not valid in client state {state.name}")
+        masking = isinstance(state, MaskedInputState)
+        if masking:
+            self.load_input()
         nxt, reply = state.advance(self._ctx, msg)
         encoded = reply.encode()
         self._state = nxt
+        if masking:  # the input is in the masked vector now; nothing needs it any more
+            self._ctx = dataclasses.replace(self._ctx, value=_EMPTY[self._ctx.config.bits > 32])
         return encoded

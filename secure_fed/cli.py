@@ -28,6 +28,7 @@ from secure_fed.config import (
     TrainConfig,
 )
 from secure_fed.errors import SecureFedError
+from secure_fed.executor import add_arguments as add_executor_arguments
 
 SUBCOMMANDS = ("train", "simulate", "budget", "report", "audit", "sweep")
 
@@ -113,6 +114,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR after its last complete round (its config.json wins)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    add_executor_arguments(p.add_argument_group("executor"))
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
@@ -157,6 +160,8 @@ def _train(args: argparse.Namespace) -> int:
             print(f"run_secure.py: error: --resume: {run_dir} has no config.json and checkpoint.pt to resume from", file=sys.stderr)
             return 2
         cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        # where clients run does not change a run's numbers: the resuming command decides
+        cfg = cfg.replace(executor=args.executor, ray_address=args.ray_address, workers=args.workers)
         trainer = Trainer(cfg, progress=not args.quiet, run_dir=run_dir)
         trainer.resume_from(run_dir)
     else:
@@ -164,7 +169,10 @@ def _train(args: argparse.Namespace) -> int:
         cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
         trainer = Trainer(cfg, progress=not args.quiet)
     print(f"run folder: {trainer.run_dir}", flush=True)
-    trainer.run()
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
     if trainer.run_dir is not None:
         from secure_fed.report import render_report
 

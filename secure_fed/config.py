@@ -20,6 +20,7 @@ DP_MODES = ("off", "sample", "client")
 PLACEMENTS = ("local", "distributed")
 MECHANISMS = ("gaussian", "discrete")
 ACCOUNTANTS = ("rdp", "prv")
+EXECUTORS = ("local", "ray")
 RECORDED_KEYS = frozenset({"environment", "noise_multiplier_used", "threshold_used"})
 """Keys config.json records about a run beyond its settings (ignored when reading it back)."""
 
@@ -75,6 +76,9 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs"
     run_id: str | None = None
+    executor: str = "local"
+    ray_address: str | None = None
+    workers: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -127,6 +131,8 @@ class TrainConfig:
         need(self.secagg == "off" or self.cohort >= 3, "--cohort", f"secure aggregation needs at least 3 clients per round (got {self.cohort})")
         need(self.threads >= 0, "--threads", f"must be >= 0 (0 = auto; got {self.threads})")
         need(self.seed >= 0, "--seed", f"must be >= 0 (got {self.seed})")
+        need(self.executor in EXECUTORS, "--executor", f"must be one of {', '.join(EXECUTORS)} (got {self.executor!r})")
+        need(self.workers >= 0, "--workers", f"must be >= 0 (0 = one per CPU; got {self.workers})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

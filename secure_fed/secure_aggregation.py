@@ -16,17 +16,19 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from crypto.codec import FixedPointCodec
 from crypto.prg import dtype_for_bits
 from crypto.rng import KeystreamRNG
+from crypto.signing import SigningKeyPair
 from protocol import DropoutSchedule, ProtocolConfig, run_secure_round
 from protocol.dropout import STAGES
 from protocol.errors import ProtocolAbort
 from protocol.params import choose_graph_params
-from protocol.runner import make_identities
+from protocol.runner import make_identities, run_round
 from protocol.simulator import default_threshold
 from secure_fed.aggregate import Aggregate, ClientWork, VectorLayout
 from secure_fed.errors import ConfigError, EncodingOverflow
@@ -180,13 +182,18 @@ class SecAggSettings:
 
 
 class SecAggAggregator(_RingBase):
-    """SecAgg (complete graph) or SecAgg+ (Harary graph): the server learns only the sum."""
+    """SecAgg (complete graph) or SecAgg+ (Harary graph): the server learns only the sum.
 
-    def __init__(self, ring: RingSettings, secagg: SecAggSettings) -> None:
+    ``remote``: clients hosted by an executor (:mod:`secure_fed.executor`), which then run
+    the client side of the protocol where they live; None runs them in this process.
+    """
+
+    def __init__(self, ring: RingSettings, secagg: SecAggSettings, remote: Any = None) -> None:
         super().__init__(ring)
         self.secagg = secagg
         self.name = "secagg" if secagg.graph == "complete" else "secagg+"
-        self._identities: dict[int, object] = {}
+        self.remote = remote
+        self._identities: dict[int, SigningKeyPair] = {}
 
     def protocol_config(self, round_id: int, cohort: list[int], length: int) -> ProtocolConfig:
         s = self.secagg
@@ -213,11 +220,21 @@ class SecAggAggregator(_RingBase):
         return ProtocolConfig(round_id, tuple(cohort), length, self.settings.bits, t, graph,
                               None if graph == "complete" else k, s.authenticated)
 
-    def _identities_for(self, cohort: list[int]) -> dict[int, object]:
-        missing = [c for c in cohort if c not in self._identities]
-        if missing:
-            rng = None if self.settings.hardened else KeystreamRNG.from_seed(self.settings.seed, f"identities/{missing[0]}")
-            self._identities.update(make_identities(tuple(missing), rng))
+    def client_identity(self, cid: int) -> SigningKeyPair:
+        """Client side: client ``cid``'s long-term key (seeded by (seed, cid) when reproducible)."""
+        rng = None if self.settings.hardened else KeystreamRNG.from_seed(self.settings.seed, "identities")
+        return make_identities((cid,), rng)[cid]
+
+    def protocol_rng(self, round_id: int, cid: int) -> KeystreamRNG | None:
+        """Client side: the protocol randomness of ``cid`` in a round (None: the OS CSPRNG)."""
+        if self.settings.hardened:
+            return None
+        return KeystreamRNG.from_seed(self.settings.seed, f"protocol/{round_id}").spawn(f"client/{cid}")
+
+    def _identities_for(self, cohort: list[int]) -> dict[int, SigningKeyPair]:
+        for c in cohort:
+            if c not in self._identities:
+                self._identities[c] = self.client_identity(c)
         return {c: self._identities[c] for c in cohort}
 
     def aggregate(self, round_id: int, layout: VectorLayout, work: Mapping[int, ClientWork]) -> Aggregate:
@@ -230,10 +247,14 @@ class SecAggAggregator(_RingBase):
         )
         rng = None if self.settings.hardened else KeystreamRNG.from_seed(self.settings.seed, f"protocol/{round_id}")
         t0 = time.perf_counter()
-        result = run_secure_round(
-            self._encoder(round_id, codec, work), config, drops,
-            identities=self._identities_for(cohort) if config.authenticated else None, rng=rng,  # type: ignore[arg-type]
-        )
+        if self.remote is not None:  # clients run where the executor hosts them
+            pool, identity_keys = self.remote.open_pool(config, codec)
+            result = run_round(pool, config, drops, identity_keys)
+        else:
+            result = run_secure_round(
+                self._encoder(round_id, codec, work), config, drops,
+                identities=self._identities_for(cohort) if config.authenticated else None, rng=rng,
+            )
         summed = sorted(result.summed)
         vec = codec.decode_sum(result.total, len(summed))
         entry = config.entry_bytes

@@ -1,10 +1,12 @@
 """``run_secure.py simulate``: the secure aggregation protocol alone, checked against plaintext.
 
-Runs one seeded SecAgg / SecAgg+ round in process (every message encoded and decoded as
-bytes), shows a progress bar while clients work, prints a per-stage table (client median
-seconds, server seconds, bytes up/down, peak server memory) and compares the unmasked sum
-with the plaintext sum of the summed clients' inputs. Exit status: 0 on a match, 1 on a
-mismatch, 3 if the round aborted (fewer than t survivors), 2 for a bad flag value.
+Runs one seeded SecAgg / SecAgg+ round (every message encoded and decoded as bytes) with
+the clients in this process (``--executor local``) or in Ray actors (``--executor ray``;
+the server stays here either way), shows a progress bar while clients work, prints a
+per-stage table (client median seconds, server seconds, bytes up/down, peak server memory)
+and compares the unmasked sum with the plaintext sum of the summed clients' inputs. Exit
+status: 0 on a match, 1 on a mismatch, 3 if the round aborted (fewer than t survivors), 2
+for a bad flag value.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from protocol.dropout import STAGES
 from protocol.errors import ProtocolAbort
 from protocol.runner import RoundResult
 from protocol.simulator import SimulationResult, simulate
+from secure_fed.executor import add_arguments as add_executor_arguments
+from secure_fed.executor import make_executor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory", action="store_true",
                         help="skip tracemalloc (faster; peak memory then counts resident state only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_arguments(parser)
 
 
 def _progress_bar(quiet: bool) -> tuple[Callable[[str, int, int], None] | None,
@@ -82,16 +87,20 @@ def format_table(result: RoundResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the simulation; returns the process exit status."""
+    executor = make_executor(args.executor, args.ray_address, args.workers)
     update, close = _progress_bar(args.quiet)
     try:
         sim: SimulationResult = simulate(
             args.clients, args.length, args.bits, args.graph, args.neighbors, args.threshold,
             args.dropout, args.dropout_stage, args.seed, not args.unauthenticated,
-            progress=update, trace_memory=not args.no_memory)
+            progress=update, trace_memory=not args.no_memory,
+            pool_factory=executor.simulation_pool_factory())
     except ProtocolAbort as exc:
         close()
         print(f"round aborted: {exc}", file=sys.stderr)
         return 3
+    finally:
+        executor.close()
     close()
     res = sim.result
     print(format_table(res))

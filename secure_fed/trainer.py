@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from secure_fed.data.datasets import load_dataset
 from secure_fed.data.partition import class_histogram, make_partition
 from secure_fed.device import configure_cpu_threads, resolve_device, to_device
 from secure_fed.errors import ConfigError, ProtocolAbort
+from secure_fed.executor import Executor, make_executor
 from secure_fed.fedhpro import FedHProServer, fedhpro_client_round
 from secure_fed.models import build_model
 from secure_fed.privacy import PrivacySettings, RunPrivacy, SgdPlan, share_factor
@@ -72,6 +73,9 @@ from secure_fed.secure_aggregation import (
 )
 from secure_fed.server import Broadcast, FedServer
 from secure_fed.upload import UploadSpec
+
+if TYPE_CHECKING:
+    from secure_fed.executor.training import RemoteTrainingClients
 
 ClientRound = Callable[[Broadcast, ClientShard, nn.Module, ClientContext], ClientOutput]
 CLIENT_ROUNDS: dict[str, ClientRound] = {
@@ -151,6 +155,12 @@ class Trainer:
             )
             self.privacy = RunPrivacy(settings, self.layout, self.threshold, has_release=cfg.algorithm == "fedhpro")
         self._custom_aggregator = aggregator is not None
+        # --executor: where the clients' round work runs (None: in this process)
+        self.executor: Executor | None = None
+        self.remote: RemoteTrainingClients | None = None
+        if cfg.executor != "local":
+            self.executor = make_executor(cfg.executor, cfg.ray_address, cfg.workers)
+            self.remote = self.executor.training_clients(cfg)
         self.aggregator = aggregator or self._make_aggregator()
         self.ledger = PrivacyLedger()
         self.history: list[dict[str, Any]] = []
@@ -204,7 +214,13 @@ class Trainer:
         ring = RingSettings(cfg.bits, noise_std, post, hardened=cfg.hardened, seed=_derive_seed(cfg.seed, 5))
         if cfg.secagg == "off":
             return RingAggregator(ring)
-        return SecAggAggregator(ring, self._secagg_settings())
+        return SecAggAggregator(ring, self._secagg_settings(), remote=self.remote)
+
+    def close(self) -> None:
+        """Release the executor's workers (a local Ray instance is shut down)."""
+        if self.executor is not None:
+            self.executor.close()
+            self.executor, self.remote = None, None
 
     def plan_noise(self) -> float:
         """The noise multiplier: given, or the smallest that keeps the planned run within
@@ -416,11 +432,19 @@ class Trainer:
         final = round_id == self.cfg.rounds
         side: dict[str, dict[int, Any]] = {"loss": {}, "sgd": {}, "pers": {}}
         work: dict[int, ClientWork] = {cid: partial(self._client_work, bc, cid, side, final) for cid in cohort}
+        if self.remote is not None:  # the clients' work runs in the executor's workers
+            self.remote.begin_round(bc, final, self.noise_multiplier)
+            work = self.remote.work(cohort)
         t_clients = time.perf_counter()
         try:
             agg = self.aggregator.aggregate(round_id, self.layout, work)
         except ProtocolAbort as exc:
             return self._aborted(round_id, cohort, str(exc), time.perf_counter() - t0)
+        finally:
+            for key, values in (self.remote.end_round() if self.remote is not None else {}).items():
+                side[key].update(values)
+            for key in side:  # client order, whichever order they finished in
+                side[key] = dict(sorted(side[key].items()))
         t_server = time.perf_counter()
         events = self._charge(round_id, agg, side["sgd"])  # journaled before the server uses the sum
         stats = self.server.apply(agg, bc)
