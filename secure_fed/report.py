@@ -1,9 +1,10 @@
 """The HTML audit report of a run (``runs/<id>/report.html``), rendered from its files alone.
 
 Runs on the operator's side (the server or whoever holds the run folder), after or during
-training: it reads ``config.json`` and ``audit.jsonl`` and nothing else, verifies the audit
-log's hash chain with :func:`secure_fed.runio.verify_chain`, and writes one self-contained
-HTML file (inline CSS, matplotlib PNGs embedded as base64 data URIs, no scripts, no external
+training: it reads ``config.json`` and ``audit.jsonl`` (and ``audit_results.json`` when
+``run_secure.py audit`` has written one) and nothing else, verifies the audit log's hash
+chain with :func:`secure_fed.runio.verify_chain`, and writes one self-contained HTML file
+(inline CSS, matplotlib PNGs embedded as base64 data URIs, no scripts, no external
 resources; a Content-Security-Policy forbids them too). Every string taken from the files is
 HTML-escaped. A broken chain does not stop the report: it is shown at the top and in the
 chain section, and the figures are marked as coming from an unverified log.
@@ -32,6 +33,7 @@ from secure_fed.errors import ConfigError
 from secure_fed.runio import AuditChainError, _atomic_write_bytes, record_digest, verify_chain
 
 REPORT_NAME = "report.html"
+AUDIT_RESULTS = "audit_results.json"
 UNITS = {"sample": "one sample (adding or removing one training example)",
          "client": "one client (adding or removing all of one client's data)"}
 AGGREGATORS = {"off": "plaintext", "plaintext": "plaintext", "secagg": "secagg",
@@ -59,6 +61,7 @@ class RunData:
     stops: list[dict[str, Any]]
     ignored: int  # lines that are not JSON objects of kind round/stop
     chain: ChainStatus
+    audits: dict[str, Any] | None = None  # audit_results.json; {"error": ...} if unreadable
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -129,7 +132,21 @@ def load_run(run_dir: Path) -> RunData:
     rounds = [r for r in records if _kind(r) == "round"]
     stops = [r for r in records if _kind(r) == "stop"]
     ignored = bad + len(records) - len(rounds) - len(stops)
-    return RunData(run_dir.resolve().name, config, rounds, stops, ignored, chain)
+    return RunData(run_dir.resolve().name, config, rounds, stops, ignored, chain,
+                   _read_audits(run_dir / AUDIT_RESULTS))
+
+
+def _read_audits(path: Path) -> dict[str, Any] | None:
+    """``audit_results.json`` if present: its object, or ``{"error": why}`` if unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        return {"error": f"{path.name} is not valid JSON ({type(exc).__name__})"}
+    if not isinstance(obj, dict) or not isinstance(obj.get("audits"), dict):
+        return {"error": f"{path.name} does not hold an object with an 'audits' object"}
+    return obj
 
 
 # -- tolerant field access -----------------------------------------------------------------
@@ -588,6 +605,118 @@ def _threshold_text(run: RunData, agg: str) -> str:
             f"released sum can cover as few as t clients.{plus}")
 
 
+# -- empirical privacy audits ------------------------------------------------------------------
+AUDIT_TITLES = {"inversion": "Upload inversion", "one-run": "One-run DP audit",
+                "membership": "Membership inference"}
+
+
+def plot_audit(spec: dict[str, Any]) -> Plot | None:
+    """One audit plot from its spec (title, axis labels and scales, series of x/y lists)."""
+    fig = Figure(figsize=(7.0, 3.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_xlabel(str(spec.get("xlabel", "")))
+    ax.set_ylabel(str(spec.get("ylabel", "")))
+    ax.grid(True, alpha=0.3)
+    drawn = []
+    for i, s in enumerate(_list(spec.get("series"))):
+        s = _dict(s)
+        pts = [(x, y) for a, b in zip(_list(s.get("x")), _list(s.get("y")), strict=False)
+               if (x := _finite(a)) is not None and (y := _finite(b)) is not None]
+        if not pts:
+            continue
+        label = str(s.get("label", f"series {i + 1}"))
+        marker = MARKERS[i % len(MARKERS)] if len(pts) <= 40 else None  # dense curves: no markers
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, markersize=3,
+                linewidth=1.2, label=label)
+        drawn.append(label)
+    if not drawn:
+        return None
+    for axis, key in ((ax.set_xscale, "xscale"), (ax.set_yscale, "yscale")):
+        if spec.get(key) == "log":
+            axis("log")
+    if len(drawn) > 1:
+        ax.legend(loc="best", fontsize="small")
+    title = str(spec.get("title", "audit plot"))
+    alt = (f"Line plot of {spec.get('ylabel', 'y')} versus {spec.get('xlabel', 'x')}, "
+           f"{len(drawn)} series: {'; '.join(drawn)}.")
+    return Plot(title, _png(fig), alt)
+
+
+def _verdict(passed: Any) -> str:
+    if passed is True:
+        return "<p class='ok'><strong>Passed.</strong></p>"
+    if passed is False:
+        return "<p class='bad' role='alert'><strong>FAILED</strong>: see the verdict below.</p>"
+    return "<p class='note'>Measured only: this audit checks no claim here.</p>"
+
+
+def _audit_value(v: Any) -> str:
+    return fmt(v, 6) if isinstance(v, float) else fmt(v)
+
+
+def summary_tables(summary: dict[str, Any]) -> str:
+    """An audit's summary: keys ``"GROUP: metric"`` shared by two or more groups become one
+    table (a row per metric, a column per group); every other key a two-column row."""
+    groups: dict[str, dict[str, Any]] = {}
+    for k, v in summary.items():
+        group, sep, metric = str(k).partition(": ")
+        if sep and metric:
+            groups.setdefault(group, {})[metric] = v
+    multi = {g: m for g, m in groups.items() if len(m) >= 2}
+    if len(multi) < 2:
+        multi = {}
+    grouped = {f"{g}: {m}" for g, ms in multi.items() for m in ms}
+    plain = [(k, v) for k, v in summary.items() if k not in grouped and not isinstance(v, dict | list)]
+    html_out = ""
+    if multi:
+        metrics = list(dict.fromkeys(m for ms in multi.values() for m in ms))
+        head = "<th scope='col'>metric</th>" + "".join(f"<th scope='col'>{esc(g)}</th>" for g in multi)
+        body = "".join(
+            f"<tr><th scope='row'>{esc(m)}</th>"
+            + "".join(f"<td>{_audit_value(multi[g].get(m))}</td>" for g in multi) + "</tr>"
+            for m in metrics)
+        html_out += f"<div class='scroll'><table class='grid'><tr>{head}</tr>{body}</table></div>"
+    rows = "".join(f"<tr><th scope='row'>{esc(k)}</th><td>{_audit_value(v)}</td></tr>" for k, v in plain)
+    return html_out + (f"<table class='kv'>{rows}</table>" if rows else "")
+
+
+def _audit_block(name: str, entry: dict[str, Any]) -> str:
+    result = _dict(entry.get("result"))
+    title = AUDIT_TITLES.get(name, name)
+    summary = {str(k): v for k, v in _dict(result.get("summary")).items()}
+    summary.update({"seed": entry.get("seed"), "seconds": _num(entry.get("seconds"))})
+    figs = []
+    for spec in _list(result.get("plots")):
+        try:
+            plot = plot_audit(_dict(spec))
+        except (ValueError, ArithmeticError) as exc:
+            figs.append(f"<p class='missing'>A plot could not be drawn ({esc(exc)}).</p>")
+            continue
+        if plot is not None:
+            figs.append(plot.html())
+    return f"<h3>{esc(title)}</h3>{_verdict(result.get('passed'))}{summary_tables(summary)}{''.join(figs)}"
+
+
+def audits_section(run: RunData) -> str:
+    """Results of ``run_secure.py audit`` (audit_results.json), or nothing if never run."""
+    data = run.audits
+    if data is None:
+        return ""
+    if "error" in data:
+        body = f"<p class='bad'>The audit results could not be read: {esc(data['error'])}.</p>"
+        return _section("audits", "Empirical privacy audits", body)
+    intro = ("<p>Attacks run against this run's own uploads, releases and model "
+             "(<code>run_secure.py audit</code>): evidence of what an attacker recovers, next to "
+             "the accountant's claim above. Raw scores are in <code>audit_results.json</code>.</p>")
+    audits = _dict(data.get("audits"))
+    order = [n for n in AUDIT_TITLES if n in audits] + sorted(set(audits) - set(AUDIT_TITLES))
+    blocks = "".join(_audit_block(str(n), _dict(audits[n])) for n in order)
+    if not blocks:
+        blocks = "<p class='missing'>No audit results recorded.</p>"
+    return _section("audits", "Empirical privacy audits", intro + blocks)
+
+
 def _dp_text(run: RunData, agg: str) -> str:
     if not dp_enabled(run):
         return ("No differential privacy: nothing bounds what the released sums and models "
@@ -774,7 +903,8 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 def render_html(run: RunData) -> str:
     """The whole page as a string (no I/O)."""
     body = "".join([
-        summary_section(run), privacy_section(run), threat_section(run), plots_section(run),
+        summary_section(run), privacy_section(run), audits_section(run), threat_section(run),
+        plots_section(run),
         stop_section(run), rounds_section(run), environment_section(run), chain_section(run),
         config_section(run),
     ])

@@ -1,0 +1,548 @@
+"""Upload-inversion audit: what a curious server recovers from FedHPro's per-class uploads.
+
+The attack (server side, :func:`invert`) is analytic. For client samples i of class c with
+features f_i >= 0 (every model here ends its feature extractor with a ReLU) and softmax
+error e_i = softmax(W f_i + b) - onehot(c), a per-class upload holds the sums
+
+    B_c = sum_i e_i  (cls_grad_b[c], C entries),   G_c = sum_i e_i f_i^T  (cls_grad_w[c], C x dim)
+
+(each term scaled by its clipping factor under sample-level DP), and feat_grad[c] = W^T B_c.
+Row c of G_c over entry c of B_c is a weighted class-mean feature,
+
+    G_c[c] / B_c[c] = sum_i (1 - p_ic) f_i / sum_i (1 - p_ic),
+
+exact for a class with one sample and close to the plain mean while the model is not yet
+confident (the first round). The class count follows by projecting B_c on the error the
+model makes at that mean, n_c ~ B_c . e(m_c) / |e(m_c)|^2, or, under sample-level DP, from
+the count coordinate (count / (coordinate * release rate)). The label set is the classes
+whose blocks are nonzero: the holder indicators without DP, else a chi-square energy test of
+each class's blocks against the public noise level. Because this project uploads *sums*,
+the reference implementation's count leak (feature-gradient norm over the bias-gradient
+norm of per-class *means*, which is 1/n_c) is gone: on sums that ratio is 1 by construction.
+
+The audit (:func:`audit_inversion`) runs on a finished run folder. It rebuilds the run from
+``config.json`` (data, partition, model, upload layout, aggregator) and ``checkpoint.pt``
+(final global state and noise multiplier), then replays one round of client work with the
+project's real client code path and the run's real aggregator (SecAgg/SecAgg+, fixed-point
+codec and DP noise as configured) at two model points: round 1 (the initial global model,
+rebuilt from the run's seed: the round whose uploads reveal most) and the round after the
+last (the final global model). It attacks (a) each summed client's own upload, as an
+insecure system would expose it (the client's encoded words before masking, including its
+own noise share), and (b) the aggregate the server actually receives. Ground truth and the
+population-mean baseline (guessing the federation's class means) come from the harness,
+which holds every shard. The audit's own randomness (DP sampling and noise, rounding,
+dropouts, protocol secrets) is seeded from ``seed``, so a seed gives the same result.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from crypto.rng import KeystreamRNG
+from secure_fed.aggregate import (
+    Aggregate,
+    Aggregator,
+    ClientWork,
+    PlaintextAggregator,
+    VectorLayout,
+)
+from secure_fed.client import extract_features
+from secure_fed.config import TrainConfig
+from secure_fed.errors import ConfigError, ProtocolAbort
+from secure_fed.secure_aggregation import LayoutCodec, RingAggregator, SecAggAggregator
+from secure_fed.server import Broadcast
+from secure_fed.trainer import Trainer, _derive_seed
+
+NAME = "inversion"
+POINTS = ("first", "final")
+POINT_LABELS = {"first": "round 1 (initial model)", "final": "final model"}
+DETECTION_Z = 3.0
+"""Standard deviations of the noise energy above which a class block counts as present."""
+DEFAULT_MAX_ADVANTAGE = 0.05
+"""Largest mean-cosine advantage of the server-view attack over the population-mean
+baseline, for any single client, that the audit accepts under secure aggregation."""
+
+
+# -- the attack (server side: public parameters and one vector) ------------------------------
+@dataclass(frozen=True)
+class AttackerKnowledge:
+    """What the attacker knows besides the attacked vector (all public to the server).
+
+    ``weight``/``bias``: the broadcast classifier the clients used (C x dim, C); ``noise_std``:
+    per-entry standard deviation of the DP noise in the attacked vector (input units; 0 without
+    DP, ``share std * sqrt(uploads summed)`` for a sum of distributed shares).
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    dp: str
+    count_coordinate: float
+    release_rate: float
+    noise_std: float
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """The attack's output for one vector: per-class estimates for the classes it sums.
+
+    ``means`` (C x dim): recovered class-mean features (zero rows where undefined);
+    ``counts`` (C): recovered class counts, summed over the vector's uploads; ``present`` (C):
+    classes judged present; ``score`` (C): the presence statistic (noise standard deviations
+    of block energy, or +inf/0 for exact indicators).
+    """
+
+    means: np.ndarray
+    counts: np.ndarray
+    present: np.ndarray
+    score: np.ndarray
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def class_block_energy(layout: VectorLayout, vector: np.ndarray, c: int) -> tuple[float, int]:
+    """Sum of squares and entry count of class ``c``'s blocks (feature, weight, bias, count)."""
+    energy, entries = 0.0, 0
+    for name in ("feat_grad", "cls_grad_w", "cls_grad_b", "class_count"):
+        if name in layout.names():
+            block = np.asarray(layout.view(vector, name)[c], dtype=np.float64)
+            energy += float(np.sum(block * block))
+            entries += block.size
+    return energy, entries
+
+
+def _presence(layout: VectorLayout, vector: np.ndarray, k: AttackerKnowledge, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label set: exact holder indicators without DP, else an energy test against the noise."""
+    if "holders" in layout.names():
+        holders = np.asarray(layout.view(vector, "holders"), dtype=np.float64)
+        present = holders > 0.5
+        return present, np.where(present, np.inf, 0.0)
+    score = np.zeros(num_classes)
+    for c in range(num_classes):
+        energy, d = class_block_energy(layout, vector, c)
+        if k.noise_std > 0:
+            var = k.noise_std ** 2
+            score[c] = (energy - d * var) / (var * math.sqrt(2.0 * d))  # chi-square, d dof, in sds
+        else:
+            score[c] = np.inf if energy > 0 else 0.0
+    return score > DETECTION_Z, score
+
+
+def invert(layout: VectorLayout, vector: np.ndarray, k: AttackerKnowledge) -> Inversion:
+    """The analytic attack on one upload or one sum of uploads (server side, pure numpy)."""
+    w = np.asarray(k.weight, dtype=np.float64)
+    b = np.asarray(k.bias, dtype=np.float64)
+    num_classes, dim = w.shape
+    g_w = np.asarray(layout.view(vector, "cls_grad_w"), dtype=np.float64)  # C x C x dim
+    g_b = np.asarray(layout.view(vector, "cls_grad_b"), dtype=np.float64)  # C x C
+    present, score = _presence(layout, vector, k, num_classes)
+    means = np.zeros((num_classes, dim))
+    counts = np.zeros(num_classes)
+    for c in range(num_classes):
+        num = np.maximum(-g_w[c, c], 0.0)  # features are >= 0 and 1 - p_ic > 0: -G_c[c] >= 0
+        den = abs(float(g_b[c, c]))  # -B_c[c] > 0 without noise; noise may flip its sign
+        if den > 0:
+            means[c] = num / den
+        err = _softmax(w @ means[c] + b)
+        err[c] -= 1.0
+        counts[c] = float(g_b[c] @ err / (err @ err))
+    if k.dp == "sample" and "class_count" in layout.names():
+        counts = np.asarray(layout.view(vector, "class_count"), dtype=np.float64) / (k.count_coordinate * k.release_rate)
+    # A class judged present holds at least one sample.
+    return Inversion(means, np.where(present, np.maximum(counts, 1.0), 0.0), present, score)
+
+
+# -- scoring against the truth (harness side) ------------------------------------------------
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
+
+
+def _rel_l2(est: np.ndarray, true: np.ndarray) -> float:
+    return float(np.linalg.norm(est - true) / max(float(np.linalg.norm(true)), 1e-12))
+
+
+@dataclass(frozen=True)
+class Guess:
+    """One view's guess for a client: class means, per-client counts and the label set."""
+
+    means: np.ndarray
+    counts: np.ndarray
+    present: np.ndarray
+
+
+def score_client(guess: Guess, true_means: np.ndarray, true_counts: np.ndarray, batch_size: int) -> dict[str, Any]:
+    """Per-class metrics of ``guess`` against one client's truth (classes it holds)."""
+    held = np.flatnonzero(true_counts > 0)
+    cos = [_cosine(guess.means[c], true_means[c]) for c in held]
+    rel = [_rel_l2(guess.means[c], true_means[c]) for c in held]
+    est = [int(round(float(guess.counts[c]))) for c in held]
+    hits = [e == int(true_counts[c]) for e, c in zip(est, held, strict=True)]
+    small = [h for h, c in zip(hits, held, strict=True) if true_counts[c] < batch_size]
+    predicted = set(np.flatnonzero(guess.present).tolist())
+    truth = set(held.tolist())
+    tp = len(predicted & truth)
+    return {
+        "classes": held.tolist(), "true_counts": [int(true_counts[c]) for c in held],
+        "cosine": cos, "rel_l2": rel, "count_estimates": [float(guess.counts[c]) for c in held],
+        "count_hits": hits, "small_count_hits": small,
+        "label_precision": tp / len(predicted) if predicted else 0.0,
+        "label_recall": tp / len(truth) if truth else 1.0,
+    }
+
+
+def _pool(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """Means over every (client, class) pair and over clients."""
+    def flat(key: str) -> list[float]:
+        return [float(v) for r in rows for v in r[key]]
+
+    def mean(xs: Sequence[float]) -> float | None:
+        return float(np.mean(xs)) if xs else None
+
+    cos = flat("cosine")
+    return {
+        "cosine_mean": mean(cos), "cosine_min": min(cos) if cos else None,
+        "rel_l2_mean": mean(flat("rel_l2")),
+        "count_hit_rate": mean(flat("count_hits")),
+        "small_count_hit_rate": mean(flat("small_count_hits")),
+        "label_precision": mean([r["label_precision"] for r in rows]),
+        "label_recall": mean([r["label_recall"] for r in rows]),
+        "pairs": len(cos),
+    }
+
+
+# -- replaying a round of the run ------------------------------------------------------------
+class _AuditTrainer(Trainer):
+    """The run's trainer with the audit's seeded client randomness (DP sampling and noise)."""
+
+    def __init__(self, cfg: TrainConfig, audit_seed: int) -> None:
+        self.audit_seed = audit_seed
+        if getattr(cfg, "executor", "local") != "local":
+            # The tap sits on the client side, so the replayed clients run in this process
+            # (same client code as a remote worker runs).
+            cfg = cfg.replace(executor="local")
+        super().__init__(cfg, progress=False, log=lambda s: None, write_outputs=False)
+
+    def _client_rng(self, round_id: int, cid: int) -> KeystreamRNG:
+        return KeystreamRNG.from_seed(_derive_seed(self.audit_seed, 6), f"audit-client-dp/{round_id}/{cid}")
+
+
+class _Tap:
+    """Records each client's upload on the client side, before masking (the insecure view)."""
+
+    def __init__(self) -> None:
+        self.floats: dict[int, np.ndarray] = {}
+        self.encoded: dict[int, np.ndarray] = {}
+
+    def work(self, cid: int, fn: ClientWork) -> ClientWork:
+        def run() -> np.ndarray:
+            vec = fn()
+            self.floats[cid] = vec.copy()
+            return vec
+
+        return run
+
+    def post_encode(self, inner: Any) -> Any:
+        def post(round_id: int, cid: int, words: np.ndarray, codec: LayoutCodec, rng: KeystreamRNG) -> np.ndarray:
+            out = words if inner is None else inner(round_id, cid, words, codec, rng)
+            self.encoded[cid] = codec.decode_sum(out, 1)  # exactly what this client sends, unmasked
+            return out
+
+        return post
+
+    def upload(self, cid: int) -> np.ndarray:
+        return self.encoded[cid] if cid in self.encoded else self.floats[cid]
+
+
+def _tapped_aggregator(trainer: Trainer, tap: _Tap, seed: int) -> Aggregator:
+    """The run's aggregator with the tap on its client side and the audit's seeded randomness."""
+    agg = trainer.aggregator
+    if isinstance(agg, PlaintextAggregator):
+        return PlaintextAggregator()
+    if isinstance(agg, RingAggregator | SecAggAggregator):
+        ring = dataclasses.replace(agg.settings, post_encode=tap.post_encode(agg.settings.post_encode),
+                                   hardened=False, seed=_derive_seed(seed, 5))
+        if isinstance(agg, SecAggAggregator):
+            return SecAggAggregator(ring, dataclasses.replace(agg.secagg, dropout_seed=_derive_seed(seed, 4)))
+        return RingAggregator(ring)
+    raise ConfigError(f"inversion audit: aggregator {getattr(agg, 'name', agg)!r} is not supported")
+
+
+@torch.no_grad()
+def _truth(trainer: Trainer, bc: Broadcast) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """Per-client class means and counts under the broadcast model, and the population's."""
+    model = copy.deepcopy(trainer.server.model)
+    model.load_state_dict(bc.model_state)
+    c = trainer.num_classes
+    means, counts = [], []
+    pop_sum: np.ndarray | None = None
+    pop_n = np.zeros(c)
+    for shard in trainer.shards:
+        f = extract_features(model, shard.x).double().cpu().numpy()
+        y = shard.y.cpu().numpy()
+        n = np.bincount(y, minlength=c).astype(np.float64)
+        s = np.zeros((c, f.shape[1]))
+        np.add.at(s, y, f)
+        means.append(s / np.maximum(n, 1)[:, None])
+        counts.append(n)
+        pop_sum = s if pop_sum is None else pop_sum + s
+        pop_n += n
+    assert pop_sum is not None
+    return means, counts, pop_sum / np.maximum(pop_n, 1)[:, None], pop_n
+
+
+def _knowledge(trainer: Trainer, bc: Broadcast, uploads: int) -> AttackerKnowledge:
+    share = trainer.privacy.noise.share_std() if trainer.privacy is not None and trainer.privacy.noise.blocks else 0.0
+    return AttackerKnowledge(
+        weight=bc.model_state["classifier.weight"].double().cpu().numpy(),
+        bias=bc.model_state["classifier.bias"].double().cpu().numpy(),
+        dp=trainer.cfg.dp, count_coordinate=trainer.spec.count_coordinate, release_rate=trainer.cfg.release_rate,
+        noise_std=share * math.sqrt(uploads),
+    )
+
+
+def _replay_round(trainer: Trainer, round_id: int, seed: int) -> tuple[Broadcast, dict[int, np.ndarray], Aggregate | None, str | None]:
+    """One round of the real client work and aggregation on the current global state.
+
+    Returns the broadcast, every client's upload as it left the client (before masking), the
+    aggregate the server receives (None if the protocol aborted) and the abort reason.
+    """
+    bc = trainer.server.broadcast(round_id)
+    cohort = trainer.cohort(round_id)
+    tap = _Tap()
+    aggregator = _tapped_aggregator(trainer, tap, seed)
+    side: dict[str, dict[int, Any]] = {"loss": {}, "sgd": {}, "pers": {}}
+    # Trainer._client_work is the client's whole round as training runs it (FedHPro work,
+    # DP clipping, DP-SGD, flattening, float noise); the aggregator encodes, noises and masks.
+    work = {cid: tap.work(cid, partial(trainer._client_work, bc, cid, side, False)) for cid in cohort}
+    try:
+        agg: Aggregate | None = aggregator.aggregate(round_id, trainer.layout, work)
+        reason = None
+    except ProtocolAbort as exc:
+        agg, reason = None, str(exc)
+    uploads = {cid: tap.upload(cid) for cid in sorted(tap.floats)}
+    return bc, uploads, agg, reason
+
+
+def _per_client_guess(inv: Inversion, uploads: int) -> Guess:
+    return Guess(inv.means, inv.counts / max(uploads, 1), inv.present)
+
+
+def _audit_point(trainer: Trainer, point: str, round_id: int, seed: int) -> dict[str, Any]:
+    """Attack one replayed round: each client's upload, the server's aggregate, the baseline."""
+    bc, uploads, agg, reason = _replay_round(trainer, round_id, seed)
+    means, counts, pop_means, pop_counts = _truth(trainer, bc)
+    layout, batch = trainer.layout, trainer.cfg.batch_size
+    summed: list[int] = []
+    if agg is not None:
+        listed = agg.meta.get("summed", sorted(uploads))
+        summed = sorted(int(c) for c in listed) if isinstance(listed, list | tuple) else sorted(uploads)
+    targets = summed or sorted(uploads)
+    baseline = Guess(pop_means, pop_counts / trainer.cfg.clients, pop_counts > 0)
+    rows: dict[str, list[dict[str, Any]]] = {"upload": [], "server": [], "baseline": []}
+    server_inv = invert(layout, agg.vector, _knowledge(trainer, bc, agg.count)) if agg is not None else None
+    advantage: dict[str, float] = {}
+    for cid in targets:
+        own = invert(layout, uploads[cid], _knowledge(trainer, bc, 1))
+        rows["upload"].append({"client": cid, **score_client(_per_client_guess(own, 1), means[cid], counts[cid], batch)})
+        base = {"client": cid, **score_client(baseline, means[cid], counts[cid], batch)}
+        rows["baseline"].append(base)
+        if server_inv is not None and agg is not None:
+            srv = {"client": cid, **score_client(_per_client_guess(server_inv, agg.count), means[cid], counts[cid], batch)}
+            rows["server"].append(srv)
+            if srv["cosine"]:
+                advantage[str(cid)] = float(np.mean(srv["cosine"]) - np.mean(base["cosine"]))
+    population = None
+    if server_inv is not None:
+        cls = np.flatnonzero(pop_counts > 0)
+        population = {"classes": cls.tolist(),
+                      "cosine": [_cosine(server_inv.means[c], pop_means[c]) for c in cls],
+                      "rel_l2": [_rel_l2(server_inv.means[c], pop_means[c]) for c in cls]}
+    return {
+        "point": point, "round": round_id, "targets": targets, "summed": summed,
+        "dropped": sorted(set(uploads) - set(summed)) if agg is not None else [],
+        "aborted": reason, "aggregator": None if agg is None else agg.meta.get("aggregator"),
+        "noise_std_upload": _knowledge(trainer, bc, 1).noise_std,
+        "noise_std_sum": None if agg is None else _knowledge(trainer, bc, agg.count).noise_std,
+        "views": {view: {"pooled": _pool(r), "clients": r} for view, r in rows.items()},
+        "advantage": advantage, "population": population,
+    }
+
+
+# -- the audit -------------------------------------------------------------------------------
+def _load_config(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    if not run_dir.is_dir():
+        raise ConfigError(f"RUN_DIR: {run_dir} is not a directory")
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"RUN_DIR: {run_dir} has no config.json (is it a run folder?)")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"RUN_DIR: {path.name} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"RUN_DIR: {path.name} must hold a JSON object")
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise ConfigError(f"RUN_DIR: {run_dir} has no checkpoint.pt (the inversion audit needs the final global state)")
+    return TrainConfig.from_dict(raw), raw
+
+
+def _points(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = tuple(p for p in POINTS if p in {str(i).strip() for i in items})
+    bad = {str(i).strip() for i in items} - set(POINTS)
+    if bad or not out:
+        raise ConfigError(f"--inversion-points: choose from {', '.join(POINTS)} (got {', '.join(map(str, items)) or 'nothing'})")
+    return out
+
+
+def _summary_for(res: dict[str, Any]) -> dict[str, float | int | str | None]:
+    tag = POINT_LABELS[res["point"]]
+    up, srv, base = (res["views"][v]["pooled"] for v in ("upload", "server", "baseline"))
+    pop = res["population"]
+    adv = res["advantage"]
+    return {
+        f"{tag}: upload cosine to true class means (mean)": up["cosine_mean"],
+        f"{tag}: upload cosine (worst class)": up["cosine_min"],
+        f"{tag}: upload relative L2 (mean)": up["rel_l2_mean"],
+        f"{tag}: upload exact counts (all classes)": up["count_hit_rate"],
+        f"{tag}: upload exact counts (count < batch size)": up["small_count_hit_rate"],
+        f"{tag}: upload label-set precision / recall": _pr(up),
+        f"{tag}: server sum cosine to the client's class means (mean)": srv["cosine_mean"],
+        f"{tag}: server sum exact counts (count < batch size)": srv["small_count_hit_rate"],
+        f"{tag}: server sum label-set precision / recall": _pr(srv),
+        f"{tag}: population-mean baseline cosine (mean)": base["cosine_mean"],
+        f"{tag}: population-mean baseline exact counts (count < batch size)": base["small_count_hit_rate"],
+        f"{tag}: server advantage over baseline, worst client (cosine)": max(adv.values()) if adv else None,
+        f"{tag}: server sum cosine to population class means (mean)": float(np.mean(pop["cosine"])) if pop and pop["cosine"] else None,
+        f"{tag}: clients summed / noise std per entry of the sum": (
+            f"{len(res['summed'])} / {res['noise_std_sum']:.4g}" if res["noise_std_sum"] is not None else f"aborted: {res['aborted']}"),
+    }
+
+
+def _pr(pooled: dict[str, Any]) -> str | None:
+    if pooled["label_precision"] is None:
+        return None
+    return f"{pooled['label_precision']:.3f} / {pooled['label_recall']:.3f}"
+
+
+def _cdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
+    xs = sorted(float(v) for v in values)
+    n = len(xs)
+    return xs, [(i + 1) / n for i in range(n)]
+
+
+def _plots(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    cos_series, err_series = [], []
+    for res in results:
+        tag = POINT_LABELS[res["point"]]
+        for view, label in (("upload", "one client's upload"), ("server", "server's sum"), ("baseline", "population mean")):
+            rows = res["views"][view]["clients"]
+            cos = [v for r in rows for v in r["cosine"]]
+            err = [abs(e - t) for r in rows for e, t in zip(r["count_estimates"], r["true_counts"], strict=True)]
+            if cos:
+                x, y = _cdf(cos)
+                cos_series.append({"label": f"{label}, {tag}", "x": x, "y": y})
+            if err:
+                x, y = _cdf(err)
+                err_series.append({"label": f"{label}, {tag}", "x": x, "y": y})
+    return [
+        {"title": "Inversion: cosine of the recovered to the client's true class-mean features",
+         "xlabel": "cosine to the true class mean", "ylabel": "fraction of (client, class) pairs <= x",
+         "xscale": "linear", "yscale": "linear", "series": cos_series},
+        {"title": "Inversion: error of the recovered class counts",
+         "xlabel": "|recovered - true| class count", "ylabel": "fraction of (client, class) pairs <= x",
+         "xscale": "linear", "yscale": "linear", "series": err_series},
+    ]
+
+
+def _not_applicable(cfg: TrainConfig) -> dict[str, Any]:
+    why = f"algorithm {cfg.algorithm} uploads no per-class gradients; the inversion audit applies to fedhpro runs"
+    return {"name": NAME, "summary": {"applicable": False, "verdict": why}, "passed": None, "plots": [], "raw": {"reason": why}}
+
+
+def audit_inversion(run_dir: Path, *, seed: int | None = None, points: Any = POINTS,
+                    max_advantage: float | None = DEFAULT_MAX_ADVANTAGE, progress: bool = True,
+                    **options: Any) -> dict[str, Any]:
+    """Run the upload-inversion audit on a finished run folder (operator side).
+
+    ``seed`` (None = 0) seeds the audit's replayed rounds; ``points``: "first" and/or "final"
+    (a comma string or a sequence); ``max_advantage``: the largest mean-cosine advantage over
+    the population-mean baseline the server-view attack may have on any client before the
+    audit fails (checked only under secure aggregation, where the server is claimed to learn
+    only the sum; None never fails). Returns the audit result dict (see secure_fed.audit).
+    """
+    if options:
+        raise ConfigError(f"inversion audit: unknown option(s) {', '.join(sorted(options))} "
+                          "(known: points, max_advantage)")
+    if max_advantage is not None and not (isinstance(max_advantage, int | float) and max_advantage >= 0):
+        raise ConfigError(f"--inversion-max-advantage: must be a number >= 0 (got {max_advantage!r})")
+    run_dir = Path(run_dir)
+    wanted = _points(points)
+    audit_seed = 0 if seed is None else int(seed)
+    if audit_seed < 0:
+        raise ConfigError(f"--seed: must be >= 0 (got {seed})")
+    cfg, raw_cfg = _load_config(run_dir)
+    if cfg.algorithm != "fedhpro":
+        return _not_applicable(cfg)
+    trainer = _AuditTrainer(cfg, audit_seed)
+    results = []
+    for point in tqdm(wanted, desc="inversion audit", unit="round", disable=not progress, leave=False):
+        if point == "first":
+            sigma = raw_cfg.get("noise_multiplier_used")
+            if trainer.privacy is not None:
+                if not isinstance(sigma, int | float):
+                    raise ConfigError(f"RUN_DIR: {run_dir.name}/config.json records no noise_multiplier_used")
+                trainer._set_noise(float(sigma))  # the run's noise, installed as training does
+            round_id = 1
+        else:
+            trainer.resume_from(run_dir)  # final global state and noise multiplier
+            round_id = trainer.start_round
+        results.append(_audit_point(trainer, point, round_id, audit_seed))
+    return _result(cfg, results, max_advantage, audit_seed)
+
+
+def _result(cfg: TrainConfig, results: list[dict[str, Any]], max_advantage: float | None, seed: int) -> dict[str, Any]:
+    summary: dict[str, Any] = {"applicable": True}
+    for res in results:
+        summary.update(_summary_for(res))
+    worst = [max(r["advantage"].values()) for r in results if r["advantage"]]
+    secure = cfg.secagg != "off"
+    if not secure:
+        passed = None
+        verdict = ("no secure aggregation: the server may see each upload, so the upload attack "
+                   "applies as is; no claim to check")
+    elif max_advantage is None or not worst:
+        passed = None
+        verdict = "measured only (no advantage bound given, or no sum released)"
+    else:
+        passed = max(worst) <= max_advantage
+        verdict = (f"the server-sum attack beats the population-mean baseline for some client by "
+                   f"{max(worst):.3g} mean cosine; the bound is {max_advantage}") if not passed else (
+                   f"the server-sum attack is within {max_advantage} mean cosine of the "
+                   f"population-mean baseline for every client (worst {max(worst):.3g})")
+    summary["max advantage allowed (cosine)"] = max_advantage if secure else None
+    summary["verdict"] = verdict
+    return {
+        "name": NAME, "summary": summary, "passed": passed, "plots": _plots(results),
+        "raw": {"seed": seed, "points": results, "batch_size": cfg.batch_size, "dp": cfg.dp,
+                "secagg": cfg.secagg, "mechanism": cfg.mechanism, "noise_placement": cfg.noise_placement},
+    }
+
+
+__all__ = ["AttackerKnowledge", "Inversion", "audit_inversion", "invert", "score_client"]

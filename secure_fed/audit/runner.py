@@ -1,0 +1,248 @@
+"""Run the empirical privacy audits on a run folder and keep their evidence (operator side).
+
+:func:`run_audits` imports each selected audit by name (``secure_fed.audit.<module>``),
+runs it, checks that its result follows the audit contract (see :mod:`secure_fed.audit`),
+writes every result into ``RUN_DIR/audit_results.json`` atomically (results of audits not
+run this time are kept from an earlier file), re-renders ``report.html`` with its
+"Empirical privacy audits" section, and only then raises
+:class:`~secure_fed.errors.AuditFailed` if an audit's ``passed`` is False: the evidence
+is on disk before anything fails.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from secure_fed.errors import AuditFailed, ConfigError
+from secure_fed.runio import _atomic_write_bytes
+
+RESULTS_NAME = "audit_results.json"
+FORMAT = 1
+AUDITS: dict[str, tuple[str, str]] = {
+    "inversion": ("secure_fed.audit.inversion", "audit_inversion"),
+    "one-run": ("secure_fed.audit.one_run", "audit_one_run"),
+    "membership": ("secure_fed.audit.membership", "audit_membership"),
+}
+"""Audit name -> (module, function). Every function takes (run_dir, *, seed, **options)."""
+PLOT_SCALES = ("linear", "log")
+
+AuditFn = Callable[..., dict[str, Any]]
+
+
+def parse_which(value: str | Sequence[str]) -> list[str]:
+    """Audit names from ``--which`` (comma-separated or a sequence), in the given order."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(i).strip() for i in items if str(i).strip()]
+    if not names:
+        raise ConfigError(f"--which: name at least one audit ({', '.join(AUDITS)})")
+    unknown = [n for n in names if n not in AUDITS]
+    if unknown:
+        raise ConfigError(f"--which: unknown audit {unknown[0]!r}; choose from {', '.join(AUDITS)}")
+    return list(dict.fromkeys(names))
+
+
+def load_audit(name: str) -> AuditFn:
+    """The audit function for ``name``; ConfigError if its module is not installed."""
+    if name not in AUDITS:
+        raise ConfigError(f"--which: unknown audit {name!r}; choose from {', '.join(AUDITS)}")
+    module, attr = AUDITS[name]
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        raise ConfigError(f"--which: the {name!r} audit is not available in this installation "
+                          f"(module {module} is missing); choose from the others") from None
+    fn = getattr(mod, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"--which: module {module} has no function {attr}()")
+    return fn
+
+
+# -- the result contract -----------------------------------------------------------------------
+def _clean(v: Any, where: str) -> Any:
+    """``v`` as plain JSON (numpy scalars/arrays converted, non-finite floats to None)."""
+    if v is None or isinstance(v, bool | str):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Mapping):
+        return {str(k): _clean(x, f"{where}.{k}") for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x, f"{where}[]") for x in v]
+    tolist = getattr(v, "tolist", None)  # numpy arrays and scalars, torch tensors
+    if callable(tolist):
+        return _clean(tolist(), where)
+    raise ConfigError(f"audit result: {where} is a {type(v).__name__}, not JSON-serializable")
+
+
+def _check_plot(p: Any, where: str) -> None:
+    if not isinstance(p, Mapping):
+        raise ConfigError(f"audit result: {where} must be an object")
+    for key in ("title", "xlabel", "ylabel"):
+        if not isinstance(p.get(key), str):
+            raise ConfigError(f"audit result: {where}.{key} must be a string")
+    for key in ("xscale", "yscale"):
+        if p.get(key, "linear") not in PLOT_SCALES:
+            raise ConfigError(f"audit result: {where}.{key} must be one of {', '.join(PLOT_SCALES)}")
+    series = p.get("series")
+    if not isinstance(series, list):
+        raise ConfigError(f"audit result: {where}.series must be a list")
+    for j, s in enumerate(series):
+        if not isinstance(s, Mapping) or not isinstance(s.get("label"), str):
+            raise ConfigError(f"audit result: {where}.series[{j}] needs a string label")
+        x, y = s.get("x"), s.get("y")
+        if not isinstance(x, list) or not isinstance(y, list) or len(x) != len(y):
+            raise ConfigError(f"audit result: {where}.series[{j}] needs lists x and y of equal length")
+
+
+def validate_result(name: str, result: Any) -> dict[str, Any]:
+    """Check ``result`` against the audit contract and return it as plain JSON."""
+    if not isinstance(result, Mapping):
+        raise ConfigError(f"audit {name!r} returned a {type(result).__name__}, not a dict")
+    clean = _clean(dict(result), name)
+    if not isinstance(clean.get("name"), str):
+        raise ConfigError(f"audit result {name!r}: 'name' must be a string")
+    summary = clean.get("summary")
+    if not isinstance(summary, dict) or any(isinstance(v, dict | list) for v in summary.values()):
+        raise ConfigError(f"audit result {name!r}: 'summary' must map names to numbers, strings, booleans or null")
+    if clean.get("passed") not in (True, False, None):
+        raise ConfigError(f"audit result {name!r}: 'passed' must be true, false or null")
+    plots = clean.get("plots", [])
+    if not isinstance(plots, list):
+        raise ConfigError(f"audit result {name!r}: 'plots' must be a list")
+    for i, p in enumerate(plots):
+        _check_plot(p, f"{name}.plots[{i}]")
+    clean.setdefault("plots", [])
+    clean.setdefault("raw", {})
+    return clean
+
+
+# -- reading and writing ----------------------------------------------------------------------
+def read_results(run_dir: Path) -> dict[str, Any] | None:
+    """The parsed ``audit_results.json`` of ``run_dir``, or None if absent or unreadable."""
+    path = Path(run_dir) / RESULTS_NAME
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None
+    return obj if isinstance(obj, dict) and isinstance(obj.get("audits"), dict) else None
+
+
+def _write(run_dir: Path, entries: dict[str, dict[str, Any]]) -> Path:
+    previous = read_results(run_dir) or {"audits": {}}
+    audits = {k: v for k, v in previous["audits"].items() if k in AUDITS and isinstance(v, dict)}
+    audits.update(entries)
+    verdicts = [v.get("result", {}).get("passed") for v in audits.values()]
+    overall = False if False in verdicts else (True if True in verdicts else None)
+    path = run_dir / RESULTS_NAME
+    content = {"format": FORMAT, "run": run_dir.resolve().name, "passed": overall,
+               "audits": {k: audits[k] for k in AUDITS if k in audits}}
+    # runio.write_json sorts keys; an audit's summary keeps the order its audit chose, so the
+    # file goes through the same atomic writer unsorted.
+    _atomic_write_bytes(path, (json.dumps(content, indent=1, allow_nan=False) + "\n").encode())
+    return path
+
+
+def _check_options(fn: AuditFn, name: str, options: Mapping[str, Any]) -> None:
+    """Options an audit function cannot take are bad input (exit 2), found before any audit runs."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [p.name for p in params.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
+             and p.name not in ("seed", "shadow_runs", "progress")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"--option: the {name} audit has no option {unknown[0]!r} "
+                          f"(it takes: {', '.join(known) or 'none'})")
+
+
+def _kwargs(fn: AuditFn, name: str, shadow_runs: int, progress: bool, options: Mapping[str, Any]) -> dict[str, Any]:
+    kw = dict(options)
+    params = inspect.signature(fn).parameters
+    if name == "membership":
+        kw["shadow_runs"] = shadow_runs
+    if "progress" in params and "progress" not in kw:  # only where the audit declares it
+        kw["progress"] = progress
+    return kw
+
+
+def run_audits(
+    run_dir: Path,
+    which: str | Sequence[str] = tuple(AUDITS),
+    *,
+    seed: int | None = None,
+    shadow_runs: int = 0,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool = True,
+    render: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the selected audits on ``run_dir`` and write ``audit_results.json`` (operator side).
+
+    ``options`` maps an audit name to keyword options for that audit only. Returns the file's
+    content. Raises ConfigError for bad input before any audit runs (unknown or unavailable
+    audit, not a run folder); an audit's own error is raised after the results of the audits
+    that finished are written. Raises AuditFailed after writing (and re-rendering the report)
+    if any audit's ``passed`` is False.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not (run_dir / "config.json").is_file():
+        raise ConfigError(f"RUN_DIR: {run_dir} is not a run folder (no config.json)")
+    if seed is not None and (not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"--seed: must be an integer >= 0 (got {seed!r})")
+    if not isinstance(shadow_runs, int) or shadow_runs < 0:
+        raise ConfigError(f"--shadow-runs: must be an integer >= 0 (got {shadow_runs!r})")
+    names = parse_which(which)
+    options = dict(options or {})
+    stray = set(options) - set(names)
+    if stray:
+        raise ConfigError(f"--option: options given for audits not selected by --which: {', '.join(sorted(stray))}")
+    fns = {n: load_audit(n) for n in names}  # every selected audit must exist before any runs
+    for n in names:
+        _check_options(fns[n], n, options.get(n, {}))
+    entries: dict[str, dict[str, Any]] = {}
+    error: BaseException | None = None
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            result = fns[name](run_dir, seed=seed, **_kwargs(fns[name], name, shadow_runs, progress, options.get(name, {})))
+            entries[name] = {"seed": seed, "seconds": time.perf_counter() - t0, "result": validate_result(name, result)}
+        except Exception as exc:  # keep the finished audits' evidence, then re-raise below
+            error = exc
+            break
+        if log is not None:
+            log(_line(name, entries[name]))
+    written = _write(run_dir, entries) if entries else None
+    if written is not None and render:
+        from secure_fed.report import render as render_report
+
+        render_report(run_dir)
+    if error is not None:
+        raise error
+    content = read_results(run_dir) or {}
+    failed = [n for n in names if entries[n]["result"]["passed"] is False]
+    if failed:
+        why = "; ".join(f"{n}: {entries[n]['result']['summary'].get('verdict', 'failed')}" for n in failed)
+        raise AuditFailed(f"{', '.join(failed)} failed ({why}); evidence in {RESULTS_NAME}")
+    return content
+
+
+def _line(name: str, entry: Mapping[str, Any]) -> str:
+    verdict = {True: "passed", False: "FAILED", None: "measured (no pass/fail claim)"}[entry["result"]["passed"]]
+    return f"{name}: {verdict} in {entry['seconds']:.1f}s"
+
+
+__all__ = ["AUDITS", "RESULTS_NAME", "load_audit", "parse_which", "read_results",
+           "run_audits", "validate_result"]
