@@ -94,13 +94,18 @@ class PrivacyLedger:
         delta: float,
         accountant: str = "rdp",
     ) -> bool:
-        """Dry run: would appending ``events`` push any subject above ``target_epsilon``?"""
+        """Dry run: would appending ``events`` push any subject above ``target_epsilon``?
+
+        Judged by the epsilon that would be reported: ``accountant``'s, or RDP's for a
+        subject where that accountant fails (PRV: see :func:`epsilon_with_fallback`).
+        """
         trial = PrivacyLedger(self._events)
         trial.extend(events)
         subs = {ev.subject for ev in events}
         if ALL in subs:
             subs = set(trial.subjects()) | {ALL}
-        return any(trial.epsilon(delta, s, accountant) > target_epsilon for s in sorted(subs))
+        return any(epsilon_with_fallback(trial.events_for(s), delta, accountant)[0] > target_epsilon
+                   for s in sorted(subs))
 
     def charge(
         self,

@@ -233,7 +233,21 @@ class Trainer:
         assert cfg.target_epsilon is not None
         plans = [self._sgd_plan(s) for s in self.shards]
         gamma = self._release_gamma()
-        return self.privacy.noise_for_target(cfg.target_epsilon, cfg.rounds, plans, gamma)
+        if gamma is None:
+            return self.privacy.noise_for_target(cfg.target_epsilon, cfg.rounds, plans, None)
+        # Discrete mechanism: the codec's gamma shrinks as the noise grows (the ring must
+        # hold the noise), and a smaller gamma means a larger encoded sensitivity. Plan with a
+        # gamma no larger than the one the run's codec will use at the planned noise, or the
+        # rounds charged at that gamma would cross the target the plan promised to keep.
+        for _ in range(20):
+            sigma = self.privacy.noise_for_target(cfg.target_epsilon, cfg.rounds, plans, gamma)
+            actual = self._release_gamma(sigma)
+            assert actual is not None
+            if actual >= gamma:
+                return sigma
+            gamma = actual * (1.0 - 1e-6)
+        raise ConfigError("could not plan the discrete mechanism's noise: the codec's scale does not settle; "
+                          "raise --bits or give --noise-multiplier")
 
     def _set_noise(self, sigma: float) -> None:
         """Install the run's noise multiplier everywhere it is used (client and server)."""
@@ -255,11 +269,17 @@ class Trainer:
         batches = -(-shard.n // self.cfg.batch_size)
         return SgdPlan(1.0 / batches, self.cfg.local_epochs * batches)
 
-    def _release_gamma(self) -> float | None:
+    def _release_gamma(self, sigma: float | None = None) -> float | None:
+        """Codec gamma of the released blocks for a full cohort, at noise multiplier
+        ``sigma`` (None: the run's current one); None when no integer noise is released."""
         if self.privacy is None or self.cfg.mechanism != "discrete" or not self.privacy.noise.blocks:
             return None
-        codec = LayoutCodec.for_cohort(self.layout, self.cfg.bits, self.cfg.cohort, self.privacy.noise.total_noise_std(self.cfg.cohort))
-        return codec.gamma(self.privacy.noise.blocks[0])
+        noise = self.privacy.noise
+        if sigma is not None:
+            noise = RunPrivacy(dataclasses.replace(self.privacy.s, noise_multiplier=sigma), self.layout,
+                               self.threshold, self.privacy.has_release).noise
+        codec = LayoutCodec.for_cohort(self.layout, self.cfg.bits, self.cfg.cohort, noise.total_noise_std(self.cfg.cohort))
+        return codec.gamma(noise.blocks[0])
 
     # -- outputs --------------------------------------------------------------------------
     def write_static_outputs(self) -> None:
@@ -352,7 +372,7 @@ class Trainer:
         cfg = self.cfg
         if self.privacy is None or cfg.target_epsilon is None:
             return True
-        if not self.ledger.would_exceed(self._planned_events(round_id, cohort), cfg.target_epsilon, cfg.delta, "rdp"):
+        if not self.ledger.would_exceed(self._planned_events(round_id, cohort), cfg.target_epsilon, cfg.delta, cfg.accountant):
             return True
         spent = self.epsilons()
         self.stopped = {

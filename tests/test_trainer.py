@@ -81,3 +81,16 @@ def test_one_round_on_cuda_matches_cpu() -> None:
         out[dev] = (t.history[-1]["accuracy"], t.server.hyper_prototypes.cpu())  # type: ignore[attr-defined]
     assert abs(out["cpu"][0] - out["cuda"][0]) <= 2 / 360
     torch.testing.assert_close(out["cuda"][1], out["cpu"][1], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("secagg,placement", [("off", "local"), ("secagg+", "distributed")])
+def test_discrete_plan_holds_for_every_planned_round(secagg: str, placement: str, tmp_path: Path) -> None:
+    # The planned noise sets the codec's gamma, which sets the charged sensitivity: the plan
+    # must use the gamma the run will charge, or a planned round is refused by the budget.
+    cfg = TrainConfig(clients=6, cohort=6, rounds=3, batch_size=2000, lr=0.5, rounds_of_hp=2, meta_steps=2,
+                      meta_per_class=2, dropout=0.0, hardened=False, secagg=secagg, noise_placement=placement,
+                      mechanism="discrete", target_epsilon=4.0, alpha=0.1, out=str(tmp_path))
+    t = Trainer(cfg, progress=False)
+    t.run()
+    assert t.stopped is None and [r["round"] for r in t.history] == [1, 2, 3]
+    assert t.history[-1]["epsilon"] <= 4.0
