@@ -82,6 +82,16 @@ def expand(seed: bytes, length: int, bits: int = 32) -> np.ndarray:
     return raw.view(dtype.newbyteorder("<")).astype(dtype, copy=False)
 
 
+def _check_out(out: np.ndarray, sign: int) -> None:
+    """The in-place accumulators' argument checks (uint32/uint64, contiguous, writable)."""
+    if sign not in (1, -1):
+        raise ConfigError(f"sign must be +1 or -1, got {sign!r}")
+    if out.dtype not in (_DTYPES[32], _DTYPES[64]):
+        raise ConfigError(f"out must be uint32 or uint64, got {out.dtype}")
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ConfigError("out must be a C-contiguous, writable array")
+
+
 def expand_into(seed: bytes, out: np.ndarray, sign: int) -> None:
     """Add (``sign=+1``) or subtract (``sign=-1``) ``expand(seed, out.size)`` into ``out``.
 
@@ -89,12 +99,7 @@ def expand_into(seed: bytes, out: np.ndarray, sign: int) -> None:
     is changed in place mod 2^32 / 2^64. The keystream goes through one reusable buffer of
     256 KiB (cache-resident), so the full mask is never allocated.
     """
-    if sign not in (1, -1):
-        raise ConfigError(f"sign must be +1 or -1, got {sign!r}")
-    if out.dtype not in (_DTYPES[32], _DTYPES[64]):
-        raise ConfigError(f"out must be uint32 or uint64, got {out.dtype}")
-    if not (out.flags.c_contiguous and out.flags.writeable):
-        raise ConfigError("out must be a C-contiguous, writable array")
+    _check_out(out, sign)
     flat = out.reshape(-1)
     enc = _encryptor(seed)
     item = out.dtype.itemsize
@@ -124,12 +129,7 @@ def expand_sum_into(seeds: Sequence[bytes], out: np.ndarray, sign: int) -> None:
     the word dtype, so the sum is exact mod the word size); vectors longer than a quarter
     of that buffer stream through :func:`expand_into` instead.
     """
-    if sign not in (1, -1):
-        raise ConfigError(f"sign must be +1 or -1, got {sign!r}")
-    if out.dtype not in (_DTYPES[32], _DTYPES[64]):
-        raise ConfigError(f"out must be uint32 or uint64, got {out.dtype}")
-    if not (out.flags.c_contiguous and out.flags.writeable):
-        raise ConfigError("out must be a C-contiguous, writable array")
+    _check_out(out, sign)
     if any(len(seed) not in SEED_SIZES for seed in seeds):
         raise ConfigError("PRG seeds must be 16 or 32 bytes")
     flat = out.reshape(-1)

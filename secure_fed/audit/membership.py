@@ -28,7 +28,6 @@ at zero false positives when n < 1000 (the summary says so).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from secure_fed.audit.rundir import load_json
 from secure_fed.client import ClientShard
 from secure_fed.config import RECORDED_KEYS, TrainConfig
 from secure_fed.data.datasets import load_dataset
@@ -138,17 +138,8 @@ def _fpr_key(fpr: float) -> str:
 
 
 # -- the run -------------------------------------------------------------------------------------
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"RUN_DIR: {path.name} is missing in {path.parent}; audit a finished run directory") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"RUN_DIR: {path.name} is not valid JSON ({exc.msg})") from None
-
-
 def _config(run_dir: Path) -> TrainConfig:
-    raw = _load_json(run_dir / "config.json")
+    raw = load_json(run_dir / "config.json")
     return TrainConfig.from_dict({k: v for k, v in raw.items() if k not in RECORDED_KEYS})
 
 
@@ -289,7 +280,7 @@ def audit_membership(run_dir: Path, *, seed: int | None = None, shadow_runs: int
     data = load_dataset(cfg.dataset, cfg.data_root, download=False)
     train_y = data.train_y.numpy()
     parts = make_partition(train_y, cfg.clients, cfg.partition, cfg.alpha, cfg.imbalance, cfg.seed)
-    recorded = _load_json(run_dir / "partition.json").get("samples_per_client")
+    recorded = load_json(run_dir / "partition.json").get("samples_per_client")
     if recorded != [int(len(p)) for p in parts]:
         raise ConfigError("RUN_DIR: partition.json does not match the partition rebuilt from config.json; "
                           "the run's data cannot be reconstructed (different dataset files or code version)")

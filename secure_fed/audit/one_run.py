@@ -52,7 +52,6 @@ only a few canaries there, cannot.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,6 +66,7 @@ from crypto.rng import KeystreamRNG
 from dp.accountants import RDPAccountant
 from dp.events import DiscreteGaussianEvent, Event, GaussianEvent, event_from_dict
 from secure_fed.aggregate import VectorLayout
+from secure_fed.audit.rundir import load_json
 from secure_fed.config import RECORDED_KEYS, TrainConfig
 from secure_fed.errors import ConfigError
 from secure_fed.privacy import ClientNoise, PrivacySettings, RunPrivacy, noised_blocks
@@ -423,23 +423,14 @@ def _effective_multiplier(event: Event, spec: ReleaseSpec) -> float:
 
 
 # -- from a run directory ------------------------------------------------------------------------
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"RUN_DIR: {path.name} is missing in {path.parent}; audit a finished run directory") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"RUN_DIR: {path.name} is not valid JSON ({exc.msg})") from None
-
-
 def run_release_specs(run_dir: Path) -> tuple[list[ReleaseSpec], list[Event], TrainConfig]:
     """One :class:`ReleaseSpec` per completed round of a run (empty if nothing was noised),
     with the release events the run journaled for those rounds."""
-    raw = _load_json(run_dir / "config.json")
+    raw = load_json(run_dir / "config.json")
     cfg = TrainConfig.from_dict({k: v for k, v in raw.items() if k not in RECORDED_KEYS})
     if cfg.dp == "off":
         return [], [], cfg
-    layout_doc = _load_json(run_dir / "layout.json")
+    layout_doc = load_json(run_dir / "layout.json")
     layout = VectorLayout.build([(b["name"], tuple(b["shape"]), b["bound"]) for b in layout_doc])
     names = noised_blocks(layout, cfg.dp)
     if cfg.algorithm != "fedhpro" and cfg.dp == "sample":
