@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from types import ModuleType
+from typing import Any
 
 from secure_fed.errors import ConfigError
 
@@ -24,3 +27,24 @@ def ray_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("ray") is not None
+
+
+def start_ray(address: str | None = None, workers: int = 0, quiet: bool = True) -> tuple[ModuleType, bool]:
+    """Connect to Ray, or start a local instance; returns (ray, True if this call started it,
+    so the caller must shut it down).
+
+    With ``address`` it joins that cluster. Otherwise a local instance gets this machine's
+    CPUs, ``workers`` of them when given (never more than the machine has), no dashboard,
+    no usage stats and no forwarded worker logs. An instance already running is reused.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray, False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                              "logging_level": logging.ERROR if quiet else logging.WARNING}
+    if not address:
+        cpus = os.cpu_count() or 1
+        kwargs["num_cpus"] = min(workers, cpus) if workers else cpus
+    ray.init(address=address or None, **kwargs)
+    return ray, True

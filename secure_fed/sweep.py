@@ -28,7 +28,6 @@ import hashlib
 import io
 import itertools
 import json
-import logging
 import math
 import os
 import shutil
@@ -628,27 +627,11 @@ def _run_local(todo: list[Row], finish: Callable[[Row], None]) -> None:
         finish(row)
 
 
-def _ray_session(ray: Any, address: str | None, workers: int, quiet: bool) -> bool:
-    """Connect to (or start) Ray; True when this call started it (and must shut it down).
-    A local instance gets at most this machine's CPUs (``workers`` of them when given)."""
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                              "logging_level": logging.ERROR if quiet else logging.WARNING}
-    if address is None:
-        cpus = os.cpu_count() or 1
-        kwargs["num_cpus"] = min(workers, cpus) if workers else cpus
-    ray.init(address=address, **kwargs)
-    return True
-
-
 def _run_ray(todo: list[Row], finish: Callable[[Row], None], address: str | None,
              workers: int, quiet: bool) -> None:
-    from secure_fed.raysupport import import_ray
+    from secure_fed.raysupport import start_ray
 
-    ray = import_ray()
-    started = _ray_session(ray, address, workers, quiet)
+    ray, started = start_ray(address, workers, quiet)
     try:
         limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         task = ray.remote(num_cpus=1, max_retries=0)(execute_run)

@@ -14,8 +14,6 @@ with ``--ray-address`` the executor joins a running cluster and leaves it runnin
 
 from __future__ import annotations
 
-import logging
-import os
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from protocol.config import ProtocolConfig
 from protocol.runner import ClientReply
 from secure_fed.executor.hosts import ClientHost, HostRole, SimulationRole
-from secure_fed.raysupport import import_ray
+from secure_fed.raysupport import start_ray
 
 if TYPE_CHECKING:
     from protocol.simulator import PoolFactory
@@ -41,19 +39,8 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int = 0) -> None:
-        ray = import_ray()
+        ray, self._started = start_ray(address, workers)
         self._ray = ray
-        self._started = False
-        if not ray.is_initialized():
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            quiet: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
-                                         logging_level=logging.ERROR)
-            if address:
-                ray.init(address=address, **quiet)
-            else:
-                ray.init(num_cpus=min(workers or os.cpu_count() or 1, os.cpu_count() or 1),
-                         **quiet)
-            self._started = True
         res = ray.cluster_resources()
         self.cpus = float(res.get("CPU", 1.0))
         self.gpus = float(res.get("GPU", 0.0))
