@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secure_fed.config import TrainConfig
+from secure_fed.config import EXECUTORS, TrainConfig
 from secure_fed.errors import ConfigError
 from secure_fed.runio import JOURNAL, _atomic_write_bytes, write_json
 
@@ -63,7 +63,6 @@ EPSILON_KEYS = ("target_epsilon", "noise_multiplier")
 SEED_KEY = "seed"
 RESULT_COLUMNS = ("accuracy", "epsilon", "delta", "rounds", "seconds", "train_seconds",
                   "status", "run_dir", "note")
-EXECUTORS = ("local", "ray")
 STATUSES = ("complete", "budget-stopped", "failed", "pending")
 
 
@@ -483,7 +482,7 @@ def plot_privacy_utility(grid: Grid, rows: Sequence[Row]) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from secure_fed.report import Plot
+    from secure_fed.report import Plot, _png
 
     pts, no_dp = points(grid, rows)
     if not pts and not no_dp:
@@ -514,11 +513,10 @@ def plot_privacy_utility(grid: Grid, rows: Sequence[Row]) -> Any:
         ax.axhline(p.y, color=color[hue(p.group)], linestyle="--", linewidth=1, label=f"{_label(p.group)} (no DP)")
         described.append(f"{_label(p.group)} without DP: accuracy {p.y:.3g} (n={len(p.accuracies)})")
     ax.legend(loc="best", fontsize="small")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
+    png = _png(fig)
     alt = ("Privacy-utility plot: final test accuracy versus epsilon spent, one line per "
            "setting, points averaged over seeds with min-max bars. " + " | ".join(described))
-    return Plot("Accuracy against epsilon spent (mean over seeds; bars: min to max)", buf.getvalue(), alt)
+    return Plot("Accuracy against epsilon spent (mean over seeds; bars: min to max)", png, alt)
 
 
 def html_text(grid: Grid, rows: Sequence[Row], out: Path, title: str = "Privacy-utility sweep") -> str:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from secure_fed.aggregate import (
     PlaintextAggregator,
     VectorLayout,
 )
+from secure_fed.audit.rundir import load_config
 from secure_fed.client import extract_features
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError, ProtocolAbort
@@ -386,20 +386,10 @@ def _audit_point(trainer: Trainer, point: str, round_id: int, seed: int) -> dict
 
 # -- the audit -------------------------------------------------------------------------------
 def _load_config(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
-    if not run_dir.is_dir():
-        raise ConfigError(f"RUN_DIR: {run_dir} is not a directory")
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"RUN_DIR: {run_dir} has no config.json (is it a run folder?)")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"RUN_DIR: {path.name} is not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"RUN_DIR: {path.name} must hold a JSON object")
+    cfg, raw = load_config(run_dir)
     if not (run_dir / "checkpoint.pt").is_file():
         raise ConfigError(f"RUN_DIR: {run_dir} has no checkpoint.pt (the inversion audit needs the final global state)")
-    return TrainConfig.from_dict(raw), raw
+    return cfg, raw
 
 
 def _points(value: Any) -> tuple[str, ...]:

@@ -36,12 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import stats
 from torch import nn
 from tqdm import tqdm
 
-from secure_fed.audit.rundir import load_json
+from secure_fed.audit.rundir import load_config, load_json
 from secure_fed.client import ClientShard
-from secure_fed.config import RECORDED_KEYS, TrainConfig
+from secure_fed.config import TrainConfig
 from secure_fed.data.datasets import load_dataset
 from secure_fed.data.partition import make_partition
 from secure_fed.errors import ConfigError
@@ -55,9 +56,9 @@ CI_LEVEL = 0.95
 
 
 # -- metrics -------------------------------------------------------------------------------
-# ROC and AUC are computed here rather than by sklearn because the bootstrap needs them for
-# a thousand resamples at once: one vectorized sort per resample matrix. tests check both
-# against sklearn.metrics.roc_curve / roc_auc_score.
+# AUC is computed here rather than by sklearn because the bootstrap needs it for a thousand
+# resamples at once: one vectorized ranking of the resample matrix. tests check both
+# functions against sklearn.metrics.roc_curve / roc_auc_score.
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) at every distinct score, highest threshold first, starting at
     (0, 0) with threshold +inf; a sample is called a member when its score >= threshold."""
@@ -82,21 +83,10 @@ def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
 def _auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """AUC of every row (Mann-Whitney U with mid-ranks for ties), vectorized over rows."""
     n = s.shape[1]
-    order = np.argsort(s, axis=1, kind="mergesort")
-    ss = np.take_along_axis(s, order, axis=1)
-    ys = np.take_along_axis(y, order, axis=1)
-    ranks = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), ss.shape).copy()
-    new = np.ones_like(ss, dtype=bool)
-    new[:, 1:] = ss[:, 1:] != ss[:, :-1]
-    if not new.all():  # mid-ranks for tie groups
-        for i in np.flatnonzero(~new.all(axis=1)):
-            starts = np.flatnonzero(new[i])
-            ends = np.r_[starts[1:], n]
-            mid = (starts + ends + 1) / 2.0
-            ranks[i] = np.repeat(mid, ends - starts)
-    pos = ys.sum(axis=1)
+    ranks = stats.rankdata(s, axis=1)  # mid-ranks for ties
+    pos = y.sum(axis=1)
     neg = n - pos
-    u = (ranks * ys).sum(axis=1) - pos * (pos + 1) / 2.0
+    u = (ranks * y).sum(axis=1) - pos * (pos + 1) / 2.0
     with np.errstate(invalid="ignore", divide="ignore"):
         return u / (pos * neg)
 
@@ -139,8 +129,7 @@ def _fpr_key(fpr: float) -> str:
 
 # -- the run -------------------------------------------------------------------------------------
 def _config(run_dir: Path) -> TrainConfig:
-    raw = load_json(run_dir / "config.json")
-    return TrainConfig.from_dict({k: v for k, v in raw.items() if k not in RECORDED_KEYS})
+    return load_config(run_dir)[0]
 
 
 def _participants(run_dir: Path, clients: int) -> list[int]:

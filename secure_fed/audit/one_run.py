@@ -66,8 +66,8 @@ from crypto.rng import KeystreamRNG
 from dp.accountants import RDPAccountant
 from dp.events import DiscreteGaussianEvent, Event, GaussianEvent, event_from_dict
 from secure_fed.aggregate import VectorLayout
-from secure_fed.audit.rundir import load_json
-from secure_fed.config import RECORDED_KEYS, TrainConfig
+from secure_fed.audit.rundir import load_config, load_json
+from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
 from secure_fed.privacy import ClientNoise, PrivacySettings, RunPrivacy, noised_blocks
 from secure_fed.runio import JOURNAL, read_audit, read_journal
@@ -426,8 +426,7 @@ def _effective_multiplier(event: Event, spec: ReleaseSpec) -> float:
 def run_release_specs(run_dir: Path) -> tuple[list[ReleaseSpec], list[Event], TrainConfig]:
     """One :class:`ReleaseSpec` per completed round of a run (empty if nothing was noised),
     with the release events the run journaled for those rounds."""
-    raw = load_json(run_dir / "config.json")
-    cfg = TrainConfig.from_dict({k: v for k, v in raw.items() if k not in RECORDED_KEYS})
+    cfg, raw = load_config(run_dir)
     if cfg.dp == "off":
         return [], [], cfg
     layout_doc = load_json(run_dir / "layout.json")
