@@ -149,10 +149,7 @@ def derive_key(secret: bytes, label: Label, context: bytes, length: int = 32) ->
     ``length`` is in bytes (32 for AES-256 keys and mask seeds). The 4-byte big-endian
     length prefix makes (label, context) pairs unambiguous.
     """
-    if not isinstance(label, Label):
-        raise ConfigError(f"derive_key: label must be a Label, got {label!r}")
-    info = label.value + len(context).to_bytes(4, "big") + bytes(context)
-    return hkdf_sha256(secret, None, info, length)
+    return derive_keys([secret], label, [context], length)[0]
 
 
 _SHA256 = hashes.SHA256()  # stateless algorithm descriptor, shared by every derivation
@@ -163,12 +160,13 @@ def derive_keys(secrets: Sequence[bytes], label: Label, contexts: Sequence[bytes
     """``[derive_key(s, label, c, length) for s, c in zip(secrets, contexts)]``, with the
     label and argument checks done once (the server derives ~10^4 mask seeds a round)."""
     if not isinstance(label, Label):
-        raise ConfigError(f"derive_keys: label must be a Label, got {label!r}")
+        raise ConfigError(f"derive_key: label must be a Label, got {label!r}")
     if len(secrets) != len(contexts):
         raise ConfigError("derive_keys: need one context per secret")
     if not 0 < length <= _MAX_HKDF_BYTES:
         raise ConfigError(f"HKDF length must be in 1..{_MAX_HKDF_BYTES} bytes, got {length}")
     prefix = label.value
+    # the 4-byte big-endian length prefix makes (label, context) pairs unambiguous
     return [HKDF(algorithm=_SHA256, length=length, salt=None,
-                 info=prefix + len(c).to_bytes(4, "big") + c).derive(s)
+                 info=prefix + len(c).to_bytes(4, "big") + bytes(c)).derive(s)
             for s, c in zip(secrets, contexts, strict=True)]

@@ -62,16 +62,16 @@ class LayoutCodec:
             raise ConfigError(f"cohort size must be >= 1, got {n}")
         noise_std = noise_std or {}
         half = float(1 << (bits - 1))
+        room = half - 1 - n  # each client's stochastic rounding may add one unit
+        needs = {b.name: n * b.bound + NOISE_TAIL_Z * noise_std[b.name]
+                 for b in layout.blocks if b.name in noise_std and b.bound is not None and b.bound > 0}
+        widest = max(needs.values(), default=0.0)  # the noised block that sets the shared gamma
         codecs = []
         for b in layout.blocks:
             if b.bound is None or not b.bound > 0:
                 raise ConfigError(f"block {b.name!r} has no declared bound; secure aggregation needs one")
-            room = half - 1 - n  # each client's stochastic rounding may add one unit
-            need = n * b.bound + NOISE_TAIL_Z * noise_std.get(b.name, 0.0)
+            need = widest if b.name in needs else n * b.bound
             gamma = room / need
-            if b.name in noise_std:
-                gamma = min(room / (n * o.bound + NOISE_TAIL_Z * noise_std[o.name])
-                            for o in layout.blocks if o.name in noise_std and o.bound)
             if gamma < 1.0:
                 raise EncodingOverflow(
                     f"--bits {bits}: block {b.name!r} needs a range of {need:.3g} for a cohort of {n}, "
