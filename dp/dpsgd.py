@@ -476,11 +476,11 @@ def private_local_training(
     sampler = dp_loader.batch_sampler
     if not isinstance(sampler, KeystreamPoissonSampler):  # pragma: no cover - engine invariant
         raise ConfigError("keystream DP-SGD expects its own Poisson sampler")
-    steps, losses = 0, [0.0]
+    steps, loss_sum, batches = 0, None, 0
     try:
         model.train()
         for _ in range(epochs):
-            losses = []
+            loss_sum, batches = None, 0  # the report keeps the last epoch's mean batch loss
             # Index the tensors with each Poisson batch: what DPDataLoader's collate of
             # dataset[i] would stack, without a Python call per sample.
             for idx in sampler.index_batches():
@@ -491,10 +491,11 @@ def private_local_training(
                     sel = torch.from_numpy(idx).to(x.device)
                     loss = loss_fn(model, x[sel], y[sel])
                     loss.backward()
-                    losses.append(float(loss.detach()))
+                    loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+                    batches += 1  # summed on the device: no host sync per step
                 dp_opt.step()
                 steps += 1
     finally:
         gsm._close()
-    last = sum(losses) / len(losses) if losses else math.nan
+    last = float(loss_sum) / batches if loss_sum is not None else math.nan
     return DPSGDReport(steps, float(dp_loader.sample_rate), noise_multiplier, max_grad_norm, last)

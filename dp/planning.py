@@ -20,7 +20,7 @@ from typing import Literal
 
 from scipy import optimize
 
-from dp.accountants import RDPAccountant, get_accountant
+from dp.accountants import RDPAccountant, epsilon_with_fallback, get_accountant
 from dp.errors import AccountingError, ConfigError
 from dp.events import ALL, Event, GaussianEvent
 
@@ -136,19 +136,16 @@ def noise_for_target(
     """Smallest noise multiplier z (to ``rtol``) with epsilon(make_events(z)) <= target."""
     if not target_epsilon > 0:
         raise ConfigError(f"target epsilon must be > 0, got {target_epsilon}")
-    acc = get_accountant(accountant)
+    get_accountant(accountant)  # an unknown name is a ConfigError before any work
+    seen: dict[float, float] = {}  # the bracket ends are asked for again by brentq
 
     def gap(log_z: float) -> float:
-        evs = make_events(math.exp(log_z))
-        try:
-            eps = acc.epsilon(evs, delta)
-        except AccountingError:
-            if accountant == "rdp":
-                raise
-            # The accountant could not bound this plan (PRV: event types it does not
-            # handle, or a grid too large): RDP's bound holds for it too, as when reporting.
-            eps = RDPAccountant().epsilon(evs, delta)
-        return min(eps, 1e6) - target_epsilon
+        if log_z not in seen:
+            # Where the accountant cannot bound a plan (PRV: event types it does not handle,
+            # or a grid too large), RDP's bound holds for it too, as when reporting.
+            eps = epsilon_with_fallback(make_events(math.exp(log_z)), delta, accountant)[0]
+            seen[log_z] = min(eps, 1e6) - target_epsilon
+        return seen[log_z]
 
     lo, hi = math.log(NOISE_MIN), math.log(NOISE_MAX)
     if accountant != "rdp":
