@@ -29,11 +29,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from protocol.dropout import STAGES
+from secure_fed.audit.rundir import RESULTS_NAME, read_audit_results
 from secure_fed.errors import ConfigError
 from secure_fed.runio import AuditChainError, _atomic_write_bytes, record_digest, verify_chain
 
 REPORT_NAME = "report.html"
-AUDIT_RESULTS = "audit_results.json"
 UNITS = {"sample": "one sample (adding or removing one training example)",
          "client": "one client (adding or removing all of one client's data)"}
 AGGREGATORS = {"off": "plaintext", "plaintext": "plaintext", "secagg": "secagg",
@@ -133,20 +133,13 @@ def load_run(run_dir: Path) -> RunData:
     stops = [r for r in records if _kind(r) == "stop"]
     ignored = bad + len(records) - len(rounds) - len(stops)
     return RunData(run_dir.resolve().name, config, rounds, stops, ignored, chain,
-                   _read_audits(run_dir / AUDIT_RESULTS))
+                   _read_audits(run_dir / RESULTS_NAME))
 
 
 def _read_audits(path: Path) -> dict[str, Any] | None:
     """``audit_results.json`` if present: its object, or ``{"error": why}`` if unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        obj = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        return {"error": f"{path.name} is not valid JSON ({type(exc).__name__})"}
-    if not isinstance(obj, dict) or not isinstance(obj.get("audits"), dict):
-        return {"error": f"{path.name} does not hold an object with an 'audits' object"}
-    return obj
+    obj, why = read_audit_results(path)
+    return {"error": why} if why is not None else obj
 
 
 # -- tolerant field access -----------------------------------------------------------------

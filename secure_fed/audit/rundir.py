@@ -1,4 +1,5 @@
-"""Reading a finished run folder's JSON files for the audits (one message style for all)."""
+"""Reading a finished run folder's JSON files for the audits (one message style for all),
+and the one reader of ``audit_results.json`` (the audit runner and the report share it)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,20 @@ def load_config(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise ConfigError(f"RUN_DIR: config.json in {run_dir} must hold a JSON object")
     return TrainConfig.from_dict(raw), raw
+
+
+RESULTS_NAME = "audit_results.json"
+
+
+def read_audit_results(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(results, None) for a readable ``audit_results.json``; (None, why) for an unreadable
+    one; (None, None) when there is none."""
+    if not path.is_file():
+        return None, None
+    try:
+        obj = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        return None, f"{path.name} is not valid JSON ({type(exc).__name__})"
+    if not isinstance(obj, dict) or not isinstance(obj.get("audits"), dict):
+        return None, f"{path.name} does not hold an object with an 'audits' object"
+    return obj, None

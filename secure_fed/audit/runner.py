@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from secure_fed.audit.rundir import RESULTS_NAME, read_audit_results
 from secure_fed.errors import AuditFailed, ConfigError
 from secure_fed.runio import _atomic_write_bytes
 
-RESULTS_NAME = "audit_results.json"
 FORMAT = 1
 AUDITS: dict[str, tuple[str, str]] = {
     "inversion": ("secure_fed.audit.inversion", "audit_inversion"),
@@ -130,17 +130,10 @@ def validate_result(name: str, result: Any) -> dict[str, Any]:
 # -- reading and writing ----------------------------------------------------------------------
 def read_results(run_dir: Path) -> dict[str, Any] | None:
     """The parsed ``audit_results.json`` of ``run_dir``, or None if absent or unreadable."""
-    path = Path(run_dir) / RESULTS_NAME
-    if not path.is_file():
-        return None
-    try:
-        obj = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        return None
-    return obj if isinstance(obj, dict) and isinstance(obj.get("audits"), dict) else None
+    return read_audit_results(Path(run_dir) / RESULTS_NAME)[0]
 
 
-def _write(run_dir: Path, entries: dict[str, dict[str, Any]]) -> Path:
+def _write(run_dir: Path, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     previous = read_results(run_dir) or {"audits": {}}
     audits = {k: v for k, v in previous["audits"].items() if k in AUDITS and isinstance(v, dict)}
     audits.update(entries)
@@ -152,7 +145,7 @@ def _write(run_dir: Path, entries: dict[str, dict[str, Any]]) -> Path:
     # runio.write_json sorts keys; an audit's summary keeps the order its audit chose, so the
     # file goes through the same atomic writer unsorted.
     _atomic_write_bytes(path, (json.dumps(content, indent=1, allow_nan=False) + "\n").encode())
-    return path
+    return content
 
 
 def _check_options(fn: AuditFn, name: str, options: Mapping[str, Any]) -> None:
@@ -171,7 +164,7 @@ def _check_options(fn: AuditFn, name: str, options: Mapping[str, Any]) -> None:
 def _kwargs(fn: AuditFn, name: str, shadow_runs: int, progress: bool, options: Mapping[str, Any]) -> dict[str, Any]:
     kw = dict(options)
     params = inspect.signature(fn).parameters
-    if name == "membership":
+    if "shadow_runs" in params:
         kw["shadow_runs"] = shadow_runs
     if "progress" in params and "progress" not in kw:  # only where the audit declares it
         kw["progress"] = progress
@@ -224,14 +217,14 @@ def run_audits(
             break
         if log is not None:
             log(_line(name, entries[name]))
-    written = _write(run_dir, entries) if entries else None
-    if written is not None and render:
+    content = _write(run_dir, entries) if entries else None
+    if content is not None and render:
         from secure_fed.report import render as render_report
 
         render_report(run_dir)
     if error is not None:
         raise error
-    content = read_results(run_dir) or {}
+    assert content is not None  # no error: every selected audit ran and was written
     failed = [n for n in names if entries[n]["result"]["passed"] is False]
     if failed:
         why = "; ".join(f"{n}: {entries[n]['result']['summary'].get('verdict', 'failed')}" for n in failed)
