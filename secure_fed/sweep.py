@@ -380,7 +380,7 @@ def execute_run(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(cfg, progress=False, log=lambda s: None, run_dir=folder)
         if keep:  # the trainer's own recovery, as resume_from does it (0 rounds complete)
-            trainer._recover_interrupted_releases(folder, 0)
+            trainer.recover_interrupted_releases(folder, 0)
     metrics = trainer.run()
     render_report(folder)
     result = _result(cfg, metrics, time.perf_counter() - t0)

@@ -330,7 +330,7 @@ class Trainer:
         self.ledger = PrivacyLedger.from_json(state["ledger"])
         self.stopped = state.get("stopped")
         self._set_noise(float(state["noise_multiplier"]))
-        self._recover_interrupted_releases(run_dir, int(state["round"]))
+        self.recover_interrupted_releases(run_dir, int(state["round"]))
         self.start_round = int(state["round"]) + 1
         if self.audit is not None:
             self.audit.truncate_to_rounds(int(state["round"]))
@@ -429,7 +429,7 @@ class Trainer:
         self.ledger.extend(events)
         return dicts
 
-    def _recover_interrupted_releases(self, run_dir: Path, last_complete: int) -> None:
+    def recover_interrupted_releases(self, run_dir: Path, last_complete: int) -> None:
         """Hardened mode: a round killed after its sum was released but before its checkpoint
         spent privacy with noise that will not be drawn again; count it (from the journal)
         before the round is redone. Reproducible mode redraws the identical noise, so the
