@@ -9,9 +9,10 @@ and ||g_i f_i^T||_F = |g_i| |f_i|, so the joint L2 norm of the concatenation (pl
 optional constant count coordinate c) is sqrt(|W^T g_i|^2 + |g_i|^2 |f_i|^2 + |g_i|^2 + c^2)
 without forming any per-sample weight gradient. Each contribution is scaled by Opacus's
 flat-clipping factor min(1, clip / (norm + 1e-6)) and summed into class y_i's block.
-The class-c weight block sum_i s_i g_i f_i^T is one matrix product per class, done as one
-batched product over classes (padded to the largest class count), or as one dense product
-against one-hot rows when C^2 B dim is small.
+The class-c weight block sum_i s_i g_i f_i^T is one matrix product per class present in the
+batch, done as one batched product over those classes (padded to the largest class count),
+or as one dense product against one-hot rows when it is small; blocks of absent classes are
+never touched, so a class-c batch costs what plain autograd's weight gradient costs.
 
 Under add/remove-one-sample adjacency the concatenated sums change by one clipped
 contribution, so their L2 sensitivity is ``clip`` (the count coordinate included).
@@ -20,6 +21,8 @@ Norms are in the units of the loss gradient (per sample, not averaged).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +31,8 @@ import torch
 from dp.errors import ConfigError
 
 OPACUS_EPS = 1e-6  # Opacus flat clipping: factor = min(1, C / (norm + 1e-6))
-_ONEHOT_FLOPS = 2.0e7  # below this C^2*B*dim, a dense one-hot product is cheaper
+_ONEHOT_FLOPS = 2.0e7  # below this k*C*B*dim, a dense one-hot product is cheaper
+_MEMBERS_FLOPS = 1.0e6  # below this C*B*dim, class sums by one-hot products beat index_add
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,27 +68,37 @@ def _check(f: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
         raise ConfigError(f"clip norm must be > 0, got {clip}")
 
 
-def _weight_sums(gs: torch.Tensor, f: torch.Tensor, y: torch.Tensor, n_cls: int,
-                 out: torch.Tensor | None) -> torch.Tensor:
-    """sum_{i: y_i = c} gs_i f_i^T for every class c, as (C x C x dim), into ``out``."""
+def _class_blocks(gs: torch.Tensor, f: torch.Tensor, slot: torch.Tensor, counts: torch.Tensor
+                  ) -> torch.Tensor:
+    """sum_{i: slot_i = j} gs_i f_i^T for j < k = len(counts), as a new (k x C x dim)."""
     bsz, dim = f.shape
-    if out is None:
-        out = f.new_empty(n_cls, n_cls, dim)
-    if n_cls * n_cls * bsz * dim <= _ONEHOT_FLOPS:
-        onehot = torch.nn.functional.one_hot(y, n_cls).to(gs.dtype)
-        rows = (onehot[:, :, None] * gs[:, None, :]).reshape(bsz, n_cls * n_cls)
-        torch.mm(rows.T, f, out=out.view(n_cls * n_cls, dim))
+    n_cls, k = gs.shape[1], int(counts.numel())
+    out = f.new_empty(k, n_cls, dim)
+    if k == 1:
+        return torch.mm(gs.T, f, out=out[0]).unsqueeze(0)
+    if k * n_cls * bsz * dim <= _ONEHOT_FLOPS:
+        onehot = torch.nn.functional.one_hot(slot, k).to(gs.dtype)
+        rows = (onehot[:, :, None] * gs[:, None, :]).reshape(bsz, k * n_cls)
+        torch.mm(rows.T, f, out=out.view(k * n_cls, dim))
         return out
-    ys, order = torch.sort(y, stable=True)
-    counts = torch.bincount(y, minlength=n_cls)
+    # one batched product over the k slots, each padded to the largest
+    order = torch.argsort(slot, stable=True)
     starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(bsz, device=y.device) - starts[ys]
+    ks = slot[order]
+    pos = torch.arange(bsz, device=f.device) - starts[ks]
     m = int(counts.max())
-    gp = gs.new_zeros(n_cls, m, n_cls)  # class c's (<= m) samples, zero padded
-    fp = f.new_zeros(n_cls, m, dim)
-    gp[ys, pos] = gs[order]
-    fp[ys, pos] = f[order]
-    return torch.bmm(gp.transpose(1, 2).contiguous(), fp, out=out)
+    gp = gs.new_zeros(k, m, n_cls)
+    fp = f.new_zeros(k, m, dim)
+    gp[ks, pos] = gs[order]
+    fp[ks, pos] = f[order]
+    return torch.bmm(gp.transpose(1, 2), fp, out=out)
+
+
+def zero_sums(n_cls: int, dim: int, dtype: torch.dtype = torch.float32,
+              device: torch.device | str | None = None) -> PerClassSums:
+    """An all-zero release of C classes (the client's buffer, zeroed once per round)."""
+    z = functools.partial(torch.zeros, dtype=dtype, device=device)
+    return PerClassSums(z(n_cls, dim), z(n_cls, n_cls, dim), z(n_cls, n_cls), z(n_cls), 0)
 
 
 @torch.no_grad()
@@ -95,18 +109,26 @@ def per_class_clipped_sums(
     b: torch.Tensor,
     clip: float,
     count_coordinate: float | None = None,
-    out: PerClassSums | None = None,
+    into: PerClassSums | None = None,
 ) -> PerClassSums:
     """Clipped per-sample CE gradients of a linear head, summed per class (client side).
 
     f: features (B x dim) of the frozen extractor; y: labels (B, int64); w, b: the global
     classifier (C x dim, C); clip: L2 norm per sample; count_coordinate: constant extra
     coordinate clipped jointly with the gradient (the noisy count rides in the release).
-    out: a previous result of the same shapes whose weight tensor (C x C x dim, the large
-    one) is overwritten instead of allocating a fresh one (saves page faults per call).
+
+    into: a release of the same shapes (e.g. from :func:`zero_sums`) to which this batch's
+    sums are *added* in place and which is returned, with ``clipped`` increased. Every
+    sample is clipped on its own, so adding class batches one by one gives the same release
+    as one call on their union, and only the blocks of classes in ``y`` are written: a
+    class-c batch costs one C x B x dim product, not a pass over the C x C x dim release.
     """
     _check(f, y, w, b, clip)
-    n_cls = w.shape[0]
+    n_cls, dim = w.shape
+    if into is not None and (into.weight.shape != (n_cls, n_cls, dim)
+                             or into.feature.shape != (n_cls, dim)):
+        raise ConfigError(f"into has shapes for C={into.feature.shape[0]}, "
+                          f"dim={into.feature.shape[1]}; these inputs have C={n_cls}, dim={dim}")
     y = y.to(torch.long)
     g = torch.softmax(f @ w.T + b, dim=1)
     g[torch.arange(f.shape[0], device=f.device), y] -= 1.0
@@ -114,17 +136,45 @@ def per_class_clipped_sums(
     g2 = (g * g).sum(1)
     sq = (gf * gf).sum(1) + g2 * (f * f).sum(1) + g2
     c = 0.0 if count_coordinate is None else float(count_coordinate)
-    norm = torch.sqrt(sq + c * c)
-    factor = torch.clamp(clip / (norm + OPACUS_EPS), max=1.0)
+    factor = torch.clamp(clip / (torch.sqrt(sq + c * c) + OPACUS_EPS), max=1.0)
     gs = g * factor[:, None]
-    members = torch.nn.functional.one_hot(y, n_cls).to(f.dtype).T  # C x B class membership
-    feature = members @ (gf * factor[:, None])
-    bias = members @ gs
-    count = members @ (factor * c) if count_coordinate is not None else f.new_zeros(n_cls)
-    if out is not None and out.weight.shape != (n_cls, n_cls, f.shape[1]):
-        raise ConfigError("out has the wrong shape for these inputs")
-    weight = _weight_sums(gs, f, y, n_cls, None if out is None else out.weight)
-    return PerClassSums(feature, weight, bias, count, int((factor < 1.0).sum()))
+    counts = torch.bincount(y, minlength=n_cls)
+    present = torch.nonzero(counts).squeeze(1)
+    k = int(present.numel())
+    members = (torch.nn.functional.one_hot(y, n_cls).to(f.dtype).T
+               if n_cls * f.shape[0] * dim <= _MEMBERS_FLOPS else None)
+    rows = [gf * factor[:, None], gs] + ([] if count_coordinate is None else [factor * c])
+    if into is None:
+        def class_sum(x: torch.Tensor) -> torch.Tensor:
+            if members is not None:  # small: one product with the class memberships
+                return members @ x
+            return x.new_zeros((n_cls, *x.shape[1:])).index_add_(0, y, x)
+
+        feature, bias, *count = (class_sum(x) for x in rows)
+        if 2 * k >= n_cls:  # most classes present: every block straight into new memory
+            weight = _class_blocks(gs, f, y, counts)
+        else:
+            weight = f.new_zeros(n_cls, n_cls, dim)
+            _add_present(weight, gs, f, y, counts, present)
+        return PerClassSums(feature, weight, bias, count[0] if count else f.new_zeros(n_cls),
+                            int((factor < 1.0).sum()))
+    for acc, x in zip((into.feature, into.bias, into.count), rows, strict=False):
+        if members is not None:
+            acc.add_(members @ x)
+        else:
+            acc.index_add_(0, y, x)
+    _add_present(into.weight, gs, f, y, counts, present)
+    return dataclasses.replace(into, clipped=into.clipped + int((factor < 1.0).sum()))
+
+
+def _add_present(weight: torch.Tensor, gs: torch.Tensor, f: torch.Tensor, y: torch.Tensor,
+                 counts: torch.Tensor, present: torch.Tensor) -> None:
+    """weight[c] += sum_{i: y_i = c} gs_i f_i^T for the classes present; no other block."""
+    if present.numel() == 1:
+        weight[int(present[0])].addmm_(gs.T, f)
+    elif present.numel() > 1:
+        slot = (torch.cumsum(counts > 0, 0) - 1)[y]
+        weight.index_add_(0, present, _class_blocks(gs, f, slot, counts[present]))
 
 
 def clip_vector(v: np.ndarray | torch.Tensor, clip: float

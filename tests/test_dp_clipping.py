@@ -13,7 +13,7 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
 import dp.clipping as clipping
-from dp.clipping import clip_vector, per_class_clipped_sums
+from dp.clipping import clip_vector, per_class_clipped_sums, zero_sums
 from dp.errors import ConfigError
 
 
@@ -164,14 +164,35 @@ def test_clip_vector_client_unit() -> None:
         clip_vector(v, -1.0)
 
 
-def test_out_buffer_is_reused_and_gives_the_same_result() -> None:
-    f, y, w, b = _data(4, 30, 8, 20)
-    first = per_class_clipped_sums(f, y, w, b, 0.5, 1.0)
-    ref = first.weight.clone()
-    f2, y2, _, _ = _data(5, 30, 8, 20)
-    again = per_class_clipped_sums(f2, y2, w, b, 0.5, 1.0, out=first)
-    assert again.weight.data_ptr() == first.weight.data_ptr()
-    fresh = per_class_clipped_sums(f2, y2, w, b, 0.5, 1.0)
-    assert torch.equal(again.weight, fresh.weight) and not torch.equal(ref, fresh.weight)
-    with pytest.raises(ConfigError):
-        per_class_clipped_sums(f[:, :4], y, w[:, :4], b, 0.5, out=first)
+@pytest.mark.parametrize("onehot", [True, False])
+def test_class_batches_add_up_to_the_union(onehot: bool, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    """Adding class-c batches one by one into one release equals one call on their union,
+    and a batch never writes the blocks of classes it does not contain."""
+    monkeypatch.setattr(clipping, "_ONEHOT_FLOPS", 1e30 if onehot else 0.0)
+    f, y, w, b = _data(4, 60, 8, 20)
+    union = per_class_clipped_sums(f, y, w, b, 0.5, 1.0)
+    into = zero_sums(20, 8, dtype=f.dtype)
+    marker = torch.full((8,), 7.0, dtype=f.dtype)
+    absent = [c for c in range(20) if not bool((y == c).any())]
+    assert absent, "the data must leave some class empty for this test"
+    into.weight[absent] = 3.0
+    into.feature[absent] = marker
+    ptr = into.weight.data_ptr()
+    for c in torch.unique(y).tolist():
+        into = per_class_clipped_sums(f[y == c], y[y == c], w, b, 0.5, 1.0, into=into)
+    assert into.weight.data_ptr() == ptr
+    assert torch.all(into.weight[absent] == 3.0) and torch.all(into.feature[absent] == marker)
+    into.weight[absent] = 0.0
+    into.feature[absent] = 0.0
+    assert torch.allclose(into.flat(), union.flat(), rtol=0, atol=1e-12)
+    assert into.clipped == union.clipped > 0
+    mixed = per_class_clipped_sums(f[30:], y[30:], w, b, 0.5, 1.0,
+                                   into=per_class_clipped_sums(f[:30], y[:30], w, b, 0.5, 1.0))
+    assert torch.allclose(mixed.flat(), union.flat(), rtol=0, atol=1e-12)
+    empty = per_class_clipped_sums(f[:0], y[:0], w, b, 0.5, 1.0)  # an empty Poisson draw
+    assert empty.clipped == 0 and not torch.any(empty.flat())
+    assert torch.equal(per_class_clipped_sums(f[:0], y[:0], w, b, 0.5, 1.0, into=mixed).flat(),
+                       mixed.flat())
+    with pytest.raises(ConfigError, match="into has shapes"):
+        per_class_clipped_sums(f[:, :4], y, w[:, :4], b, 0.5, into=union)
