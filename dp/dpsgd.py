@@ -11,7 +11,7 @@ two places that draw randomness:
   noise from the same kind of stream, with the sampler of
   :class:`dp.mechanisms.GaussianMechanism` (Box-Muller on 53-bit keystream uniforms; in
   hardened mode the sum-of-four-normals construction of Opacus's secure mode), once per
-  step for all parameters (:func:`keystream_gaussian`).
+  step for all parameters (:func:`dp.normal.keystream_gaussian`).
 
 :class:`KeystreamPrivacyEngine` wires them in through ``make_private``'s own hooks
 (``_prepare_model``, ``_prepare_optimizer``, ``_prepare_data_loader``). The model delta a
@@ -24,9 +24,8 @@ What costs less here than with a stock ``GradSampleModule`` + ``DPOptimizer`` on
 CNN, each computing the same quantities (tests compare them with stock Opacus and with a
 per-sample autograd loop):
 
-* noise: one draw per step for every parameter (not one per parameter tensor), with the
-  Box-Muller arithmetic in torch's vectorized float64 kernels; the keystream words and
-  the transform are those of ``KeystreamRNG.standard_normal``;
+* noise: one draw per step for every parameter (not one per parameter tensor), from
+  :mod:`dp.normal` (the release noise's own sampler);
 * Linear layers on (batch x features) inputs keep their per-sample gradients as two
   factors, never as B x out x in tensors (:class:`FactoredLinearGradSampleModule`);
 * hooks: a forward hook plus a tensor hook on each layer's output instead of Opacus's
@@ -62,6 +61,7 @@ from torch.utils.data._utils.collate import default_collate
 from crypto.rng import KeystreamRNG
 from dp.errors import ConfigError
 from dp.events import GaussianEvent
+from dp.normal import keystream_gaussian
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -105,62 +105,6 @@ class KeystreamDPDataLoader(DPDataLoader):
                 dtypes=[getattr(x, "dtype", type(x)) for x in first],
             ),
         )
-
-
-_INV_2_53 = 1.0 / (1 << 53)
-
-
-def _uniform_bits(rng: KeystreamRNG, n: int) -> torch.Tensor:
-    """The top 53 bits of the next ``n`` keystream words, as float64 (exact: < 2^53).
-
-    Converted by torch: numpy's uint64 -> float64 cast is not vectorized here and cost
-    more than the AES keystream itself."""
-    top = (rng.uint64(n) >> np.uint64(11)).view(np.int64)
-    return torch.from_numpy(top).to(torch.float64)
-
-
-def keystream_standard_normal(rng: KeystreamRNG, n: int) -> torch.Tensor:
-    """``n`` standard normals (float64 tensor) from ``rng``: ``KeystreamRNG.standard_normal``.
-
-    The same keystream words and the same Box-Muller transform (u1 in (0, 1) for the
-    radius, u2 in [0, 1) for the angle, 53 random bits each, cosines then sines), so the
-    values agree with ``rng.standard_normal(n)`` to the last bits of the math library and
-    the stream ends at the same position. Written here because the transcendental
-    functions run faster in torch's vectorized float64 kernels than in numpy's, and
-    DP-SGD draws tens of thousands of normals per step.
-    """
-    if n < 0:
-        raise ConfigError(f"n must be >= 0, got {n}")
-    m = (n + 1) // 2
-    u = _uniform_bits(rng, 2 * m)
-    u1 = (u[:m] + 0.5).mul_(_INV_2_53)
-    theta = u[m:].mul(2.0 * math.pi * _INV_2_53)
-    r = u1.log_().mul_(-2.0).sqrt_()
-    out = torch.empty(2 * m, dtype=torch.float64)
-    torch.mul(r, torch.cos(theta), out=out[:m])
-    torch.mul(r, torch.sin(theta), out=out[m:])
-    return out[:n]
-
-
-def keystream_gaussian(n: int, std: float, rng: KeystreamRNG) -> torch.Tensor:
-    """``n`` draws of N(0, std^2) (float64 tensor) as :class:`GaussianMechanism` samples them.
-
-    Seeded streams: one normal per coordinate. Hardened streams: the sum of four normals
-    divided by two (Opacus's ``secure_mode`` construction, Holohan and Braghin 2021), the
-    four being ``rng.standard_normal(4 n).reshape(4, n)``'s column: with Box-Muller pairs
-    (r_k, theta_k), k < 2n, coordinate j gets r_j (cos + sin)(theta_j) + r_{n+j} (cos +
-    sin)(theta_{n+j}), evaluated as sqrt(2) r sin(theta + pi/4) (one sine instead of a
-    cosine and a sine; the same number up to rounding, tests compare the two).
-    """
-    if n < 0:
-        raise ConfigError(f"n must be >= 0, got {n}")
-    if not rng.hardened_mode:
-        return keystream_standard_normal(rng, n).mul_(std)
-    m = 2 * n  # Box-Muller pairs behind 4n normals: words [u1 (m) | u2 (m)]
-    u = _uniform_bits(rng, 2 * m)
-    r = (u[:m] + 0.5).mul_(_INV_2_53).log_().mul_(-2.0).sqrt_()
-    r.mul_(torch.sin(u[m:].mul(2.0 * math.pi * _INV_2_53).add_(math.pi / 4)))
-    return (r[:n] + r[n:]).mul_(math.sqrt(2.0) / 2.0 * std)
 
 
 FACTORS = "grad_sample_factors"  # parameter attribute: (A, G) of a factored Linear layer

@@ -39,6 +39,7 @@ import numpy as np
 from crypto.rng import KeystreamRNG
 from dp.discrete_gaussian import discrete_gaussian_variance, sample_discrete_gaussian
 from dp.errors import ConfigError
+from dp.normal import keystream_gaussian
 
 Placement = Literal["local", "distributed"]
 PLACEMENTS: tuple[str, ...] = ("local", "distributed")
@@ -100,11 +101,8 @@ class GaussianMechanism:
         return self.std * self.std
 
     def sample(self, n: int, rng: KeystreamRNG) -> np.ndarray:
-        if rng.hardened_mode:  # sum of 2n = 4 normals (n = 2), as Opacus secure_mode
-            z = rng.standard_normal(4 * n).reshape(4, n).sum(axis=0) / 2.0
-        else:
-            z = rng.standard_normal(n)
-        return z * self.std
+        # hardened: each draw is the sum of four normals over 2, as Opacus's secure_mode
+        return keystream_gaussian(n, self.std, rng).numpy()
 
     def add(self, x: np.ndarray, rng: KeystreamRNG) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)

@@ -17,12 +17,11 @@ from dp.dpsgd import (
     FactoredLinearGradSampleModule,
     KeystreamDPOptimizer,
     KeystreamPoissonSampler,
-    keystream_gaussian,
-    keystream_standard_normal,
     private_local_training,
 )
 from dp.errors import ConfigError
 from dp.mechanisms import GaussianMechanism
+from dp.normal import keystream_gaussian, keystream_standard_normal
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -189,8 +188,15 @@ def test_keystream_gaussian_is_the_gaussian_mechanism(hardened: bool) -> None:
     key = bytes(range(32))
     a = KeystreamRNG(key, hardened_mode=hardened)
     b = KeystreamRNG(key, hardened_mode=hardened)
-    ours = keystream_gaussian(999, 1.7, a).numpy()
-    assert np.allclose(ours, GaussianMechanism(1.7).sample(999, b), rtol=1e-12, atol=1e-12)
+    ours = GaussianMechanism(1.7).sample(999, a)
+    # The construction written out on the reference sampler: one normal per coordinate,
+    # or (hardened) the sum of four normals over two, Opacus's secure_mode.
+    z = b.standard_normal(4 * 999).reshape(4, 999).sum(0) / 2.0 if hardened \
+        else b.standard_normal(999)
+    assert np.allclose(ours, 1.7 * z, rtol=1e-12, atol=1e-12)
+    assert a.bytes(16) == b.bytes(16)  # same keystream words consumed
+    assert np.array_equal(ours, keystream_gaussian(999, 1.7, KeystreamRNG(
+        key, hardened_mode=hardened)).numpy())  # the release and DP-SGD share one sampler
 
 
 @pytest.mark.parametrize("hardened", [False, True])
