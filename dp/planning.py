@@ -3,7 +3,8 @@
 The trainer and ``run_secure.py budget`` share this code: :func:`round_events` builds the
 events one client's round appends to the ledger, :func:`plan_events` strings them over
 a run, and :func:`noise_for_target` finds by root finding (Brent on log sigma) the
-smallest noise multiplier whose accounted epsilon stays within the target.
+smallest noise multiplier whose accounted epsilon stays within the target
+(:func:`noise_for_all`: for several subjects at once, one search on the largest epsilon).
 
 Cohort sampling: the server picks the cohort and sees who took part, so client sampling
 gives no privacy amplification against it. The cohort rate only sets how many rounds a
@@ -59,8 +60,8 @@ class RunPlan:
             raise ConfigError(f"local_steps must be >= 0, got {self.local_steps}")
         if self.release_rate is None and self.local_steps == 0:
             raise ConfigError("the plan releases nothing: set release_rate or local_steps")
-        if not self.release_noise_ratio > 0:
-            raise ConfigError("release_noise_ratio must be > 0")
+        if not (self.release_noise_ratio > 0 and math.isfinite(self.release_noise_ratio)):
+            raise ConfigError(f"--release-noise-ratio must be > 0 and finite, got {self.release_noise_ratio}")
         if self.participation not in ("worst", "expected"):
             raise ConfigError("participation must be 'worst' or 'expected'")
 
@@ -134,8 +135,27 @@ def noise_for_target(
     rtol: float = 1e-6,
 ) -> float:
     """Smallest noise multiplier z (to ``rtol``) with epsilon(make_events(z)) <= target."""
+    return noise_for_all([make_events], target_epsilon, delta, accountant, rtol)
+
+
+def noise_for_all(
+    makers: Sequence[Callable[[float], Sequence[Event]]],
+    target_epsilon: float,
+    delta: float,
+    accountant: str = "rdp",
+    rtol: float = 1e-6,
+) -> float:
+    """Smallest noise multiplier z (to ``rtol``) with which every maker's events (one
+    subject each, e.g. clients of different DP-SGD shapes) stay within the target.
+
+    One root search on the largest epsilon, rather than one search per maker: each
+    maker's epsilon falls as z grows, so the largest root is the root of the largest
+    epsilon, and the events the makers share (the release) are accounted once per z.
+    """
     if not target_epsilon > 0:
         raise ConfigError(f"target epsilon must be > 0, got {target_epsilon}")
+    if not makers:
+        raise ConfigError("noise_for_all needs at least one event maker")
     get_accountant(accountant)  # an unknown name is a ConfigError before any work
     seen: dict[float, float] = {}  # the bracket ends are asked for again by brentq
 
@@ -143,22 +163,28 @@ def noise_for_target(
         if log_z not in seen:
             # Where the accountant cannot bound a plan (PRV: event types it does not handle,
             # or a grid too large), RDP's bound holds for it too, as when reporting.
-            eps = epsilon_with_fallback(make_events(math.exp(log_z)), delta, accountant)[0]
+            z = math.exp(log_z)
+            eps = max(epsilon_with_fallback(make(z), delta, accountant)[0] for make in makers)
             seen[log_z] = min(eps, 1e6) - target_epsilon
         return seen[log_z]
 
-    lo, hi = math.log(NOISE_MIN), math.log(NOISE_MAX)
+    floor, ceil = math.log(NOISE_MIN), math.log(NOISE_MAX)
     if accountant != "rdp":
         # Bracket the root near RDP's answer: RDP always runs, and at the tiny noise of the
         # full bracket PRV's discretization grid is enormous (and it fails), so the search
         # would learn nothing there. Both accountants bound the same mechanism, so their roots
         # are close; the bracket widens until it holds the root.
-        z_rdp = noise_for_target(make_events, target_epsilon, delta, "rdp", rtol)
-        lo, hi = math.log(max(z_rdp / 2, NOISE_MIN)), math.log(min(z_rdp * 1.25, NOISE_MAX))
-        while gap(hi) > 0 and hi < math.log(NOISE_MAX):
-            hi = min(hi + math.log(2), math.log(NOISE_MAX))
-        while gap(lo) <= 0 and lo > math.log(NOISE_MIN):
-            lo = max(lo - math.log(2), math.log(NOISE_MIN))
+        z_rdp = noise_for_all(makers, target_epsilon, delta, "rdp", rtol)
+        lo, hi, step = math.log(max(z_rdp / 2, NOISE_MIN)), math.log(min(z_rdp * 1.25, NOISE_MAX)), math.log(2)
+    else:
+        # Grow the bracket outwards from noise 1 rather than starting at its ends: Opacus's
+        # RDP of a subsampled Gaussian at noise 1e4 sums a slowly decaying series (seconds
+        # per call at rate 0.5), and no plan worth running needs noise near either end.
+        lo, hi, step = 0.0, 0.0, math.log(4)
+    while gap(hi) > 0 and hi < ceil:  # too little noise at hi: move the bracket up
+        lo, hi = hi, min(hi + step, ceil)
+    while gap(lo) <= 0 and lo > floor:  # enough noise already at lo: move it down
+        hi, lo = lo, max(lo - step, floor)
     if gap(hi) > 0:
         raise AccountingError(f"even noise multiplier {math.exp(hi):.6g} exceeds eps {target_epsilon}")
     if gap(lo) <= 0:
