@@ -7,7 +7,9 @@ Three parts, each runnable alone (``--parts a b c``):
     ``local`` (each client adds all of sigma*C, float Gaussian) or ``distributed`` (each adds
     a discrete-Gaussian share inside SecAgg+), against the non-DP SecAgg+ run of (a).
 (c) FedHPro vs FedAvg under the same DP (epsilon ``--c-epsilon``, distributed, discrete)
-    at each ``--c-alphas``: mean, spread, and paired (same seed) wins.
+    at each ``--c-alphas``: mean, spread, and paired (same seed) wins; FedHPro once per
+    ``--c-ratios`` value (``--release-noise-ratio``: the budget split between its per-class
+    release and DP-SGD).
 
 Every run is an in-process :class:`Trainer` (no outputs written) in a worker process with
 one torch thread; accuracy is the final-round global test accuracy, epsilon the accountant's
@@ -65,12 +67,13 @@ def jobs_for(args: argparse.Namespace) -> list[Job]:
                              for s in args.seeds]
         elif part in ("c", "c-rest"):
             for alpha in args.c_alphas[:1] if part == "c" else args.c_alphas[1:]:
-                for algorithm in ("fedhpro", "fedavg"):
+                for algorithm, ratio in [("fedhpro", r) for r in args.c_ratios] + [("fedavg", 1.0)]:
                     dp = _dp(args.c_epsilon, "distributed")
                     if algorithm == "fedavg":  # no noised release block: only DP-SGD, whatever
                         dp["mechanism"] = "gaussian"  # the mechanism (works around a crash, see results)
-                    jobs += [{"part": "c", "label": algorithm, "algorithm": algorithm, "alpha": alpha, "seed": s,
-                              **dp} for s in args.c_seeds]
+                    label = algorithm if ratio == 1.0 else f"{algorithm} ratio {ratio:g}"
+                    jobs += [{"part": "c", "label": label, "algorithm": algorithm, "alpha": alpha, "seed": s,
+                              "release_noise_ratio": ratio, **dp} for s in args.c_seeds]
     return jobs
 
 
@@ -157,14 +160,15 @@ def table_b(results: list[dict[str, Any]], alpha: float) -> list[str]:
 def table_c(results: list[dict[str, Any]], alphas: list[float]) -> list[str]:
     out: list[str] = []
     for alpha in alphas:
-        hp = {r["seed"]: r for r in _select(results, part="c", label="fedhpro", alpha=alpha)}
-        fa = {r["seed"]: r for r in _select(results, part="c", label="fedavg", alpha=alpha)}
-        if not hp and not fa:
+        labels = list(dict.fromkeys(r["label"] for r in _select(results, part="c", alpha=alpha)))
+        runs = {lab: {r["seed"]: r for r in _select(results, part="c", label=lab, alpha=alpha)} for lab in labels}
+        fa = runs.get("fedavg", {})
+        if not runs:
             continue
         out += [f"### (c) FedHPro vs FedAvg, DP sample-level, distributed discrete noise (alpha {alpha})", "",
-                "| method | seeds | accuracy % (mean ± std) | min-max | final eps | noise multiplier | per seed |",
+                "| method | seeds | accuracy % (mean ± std) | min-max | final eps | noise multiplier (DP-SGD) | per seed |",
                 "|---|---|---|---|---|---|---|"]
-        for label, rs in (("fedhpro", hp), ("fedavg", fa)):
+        for label, rs in runs.items():
             acc = [r["accuracy"] for r in rs.values()]
             eps = [r["epsilon"] for r in rs.values() if r["epsilon"] is not None]
             per = ", ".join(f"{s}: {100 * r['accuracy']:.2f}" for s, r in sorted(rs.items()))
@@ -172,11 +176,15 @@ def table_c(results: list[dict[str, Any]], alphas: list[float]) -> list[str]:
             sig = [r["noise_multiplier"] for r in rs.values()]
             out.append(f"| {label} | {sorted(rs)} | {_mean_sd(acc)} | {span} | "
                        f"{max(eps) if eps else float('nan'):.3f} | {min(sig):.3f}-{max(sig):.3f} | {per} |")
-        paired = sorted(set(hp) & set(fa))
-        wins = sum(hp[s]["accuracy"] > fa[s]["accuracy"] for s in paired)
-        ties = sum(hp[s]["accuracy"] == fa[s]["accuracy"] for s in paired)
-        gaps = [100 * (hp[s]["accuracy"] - fa[s]["accuracy"]) for s in paired]
-        out += ["", f"FedHPro ahead in {wins} of {len(paired)} paired runs (ties {ties}); "
+        out.append("")
+        for label, hp in runs.items():
+            if label == "fedavg":
+                continue
+            paired = sorted(set(hp) & set(fa))
+            wins = sum(hp[s]["accuracy"] > fa[s]["accuracy"] for s in paired)
+            ties = sum(hp[s]["accuracy"] == fa[s]["accuracy"] for s in paired)
+            gaps = [100 * (hp[s]["accuracy"] - fa[s]["accuracy"]) for s in paired]
+            out += [f"{label}: ahead of FedAvg in {wins} of {len(paired)} paired runs (ties {ties}); "
                     f"paired gaps (points): {', '.join(f'{g:+.2f}' for g in gaps)}", ""]
     return out
 
@@ -192,6 +200,8 @@ def main() -> int:
     ap.add_argument("--c-alphas", nargs="+", type=float, default=[0.5, 0.1])
     ap.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 4.0, 8.0])
     ap.add_argument("--c-epsilon", type=float, default=8.0)
+    ap.add_argument("--c-ratios", nargs="+", type=float, default=[1.0],
+                    help="FedHPro's --release-noise-ratio values in part (c) (budget split; 1 = one noise multiplier)")
     ap.add_argument("--delta", type=float, default=1e-5)
     ap.add_argument("--dropout", type=float, default=0.0, help="SecAgg dropout rate per stage (0 or 0.1)")
     ap.add_argument("--hardened", action="store_true", help="OS CSPRNG noise (default: seeded, repeatable)")

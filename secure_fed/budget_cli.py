@@ -7,8 +7,9 @@ Three forms (chosen by the flags given):
 (b) ``--target-epsilon E --sample-rate Q --steps T``: the smallest noise multiplier that
     keeps epsilon <= E.
 (c) ``--rounds R`` with the ``train`` plan flags (``--clients --cohort --local-epochs
-    --batch-size --samples-per-client --release-rate``) and either ``--noise-multiplier``
-    or ``--target-epsilon``: epsilon after every round for one client of that plan.
+    --batch-size --samples-per-client --release-rate --release-noise-ratio``) and either
+    ``--noise-multiplier`` or ``--target-epsilon``: epsilon after every round for one client
+    of that plan (the noise multiplier is DP-SGD's; the release's is that times the ratio).
 
 With ``--accountant prv`` the PRV accountant is run and its answer checked: if it raises
 or returns anything but a finite epsilon >= 0 (noise 0.6, rate 1, 1000 steps returns
@@ -51,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="n_k of the accounted client (needed for DP-SGD steps)")
     p.add_argument("--release-rate", type=float, default=None,
                    help="Poisson rate of the per-class gradient release (omit: none)")
+    p.add_argument("--release-noise-ratio", type=float, default=1.0,
+                   help="the release's noise multiplier over DP-SGD's (the printed noise multiplier is DP-SGD's)")
     p.add_argument("--participation", choices=("worst", "expected"), default="worst",
                    help="client in every round (worst) or in ceil(rounds*cohort/clients)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -116,7 +119,8 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
         local_steps = args.local_epochs * int(1 / local_rate)
     return RunPlan(rounds=args.rounds, cohort_rate=cohort / args.clients,
                    release_rate=args.release_rate, local_steps=local_steps,
-                   local_rate=local_rate, participation=args.participation)
+                   local_rate=local_rate, release_noise_ratio=args.release_noise_ratio,
+                   participation=args.participation)
 
 
 def _form_c(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,7 +129,8 @@ def _form_c(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"form": "plan", "delta": d, "plan": {
         "rounds": plan.rounds, "cohort_rate": plan.cohort_rate,
         "release_rate": plan.release_rate, "local_steps_per_round": plan.local_steps,
-        "local_rate": plan.local_rate, "participation": plan.participation}}
+        "local_rate": plan.local_rate, "release_noise_ratio": plan.release_noise_ratio,
+        "participation": plan.participation}}
     if args.target_epsilon is not None:
         try:
             z = noise_for_plan(plan, args.target_epsilon, d, args.accountant)

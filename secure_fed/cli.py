@@ -96,12 +96,15 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--noise-placement", choices=PLACEMENTS, default=d.noise_placement, help="local: every client adds all the noise; distributed: a share so any t survivors carry it (needs --secagg)")
     g.add_argument("--mechanism", choices=MECHANISMS, default=d.mechanism, help="gaussian: float noise before encoding; discrete: discrete Gaussian noise in the ring after encoding")
     g.add_argument("--clip", type=float, default=d.clip, help="L2 clip norm C per sample (sample unit) or per client upload (client unit)")
-    g.add_argument("--noise-multiplier", type=float, default=d.noise_multiplier, help="noise std / clip for every release; overrides the noise planned from --target-epsilon")
+    g.add_argument("--noise-multiplier", type=float, default=d.noise_multiplier, help="noise std / clip of DP-SGD and, times --release-noise-ratio, of the per-class release; overrides the noise planned from --target-epsilon")
     g.add_argument("--target-epsilon", type=float, default=d.target_epsilon, help="plan the noise for this epsilon over the run and stop before any round that would exceed it")
     g.add_argument("--no-target", dest="target_epsilon", action="store_const", const=None, help="no target epsilon (needs --noise-multiplier)")
     g.add_argument("--delta", type=float, default=d.delta, help="delta of the (epsilon, delta) guarantee")
     g.add_argument("--accountant", choices=ACCOUNTANTS, default=d.accountant, help="accountant whose epsilon is printed (RDP is always recorded too)")
     g.add_argument("--release-rate", type=float, default=d.release_rate, help="Poisson rate at which a client's samples enter its per-class gradient release")
+    g.add_argument("--release-noise-ratio", type=float, default=d.release_noise_ratio,
+                   help="budget split (--dp sample, fedhpro): the per-class release's noise multiplier is this times DP-SGD's; "
+                        "above 1 the release is noisier and DP-SGD, planned from --target-epsilon, gets less noise")
     g.add_argument("--hardened", action=argparse.BooleanOptionalAction, default=d.hardened, help="secrets and noise from the OS CSPRNG (--no-hardened: seeded noise, for experiments and tests only)")
     g.add_argument("--reproducible", dest="hardened", action="store_false", help="alias of --no-hardened: --seed also drives noise and secrets")
 

@@ -70,6 +70,7 @@ class TrainConfig:
     delta: float = 1e-5
     accountant: str = "rdp"
     release_rate: float = 0.5
+    release_noise_ratio: float = 1.0
     hardened: bool = True
     device: str = "auto"
     threads: int = 0
@@ -123,6 +124,9 @@ class TrainConfig:
         need(self.target_epsilon is None or self.target_epsilon > 0, "--target-epsilon", f"must be > 0 (got {self.target_epsilon})")
         need(0 < self.delta < 1, "--delta", f"must be in (0, 1) (got {self.delta})")
         need(0 < self.release_rate <= 1, "--release-rate", f"must be in (0, 1] (got {self.release_rate})")
+        need(0 < self.release_noise_ratio < float("inf"), "--release-noise-ratio", f"must be > 0 and finite (got {self.release_noise_ratio})")
+        need(self.release_noise_ratio == 1.0 or (self.dp == "sample" and self.algorithm == "fedhpro"), "--release-noise-ratio",
+             "splits the budget between FedHPro's per-class release and DP-SGD, so it needs --dp sample and --algorithm fedhpro (elsewhere one mechanism runs: leave it at 1)")
         need(self.dp == "off" or self.noise_multiplier is not None or self.target_epsilon is not None,
              "--noise-multiplier", "give --noise-multiplier or --target-epsilon when --dp is on")
         need(self.dp == "off" or self.algorithm != "fedproto", "--algorithm", "fedproto runs without DP only; use --dp off, or fedhpro/fedavg")

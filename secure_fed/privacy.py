@@ -15,7 +15,7 @@ multiplier for a target epsilon over the run plan.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +29,7 @@ from dp.mechanisms import (
     encoded_sensitivity,
     integer_sigma,
 )
-from dp.planning import noise_for_target
+from dp.planning import noise_for_all
 from secure_fed.aggregate import VectorLayout
 from secure_fed.errors import ConfigError
 from secure_fed.secure_aggregation import LayoutCodec
@@ -50,6 +50,12 @@ class PrivacySettings:
     release_rate: float
     accountant: str = "rdp"
     secure: bool = True  # is the sum computed under SecAgg (else the server sees each upload)
+    release_noise_ratio: float = 1.0  # the release's noise multiplier over DP-SGD's
+
+    @property
+    def release_noise_multiplier(self) -> float:
+        """Noise std / clip of the per-class release (client unit: of the whole upload)."""
+        return self.noise_multiplier * self.release_noise_ratio
 
     def __post_init__(self) -> None:
         if self.unit not in ("sample", "client"):
@@ -69,6 +75,10 @@ class PrivacySettings:
             raise ConfigError(f"--delta must be in (0, 1) (got {self.delta})")
         if not 0 < self.release_rate <= 1:
             raise ConfigError(f"--release-rate must be in (0, 1] (got {self.release_rate})")
+        if not (self.release_noise_ratio > 0 and math.isfinite(self.release_noise_ratio)):
+            raise ConfigError(f"--release-noise-ratio must be > 0 (got {self.release_noise_ratio})")
+        if self.unit == "client" and self.release_noise_ratio != 1.0:
+            raise ConfigError("--release-noise-ratio needs --dp sample: with --dp client one mechanism runs")
 
 
 def noised_blocks(layout: VectorLayout, unit: str) -> tuple[str, ...]:
@@ -115,7 +125,7 @@ class ClientNoise:
     def integer_sigma(self, codec: LayoutCodec) -> float:
         """Per-share discrete Gaussian parameter in encoded units of the release's gamma."""
         gamma = codec.gamma(self.blocks[0])
-        return integer_sigma(self.s.noise_multiplier, self.s.clip, gamma) * share_factor(self.s.placement, self.threshold)
+        return integer_sigma(self.s.release_noise_multiplier, self.s.clip, gamma) * share_factor(self.s.placement, self.threshold)
 
     def post_encode(self, words: np.ndarray, codec: LayoutCodec, rng: KeystreamRNG) -> np.ndarray:
         """Discrete Gaussian noise added in the ring to the released blocks (client side)."""
@@ -134,7 +144,7 @@ class ClientNoise:
 
     def share_std(self) -> float:
         """Std of one client's noise share per coordinate (input units)."""
-        return self.s.noise_multiplier * self.s.clip * share_factor(self.s.placement, self.threshold)
+        return self.s.release_noise_multiplier * self.s.clip * share_factor(self.s.placement, self.threshold)
 
     def total_noise_std(self, survivors_max: int) -> dict[str, float]:
         """Total noise std per noised block (input units) when ``survivors_max`` shares are
@@ -164,7 +174,10 @@ class RunPrivacy:
         self.noise = ClientNoise(settings, layout, threshold)
 
     def _release_event(self, cid: int, round_id: int, shares: int, gamma: float | None, sigma: float) -> Event:
+        """The release's event at run noise multiplier ``sigma`` (the release uses
+        ``sigma * release_noise_ratio``)."""
         s = self.s
+        sigma = sigma * s.release_noise_ratio
         rate = 1.0 if s.unit == "client" else s.release_rate
         sampling = "none" if rate >= 1.0 else "poisson"
         label = "client_update" if s.unit == "client" else "per_class_release"
@@ -182,7 +195,11 @@ class RunPrivacy:
     def round_events(
         self, cid: int, round_id: int, shares: int, gamma: float | None, sgd: SgdPlan | None, sigma: float | None = None
     ) -> list[Event]:
-        """Events of client ``cid`` in round ``round_id`` with ``shares`` noise shares summed."""
+        """Events of client ``cid`` in round ``round_id`` with ``shares`` noise shares summed.
+
+        ``sigma``: the run's noise multiplier (DP-SGD's; the release's is ``sigma *
+        release_noise_ratio``), default the settings' own.
+        """
         sigma = self.s.noise_multiplier if sigma is None else sigma
         events: list[Event] = []
         if self.has_release or self.s.unit == "client":
@@ -202,13 +219,13 @@ class RunPrivacy:
         protocol accepts (t under SecAgg).
         """
         shares = self.shares_for(self.threshold) if self.s.placement == "distributed" else 1
-        best = 0.0
-        for plan in dict.fromkeys(sgd):  # clients with the same DP-SGD shape need the same noise
-            def events(sigma: float, plan: SgdPlan | None = plan) -> list[Event]:
+        def maker(plan: SgdPlan | None) -> Callable[[float], list[Event]]:
+            def events(sigma: float) -> list[Event]:
                 out: list[Event] = []
                 for r in range(rounds):
                     out.extend(self.round_events(0, r + 1, shares, gamma, plan, sigma))
                 return out
+            return events
 
-            best = max(best, noise_for_target(events, target, self.s.delta, self.s.accountant))
-        return best
+        # clients with the same DP-SGD shape need the same noise: one maker per shape
+        return noise_for_all([maker(p) for p in dict.fromkeys(sgd)], target, self.s.delta, self.s.accountant)

@@ -489,7 +489,10 @@ def _noise_rows(run: RunData) -> list[tuple[str, Any]]:
         ("mechanism", dp.get("mechanism", c.get("mechanism"))),
         ("noise placement", dp.get("placement", c.get("noise_placement"))),
         ("noise multiplier (configured)", dp.get("noise_multiplier", c.get("noise_multiplier"))),
-        ("effective noise multiplier (survivors summed), last / lowest",
+        ("release noise multiplier (x release noise ratio)",
+         f"{dp['release_noise_multiplier']:.4g} (x {dp.get('release_noise_ratio', 1.0):g})"
+         if _num(dp.get("release_noise_multiplier")) is not None else None),
+        ("effective release noise multiplier (survivors summed), last / lowest",
          f"{eff[-1]:.4g} / {min(eff):.4g}" if eff else None),
         ("clip norm C", dp.get("clip", c.get("clip"))),
         ("target epsilon", c.get("target_epsilon")),

@@ -152,6 +152,7 @@ class Trainer:
             settings = PrivacySettings(
                 cfg.dp, cfg.noise_placement, cfg.mechanism, cfg.clip, cfg.noise_multiplier or 1.0,
                 cfg.delta, cfg.release_rate, cfg.accountant, secure=cfg.secagg != "off",
+                release_noise_ratio=cfg.release_noise_ratio,
             )
             self.privacy = RunPrivacy(settings, self.layout, self.threshold, has_release=cfg.algorithm == "fedhpro")
         self._custom_aggregator = aggregator is not None
@@ -494,6 +495,10 @@ class Trainer:
             }))
         return rec
 
+    def _split_note(self) -> str:
+        r = self.cfg.release_noise_ratio
+        return "" if r == 1.0 else f" (DP-SGD; release {self.noise_multiplier * r:.4f} = {r:g}x)"
+
     def _dp_record(self) -> dict[str, Any] | None:
         if self.privacy is None:
             return None
@@ -501,6 +506,8 @@ class Trainer:
         return {
             "unit": cfg.dp, "placement": cfg.noise_placement, "mechanism": cfg.mechanism,
             "noise_multiplier": self.noise_multiplier, "clip": cfg.clip, "delta": cfg.delta,
+            "release_noise_ratio": cfg.release_noise_ratio,
+            "release_noise_multiplier": self.noise_multiplier * cfg.release_noise_ratio,
             "release_rate": cfg.release_rate, "target_epsilon": cfg.target_epsilon,
             "hardened": cfg.hardened, "threshold": self.threshold,
         }
@@ -513,7 +520,7 @@ class Trainer:
         dp = self._dp_record()
         if dp is not None and summed:
             shares = self.privacy.shares_for(len(summed)) if self.privacy else 1
-            dp["effective_noise_multiplier"] = self.noise_multiplier * share_factor(self.cfg.noise_placement, self.threshold) * shares ** 0.5
+            dp["effective_noise_multiplier"] = dp["release_noise_multiplier"] * share_factor(self.cfg.noise_placement, self.threshold) * shares ** 0.5
         return {
             "kind": "round", "round": round_id, "algorithm": self.cfg.algorithm, "aggregator": self.aggregator.name,
             "cohort": cohort, "survivors": meta.get("survivors", {"masked": cohort}), "summed": summed,
@@ -559,7 +566,7 @@ class Trainer:
             self.write_static_outputs()
             if self.privacy is not None:
                 self.log(f"DP {self.cfg.dp}-level, {self.cfg.mechanism} noise ({self.cfg.noise_placement}), "
-                         f"noise multiplier {self.noise_multiplier:.4f}, clip {self.cfg.clip}, delta {self.cfg.delta}")
+                         f"noise multiplier {self.noise_multiplier:.4f}{self._split_note()}, clip {self.cfg.clip}, delta {self.cfg.delta}")
         last = self.cfg.rounds if until is None else min(until, self.cfg.rounds)
         bar = tqdm(range(self.start_round, last + 1), desc=f"{self.cfg.algorithm} on {self.cfg.dataset}", unit="round",
                    disable=not self.progress, leave=False)

@@ -161,3 +161,18 @@ def test_real_prv_failure_through_run_secure() -> None:
     avail = acc.available_memory_bytes()
     if avail is not None and pts * acc.PRV_BYTES_PER_POINT <= avail / 2:
         assert "it returned epsilon = inf" in first and "underflows" in first
+
+
+def test_run_plan_form_takes_the_budget_split() -> None:
+    """--release-noise-ratio: the printed noise is DP-SGD's, and a noisier release leaves
+    DP-SGD less noise for the same target."""
+    plan = ("--rounds", "5", "--samples-per-client", "200", "--release-rate", "0.5",
+            "--target-epsilon", "4", "--json")
+    rc1, out1, _ = _cli(*plan)
+    rc3, out3, _ = _cli(*plan, "--release-noise-ratio", "3")
+    one, three = json.loads(out1), json.loads(out3)
+    assert rc1 == rc3 == 0 and three["plan"]["release_noise_ratio"] == 3.0
+    assert three["noise_multiplier"] < one["noise_multiplier"]
+    assert max(three["epsilon_per_round_rdp"]) <= 4.0 + 1e-9
+    rc, _, err = _cli(*plan, "--release-noise-ratio", "0")
+    assert rc == 2 and "--release-noise-ratio" in err

@@ -11,6 +11,7 @@ import torch
 
 from secure_fed.aggregate import PlaintextAggregator, VectorLayout
 from secure_fed.config import TrainConfig
+from secure_fed.errors import ConfigError
 from secure_fed.runio import read_audit, verify_chain
 from secure_fed.secure_aggregation import (
     RingAggregator,
@@ -164,3 +165,40 @@ def test_fedavg_under_dp_has_no_release_and_runs_with_either_mechanism(mechanism
     t.run()
     labels = {e.label for e in t.ledger.events}
     assert labels == {"dpsgd"}
+
+
+def test_budget_split_moves_noise_from_dpsgd_to_the_release(tmp_path: Path) -> None:
+    """--release-noise-ratio R: the release carries R times DP-SGD's noise multiplier, in
+    the noise the clients add and in the ledger; planning gives DP-SGD less noise for the
+    same target, and the run still ends within it."""
+    kw = dict(secagg="secagg+", dp="sample", noise_placement="local", mechanism="gaussian", rounds=1)
+    plain = _trainer(None, **kw, target_epsilon=8.0)
+    split = _trainer(None, **kw, target_epsilon=8.0, release_noise_ratio=3.0)
+    z1, z3 = plain.plan_noise(), split.plan_noise()
+    assert z3 < z1  # DP-SGD gets less noise when the release takes more
+
+    fixed = _trainer(tmp_path, **kw, target_epsilon=None, noise_multiplier=1.5, release_noise_ratio=3.0,
+                     run_id="split")
+    fixed.run()
+    assert fixed.privacy is not None
+    assert fixed.privacy.noise.share_std() == pytest.approx(4.5 * fixed.cfg.clip)
+    rec = next(read_audit(tmp_path / "split" / "audit.jsonl"))
+    assert rec["dp"]["release_noise_multiplier"] == pytest.approx(4.5)
+    by_label: dict[str, set[float]] = {}
+    for e in rec["events"]:
+        by_label.setdefault(e["label"], set()).add(round(e["noise_multiplier"], 9))
+    assert by_label["dpsgd"] == {1.5}
+    summed = len(rec["summed"])  # local placement: every summed client adds all of 4.5 * C
+    assert by_label["per_class_release"] == {round(4.5 * summed ** 0.5, 9)}
+
+    planned = _trainer(tmp_path, **{**kw, "rounds": 3}, target_epsilon=4.0, release_noise_ratio=3.0, run_id="planned")
+    planned.run()
+    assert planned.stopped is None and len(planned.history) == 3
+    assert max(r["epsilon"] for r in planned.history) <= 4.0
+
+
+@pytest.mark.parametrize("kw", [dict(algorithm="fedavg"), dict(dp="client"), dict(release_noise_ratio=0.0),
+                                dict(release_noise_ratio=float("inf"))])
+def test_budget_split_is_refused_where_it_means_nothing(kw: dict) -> None:
+    with pytest.raises(ConfigError, match="--release-noise-ratio"):
+        TrainConfig(**{**BASE, "dp": "sample", "target_epsilon": 8.0, "release_noise_ratio": 2.0, **kw})

@@ -445,8 +445,10 @@ def run_release_specs(run_dir: Path) -> tuple[list[ReleaseSpec], list[Event], Tr
         dp = rec.get("dp") or {}
         summed = rec.get("summed") or []
         threshold = int(dp.get("threshold") or raw.get("threshold_used") or 1)
+        # The release's own noise multiplier (--release-noise-ratio times DP-SGD's).
+        z_release = dp.get("release_noise_multiplier") or float(dp.get("noise_multiplier", z)) * cfg.release_noise_ratio
         specs.append(ReleaseSpec(
-            cfg.mechanism, cfg.noise_placement, cfg.dp, float(dp.get("noise_multiplier", z)), cfg.clip, cfg.delta,
+            cfg.mechanism, cfg.noise_placement, cfg.dp, float(z_release), cfg.clip, cfg.delta,
             threshold, cfg.cohort, len(summed), cfg.bits, cfg.secagg != "off", blocks))
         rel = [event_from_dict(e) for e in journal.get(int(rec["round"]), [])
                if e.get("label") in ("per_class_release", "client_update")]
