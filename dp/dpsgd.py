@@ -39,6 +39,7 @@ per-sample autograd loop):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -310,7 +311,15 @@ class KeystreamPrivacyEngine(PrivacyEngine):
     """``PrivacyEngine`` whose sampler and noise draw from one keystream (flat, Poisson)."""
 
     def __init__(self, rng: KeystreamRNG) -> None:
-        super().__init__(accountant="rdp", secure_mode=False)
+        with warnings.catch_warnings():
+            # Opacus warns that secure_mode=False leaves its Poisson sampling and noise on
+            # torch's non-cryptographic generator. That does not apply here: this engine's
+            # sampler and optimizer never touch torch's generator; both draw from ``rng``, an
+            # AES-CTR keystream (keyed from the OS CSPRNG in hardened mode). secure_mode=True
+            # would only make Opacus import torchcsprng for a generator nothing here uses.
+            warnings.filterwarnings("ignore", message=r"Secure RNG turned off\.", category=UserWarning,
+                                    module=r"opacus\.privacy_engine\Z")
+            super().__init__(accountant="rdp", secure_mode=False)
         self.keystream = rng
 
     def _prepare_model(self, module: torch.nn.Module, *, batch_first: bool = True,

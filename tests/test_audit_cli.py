@@ -43,8 +43,11 @@ def fake_audit(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     calls: dict[str, Any] = {"passed": False}
     mod = types.ModuleType("fake_membership_audit")
 
-    def audit_membership(run_dir: Path, *, seed: int | None = None, shadow_runs: int = 0, **options: Any) -> dict[str, Any]:
-        calls.update(run_dir=run_dir, seed=seed, shadow_runs=shadow_runs, options=options)
+    def audit_membership(run_dir: Path, *, seed: int | None = None, shadow_runs: int = 0, targets: int | None = None,
+                         attack: str | None = None, ratio: Any = None) -> dict[str, Any]:
+        given = {"targets": targets, "attack": attack, "ratio": ratio}
+        calls.update(run_dir=run_dir, seed=seed, shadow_runs=shadow_runs,
+                     options={k: v for k, v in given.items() if v is not None})
         if calls.get("raise"):
             raise RuntimeError("audit crashed")
         return _fake_result(calls["passed"])
@@ -250,3 +253,90 @@ def test_options_an_audit_cannot_take_exit_2(tmp_path: Path, monkeypatch: pytest
     assert not seen
     assert main(["audit", str(run), "--which", "one-run", "--option", "one-run.canaries=5", "--quiet"]) == 0
     assert seen == {"canaries": 5, "progress": False}  # --quiet reaches audits that declare progress
+
+
+class _FirstAuditStarted(Exception):
+    pass
+
+
+def _recording_audit(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
+    """Installs a fake audit under ``name`` that records its call, then stops the run (so
+    the audit after it never runs); returns the record."""
+    started: list[str] = []
+    mod = types.ModuleType(f"fake_first_audit_{name.replace('-', '_')}")
+
+    def audit(run_dir: Path, *, seed: int | None = None) -> dict[str, Any]:
+        started.append(name)
+        raise _FirstAuditStarted(name)
+
+    mod.audit = audit  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setitem(runner.AUDITS, name, (mod.__name__, "audit"))
+    return started
+
+
+@pytest.mark.parametrize("first, last, typo, right", [
+    ("membership", "inversion", "inversion.point=first", {"points": "first"}),
+    ("membership", "one-run", "one-run.canary=100", {"canaries": 100}),
+    ("one-run", "membership", "membership.max-sample=50", {"max_samples": 50}),
+])
+def test_a_typo_in_the_last_audits_option_stops_before_the_first_audit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        first: str, last: str, typo: str, right: dict[str, Any]) -> None:
+    started = _recording_audit(monkeypatch, first)
+    run = _fake_run(tmp_path)
+    assert main(["audit", str(run), "--which", f"{first},{last}", "--option", typo, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    key = typo.split(".")[1].split("=")[0].replace("-", "_")
+    assert len(err.splitlines()) == 1 and f"the {last} audit has no option {key!r}" in err
+    assert started == [] and not (run / "audit_results.json").exists() and not (run / "report.html").exists()
+    # spelled right, the same selection gets past the check and the first audit starts
+    with pytest.raises(_FirstAuditStarted):
+        runner.run_audits(run, [first, last], options={last: right}, progress=False)
+    assert started == [first]
+
+
+def test_every_audit_names_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inspect
+
+    for name in runner.AUDITS:
+        params = inspect.signature(runner.load_audit(name)).parameters.values()
+        assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in params), name
+        assert runner._options_of(runner.load_audit(name)), name  # each audit takes some option
+    mod = types.ModuleType("fake_catch_all_audit")
+
+    def audit_one_run(run_dir: Path, *, seed: int | None = None, **options: Any) -> dict[str, Any]:
+        raise AssertionError("must not run")
+
+    mod.audit_one_run = audit_one_run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_catch_all_audit", mod)
+    monkeypatch.setitem(runner.AUDITS, "one-run", ("fake_catch_all_audit", "audit_one_run"))
+    with pytest.raises(ConfigError, match=r"takes \*\*options; an audit must name every option"):
+        runner.load_audit("one-run")
+
+
+@pytest.mark.parametrize("option, words", [
+    ("membership.seed=3", "membership.seed is set by --seed"),
+    ("membership.shadow-runs=3", "membership.shadow_runs is set by --shadow-runs"),
+])
+def test_runner_arguments_are_not_options(tmp_path: Path, fake_audit: dict[str, Any], option: str, words: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    run = _fake_run(tmp_path)
+    assert main(["audit", str(run), "--which", "membership", "--option", option, "--quiet"]) == 2
+    assert words in capsys.readouterr().err and "run_dir" not in fake_audit
+
+
+def test_an_option_the_audit_requires_must_be_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = types.ModuleType("fake_required_option_audit")
+
+    def audit_one_run(run_dir: Path, *, seed: int | None = None, canaries: int) -> dict[str, Any]:
+        raise AssertionError("must not run")
+
+    mod.audit_one_run = audit_one_run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_required_option_audit", mod)
+    monkeypatch.setitem(runner.AUDITS, "one-run", ("fake_required_option_audit", "audit_one_run"))
+    started = _recording_audit(monkeypatch, "membership")
+    run = _fake_run(tmp_path)
+    with pytest.raises(ConfigError, match="the one-run audit cannot be called with these options .*'canaries'"):
+        runner.run_audits(run, ["membership", "one-run"], progress=False)
+    assert started == [] and not (run / "audit_results.json").exists()

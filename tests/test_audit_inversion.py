@@ -20,6 +20,7 @@ from secure_fed.audit.inversion import (
     invert,
     score_client,
 )
+from secure_fed.audit.runner import run_audits
 from secure_fed.client import per_class_gradient_sums
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
@@ -192,8 +193,8 @@ def test_dp_noise_degrades_even_the_population_mean(tmp_path: Path) -> None:
 def test_bad_inputs(tmp_path: Path, plain_run: Path) -> None:
     with pytest.raises(ConfigError, match="config.json"):
         audit_inversion(tmp_path)
-    with pytest.raises(ConfigError, match="unknown option"):
-        audit_inversion(plain_run, bogus=1)
+    with pytest.raises(ConfigError, match="the inversion audit has no option 'bogus'"):
+        run_audits(plain_run, "inversion", options={"inversion": {"bogus": 1}}, progress=False)
     with pytest.raises(ConfigError, match="--inversion-points"):
         audit_inversion(plain_run, points="middle")
     with pytest.raises(ConfigError, match="--inversion-max-advantage"):

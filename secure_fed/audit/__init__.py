@@ -1,6 +1,8 @@
 """Empirical privacy audits of a finished run (operator side), and their common contract.
 
-Three audits, each a function ``audit_<name>(run_dir, *, seed=None, **options) -> dict``:
+Three audits, each a function ``audit_<name>(run_dir, *, seed=None, <options>) -> dict``
+that names every option it accepts as a keyword parameter (no ``**kwargs``: the runner
+checks every selected audit's options before the first audit starts):
 
 * ``inversion`` (:mod:`secure_fed.audit.inversion`): the analytic attack on per-class uploads,
   against one client's upload and against the aggregate the server holds.

@@ -467,8 +467,7 @@ def _not_applicable(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def audit_inversion(run_dir: Path, *, seed: int | None = None, points: Any = POINTS,
-                    max_advantage: float | None = DEFAULT_MAX_ADVANTAGE, progress: bool = True,
-                    **options: Any) -> dict[str, Any]:
+                    max_advantage: float | None = DEFAULT_MAX_ADVANTAGE, progress: bool = True) -> dict[str, Any]:
     """Run the upload-inversion audit on a finished run folder (operator side).
 
     ``seed`` (None = 0) seeds the audit's replayed rounds; ``points``: "first" and/or "final"
@@ -477,9 +476,6 @@ def audit_inversion(run_dir: Path, *, seed: int | None = None, points: Any = POI
     audit fails (checked only under secure aggregation, where the server is claimed to learn
     only the sum; None never fails). Returns the audit result dict (see secure_fed.audit).
     """
-    if options:
-        raise ConfigError(f"inversion audit: unknown option(s) {', '.join(sorted(options))} "
-                          "(known: points, max_advantage)")
     if max_advantage is not None and not (isinstance(max_advantage, int | float) and max_advantage >= 0):
         raise ConfigError(f"--inversion-max-advantage: must be a number >= 0 (got {max_advantage!r})")
     run_dir = Path(run_dir)

@@ -30,7 +30,11 @@ AUDITS: dict[str, tuple[str, str]] = {
     "one-run": ("secure_fed.audit.one_run", "audit_one_run"),
     "membership": ("secure_fed.audit.membership", "audit_membership"),
 }
-"""Audit name -> (module, function). Every function takes (run_dir, *, seed, **options)."""
+"""Audit name -> (module, function). Every function takes ``(run_dir, *, seed, <options>)``
+and names each option it accepts as a keyword parameter (no ``**kwargs``), so that every
+selected audit's options are checked before the first audit starts."""
+RESERVED = {"seed": "--seed", "shadow_runs": "--shadow-runs", "progress": "--quiet"}
+"""Keyword parameters the runner fills from its own arguments (the flag that sets each)."""
 PLOT_SCALES = ("linear", "log")
 
 AuditFn = Callable[..., dict[str, Any]]
@@ -63,6 +67,13 @@ def load_audit(name: str) -> AuditFn:
     fn = getattr(mod, attr, None)
     if not callable(fn):
         raise ConfigError(f"--which: module {module} has no function {attr}()")
+    params = inspect.signature(fn).parameters.values()
+    catch_all = [p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+    if catch_all:  # its options could only be checked once it runs, after the audits before it
+        raise ConfigError(f"--which: {module}.{attr}() takes **{catch_all[0]}; an audit must name "
+                          f"every option it accepts as a keyword parameter")
+    if "seed" not in {p.name for p in params if p.kind is not inspect.Parameter.POSITIONAL_ONLY}:
+        raise ConfigError(f"--which: {module}.{attr}() has no 'seed' parameter; every audit takes --seed")
     return fn
 
 
@@ -148,26 +159,36 @@ def _write(run_dir: Path, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return content
 
 
-def _check_options(fn: AuditFn, name: str, options: Mapping[str, Any]) -> None:
-    """Options an audit function cannot take are bad input (exit 2), found before any audit runs."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    known = [p.name for p in params.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
-             and p.name not in ("seed", "shadow_runs", "progress")]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError(f"--option: the {name} audit has no option {unknown[0]!r} "
-                          f"(it takes: {', '.join(known) or 'none'})")
+def _options_of(fn: AuditFn) -> list[str]:
+    """The options an audit accepts: its keyword parameters after ``run_dir``, less
+    :data:`RESERVED`."""
+    params = list(inspect.signature(fn).parameters.values())[1:]  # [0] is run_dir
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in kinds and p.name not in RESERVED]
 
 
-def _kwargs(fn: AuditFn, name: str, shadow_runs: int, progress: bool, options: Mapping[str, Any]) -> dict[str, Any]:
-    kw = dict(options)
-    params = inspect.signature(fn).parameters
-    if "shadow_runs" in params:
+def _call_kwargs(fn: AuditFn, name: str, run_dir: Path, seed: int | None, shadow_runs: int,
+                 progress: bool, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments ``fn`` is called with; a ConfigError naming the option and the
+    audit for an option it does not accept (bad input, exit 2), so that a typo in any
+    selected audit's options is found before the first audit starts."""
+    known = _options_of(fn)
+    for key in options:
+        if key in RESERVED:
+            raise ConfigError(f"--option: {name}.{key} is set by {RESERVED[key]}, not by --option")
+        if key not in known:
+            raise ConfigError(f"--option: the {name} audit has no option {key!r} "
+                              f"(it takes: {', '.join(known) or 'none'})")
+    sig = inspect.signature(fn)
+    kw: dict[str, Any] = {"seed": seed, **options}
+    if "shadow_runs" in sig.parameters:  # only where the audit declares it
         kw["shadow_runs"] = shadow_runs
-    if "progress" in params and "progress" not in kw:  # only where the audit declares it
+    if "progress" in sig.parameters:
         kw["progress"] = progress
+    try:
+        sig.bind(run_dir, **kw)
+    except TypeError as exc:  # e.g. an option without a default that was not given
+        raise ConfigError(f"--option: the {name} audit cannot be called with these options ({exc})") from None
     return kw
 
 
@@ -186,8 +207,8 @@ def run_audits(
 
     ``options`` maps an audit name to keyword options for that audit only. Returns the file's
     content. Raises ConfigError for bad input before any audit runs (unknown or unavailable
-    audit, not a run folder); an audit's own error is raised after the results of the audits
-    that finished are written. Raises AuditFailed after writing (and re-rendering the report)
+    audit, an option some selected audit does not take, not a run folder); an audit's own
+    error is raised after the results of the audits that finished are written. Raises AuditFailed after writing (and re-rendering the report)
     if any audit's ``passed`` is False.
     """
     run_dir = Path(run_dir)
@@ -203,14 +224,15 @@ def run_audits(
     if stray:
         raise ConfigError(f"--option: options given for audits not selected by --which: {', '.join(sorted(stray))}")
     fns = {n: load_audit(n) for n in names}  # every selected audit must exist before any runs
-    for n in names:
-        _check_options(fns[n], n, options.get(n, {}))
+    # ... and every option of every selected audit must be one it takes
+    kwargs = {n: _call_kwargs(fns[n], n, run_dir, seed, shadow_runs, progress, options.get(n, {}))
+              for n in names}
     entries: dict[str, dict[str, Any]] = {}
     error: BaseException | None = None
     for name in names:
         t0 = time.perf_counter()
         try:
-            result = fns[name](run_dir, seed=seed, **_kwargs(fns[name], name, shadow_runs, progress, options.get(name, {})))
+            result = fns[name](run_dir, **kwargs[name])
             entries[name] = {"seed": seed, "seconds": time.perf_counter() - t0, "result": validate_result(name, result)}
         except Exception as exc:  # keep the finished audits' evidence, then re-raise below
             error = exc
