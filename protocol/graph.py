@@ -20,13 +20,20 @@ from protocol.config import ProtocolConfig
 
 
 class Graph:
-    """Undirected neighbour sets over the cohort; ``neighbors_of(u)`` excludes u itself."""
+    """Undirected neighbour sets over the cohort; ``neighbors_of(u)`` excludes u itself.
 
-    __slots__ = ("kind", "ids", "_sets")
+    ``order``: the cohort in ring order, the public random ordering the Harary graph was
+    built on (the ids in cohort order for the complete graph). Kept so that the server,
+    which reconstructs secrets in ring order, reuses it instead of drawing it again.
+    """
 
-    def __init__(self, kind: str, ids: tuple[int, ...], sets: dict[int, frozenset[int]] | None):
+    __slots__ = ("kind", "ids", "order", "_sets")
+
+    def __init__(self, kind: str, ids: tuple[int, ...], sets: dict[int, frozenset[int]] | None,
+                 order: tuple[int, ...] | None = None):
         self.kind = kind
         self.ids = ids
+        self.order = ids if order is None else order
         self._sets = sets
 
     def neighbors_of(self, u: int) -> frozenset[int]:
@@ -74,7 +81,8 @@ def harary_sets(order: list[int], k: int) -> dict[int, frozenset[int]]:
 def _build(kind: str, ids: tuple[int, ...], k: int, seed: bytes) -> Graph:
     if kind == "complete" or k >= len(ids) - 1:
         return Graph("complete", ids, None)
-    return Graph(kind, ids, harary_sets(random_order(ids, seed), k))
+    order = random_order(ids, seed)
+    return Graph(kind, ids, harary_sets(order, k), tuple(order))
 
 
 def build_graph(config: ProtocolConfig) -> Graph:

@@ -35,7 +35,7 @@ from protocol.errors import (
     ProtocolError,
     ReplayError,
 )
-from protocol.graph import build_graph, graph_seed, random_order
+from protocol.graph import build_graph
 from protocol.masking import (
     PairwiseJob,
     add_pairwise_masks,
@@ -398,10 +398,10 @@ class SecAggServer:
     def _owner_order(self) -> list[int]:
         """Cohort ids in masking-graph order: on the Harary ring (SecAgg+) adjacent clients
         share most share holders, so reconstructing in ring order lets runs of owners reuse
-        one set of Lagrange coefficients; any order gives the same secrets."""
-        if self.graph.kind == "harary":
-            return random_order(self.config.cohort, graph_seed(self.config))
-        return list(self.config.cohort)
+        one set of Lagrange coefficients; any order gives the same secrets. The ring order
+        is the one the graph was built on (:attr:`protocol.graph.Graph.order`), not drawn
+        again; the complete graph's order is the cohort's."""
+        return list(self.graph.order)
 
     def _unmask(self) -> np.ndarray:
         """Reconstruct b_u (survivors) and s_sk_d (dropped), remove every mask from the sum.
