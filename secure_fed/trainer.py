@@ -39,12 +39,15 @@ from secure_fed.baselines import (
     fedavg_client_round,
     fedproto_client_round,
 )
-from secure_fed.client import (
-    ClientContext,
-    ClientOutput,
-    ClientShard,
-    evaluate,
-    personalized_accuracy,
+from secure_fed.client import ClientShard, evaluate
+from secure_fed.client_work import (
+    ClientProgram,
+    ClientRound,
+    Side,
+    client_rng,
+    cpu_threads,
+    derive_seed,
+    new_side,
 )
 from secure_fed.config import TrainConfig
 from secure_fed.data.datasets import load_dataset
@@ -77,7 +80,6 @@ from secure_fed.upload import UploadSpec
 if TYPE_CHECKING:
     from secure_fed.executor.training import RemoteTrainingClients
 
-ClientRound = Callable[[Broadcast, ClientShard, nn.Module, ClientContext], ClientOutput]
 CLIENT_ROUNDS: dict[str, ClientRound] = {
     "fedhpro": fedhpro_client_round,
     "fedavg": fedavg_client_round,
@@ -85,9 +87,7 @@ CLIENT_ROUNDS: dict[str, ClientRound] = {
 }
 
 
-def _derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across runs and platforms)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> np.uint64(1))
+_derive_seed = derive_seed  # the run's seeds, shared with the clients wherever they run
 
 
 def environment(device: torch.device) -> dict[str, str]:
@@ -121,8 +121,7 @@ class Trainer:
         self.progress = progress
         self.log = log or tqdm.write
         self.device = resolve_device(cfg.device)
-        small_model = cfg.dataset in ("digits", "mnist5k", "mnist")
-        configure_cpu_threads(cfg.threads or (1 if small_model else None))
+        configure_cpu_threads(cpu_threads(cfg))
         self.data = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
         self.num_classes = self.data.num_classes
         labels = self.data.train_y.numpy()
@@ -148,6 +147,7 @@ class Trainer:
         self.noise_multiplier = 0.0
         self.server = self._make_server(model)
         self.layout: VectorLayout = self.server.layout()
+        self.program = ClientProgram(cfg, self.spec, self.num_classes, self.layout, self.client_round)
         if cfg.dp != "off":
             settings = PrivacySettings(
                 cfg.dp, cfg.noise_placement, cfg.mechanism, cfg.clip, cfg.noise_multiplier or 1.0,
@@ -161,7 +161,7 @@ class Trainer:
         self.remote: RemoteTrainingClients | None = None
         if cfg.executor != "local":
             self.executor = make_executor(cfg.executor, cfg.ray_address, cfg.workers)
-            self.remote = self.executor.training_clients(cfg)
+            self.remote = self.executor.training_clients(cfg, self)
         self.aggregator = aggregator or self._make_aggregator()
         self.ledger = PrivacyLedger()
         self.history: list[dict[str, Any]] = []
@@ -390,27 +390,16 @@ class Trainer:
         return sorted(int(c) for c in rng.choice(self.cfg.clients, size=self.cfg.cohort, replace=False))
 
     def _client_rng(self, round_id: int, cid: int) -> KeystreamRNG:
-        if self.cfg.hardened:
-            return KeystreamRNG.hardened()
-        return KeystreamRNG.from_seed(_derive_seed(self.cfg.seed, 6), f"client-dp/{round_id}/{cid}")
+        return client_rng(self.cfg, round_id, cid)
 
-    def _client_work(self, bc: Broadcast, cid: int, side: dict[str, dict[int, Any]], final: bool) -> np.ndarray:
+    def _client_work(self, bc: Broadcast, cid: int, side: Side, final: bool) -> np.ndarray:
         """Client ``cid``'s whole round (client side); returns its flattened, DP-processed upload."""
-        gen = torch.Generator(device="cpu").manual_seed(_derive_seed(self.cfg.seed, 3, bc.round_id, cid))
-        rng = self._client_rng(bc.round_id, cid)
-        shard = self.shards[cid]
-        ctx = ClientContext(self.cfg, self.spec, self.num_classes, gen, rng, self.noise_multiplier)
-        out = self.client_round(bc, shard, self.client_model, ctx)
-        side["loss"][cid] = out.loss
-        if out.sgd is not None:
-            side["sgd"][cid] = SgdPlan(out.sgd.sample_rate, out.sgd.steps)
-        if final:  # harness-side evaluation of the personalized (local) model; never uploaded
-            _, _, hits = evaluate(self.client_model, self.test_x, self.test_y)
-            side["pers"][cid] = personalized_accuracy(hits, self.test_y, shard.y, self.num_classes)
-        vec = self.layout.flatten(out.blocks)
-        if self.privacy is not None:
-            vec = self.privacy.noise.finish_float(vec, rng)
-        return vec
+        return self.program.run(
+            bc, self.shards[cid], self.client_model, noise_multiplier=self.noise_multiplier,
+            noise=self.privacy.noise if self.privacy is not None else None,
+            rng=self._client_rng(bc.round_id, cid), side=side,
+            test=(self.test_x, self.test_y) if final else None,  # personalized accuracy, harness side
+        )
 
     def _charge(self, round_id: int, agg: Aggregate, sgd: dict[int, SgdPlan]) -> list[dict[str, Any]]:
         """Ledger events of the clients whose uploads are in the sum."""
@@ -451,10 +440,10 @@ class Trainer:
             return None
         bc = self.server.broadcast(round_id)
         final = round_id == self.cfg.rounds
-        side: dict[str, dict[int, Any]] = {"loss": {}, "sgd": {}, "pers": {}}
+        side = new_side()
         work: dict[int, ClientWork] = {cid: partial(self._client_work, bc, cid, side, final) for cid in cohort}
         if self.remote is not None:  # the clients' work runs in the executor's workers
-            self.remote.begin_round(bc, final, self.noise_multiplier)
+            self.remote.begin_round(bc, final)
             work = self.remote.work(cohort)
         t_clients = time.perf_counter()
         try:

@@ -174,11 +174,62 @@ def _train(executor: str, **kw: object) -> list[dict]:
 @needs_ray
 @pytest.mark.parametrize("secagg", ["secagg+", "off"])
 def test_digits_training_identical_under_local_and_ray(ray_cluster: None, secagg: str) -> None:
-    kw = {"secagg": secagg} if secagg != "off" else {"secagg": "off", "noise_placement": "local",
-                                                     "mechanism": "gaussian", "rounds": 1}
+    # the SecAgg+ case also splits the budget: the release's noise reaches the actors too
+    kw = {"secagg": secagg, "release_noise_ratio": 2.0} if secagg != "off" else {
+        "secagg": "off", "noise_placement": "local", "mechanism": "gaussian", "rounds": 1}
     local = _train("local", **kw)
     remote = _train("ray", **kw)
     assert len(local) == kw.get("rounds", 3)
     assert [r["digest"] for r in remote] == [r["digest"] for r in local]
     assert [r["accuracy"] for r in remote] == [r["accuracy"] for r in local]
     assert remote == local  # every metric: loss, epsilon, survivors, personalized accuracy
+
+
+class _Counted:
+    """An actor handle that records every method call the driver makes on it."""
+
+    def __init__(self, actor: object, calls: list[tuple[str, tuple]]) -> None:
+        self._actor, self._calls = actor, calls
+
+    def __getattr__(self, name: str) -> object:
+        method, calls = getattr(self._actor, name), self._calls
+
+        class _Method:
+            def remote(self, *args: object) -> object:
+                calls.append((name, args))
+                return method.remote(*args)
+
+        return _Method()
+
+
+@needs_ray
+def test_identities_are_registered_once_per_run_not_every_round(ray_cluster: None) -> None:
+    from protocol.runner import run_round
+    from secure_fed.executor.hosts import SimulationRole
+    from secure_fed.executor.ray_executor import RayClientPool
+
+    ex = make_executor("ray", workers=2)
+    calls: list[tuple[str, tuple]] = []
+    try:
+        actors = [_Counted(a, calls) for a in ex.spawn(SimulationRole(1))]  # type: ignore[attr-defined]
+        pool = RayClientPool(ex._ray, actors)  # type: ignore[attr-defined]
+        registered: list[int] = []
+
+        def round_of(r: int, cohort: tuple[int, ...]) -> None:
+            cfg = ProtocolConfig(r, cohort, 8, 32, 4, "harary", 4, authenticated=True)
+            calls.clear()
+            res = run_round(pool, cfg, None, pool.open(cfg))
+            assert res.summed == cohort
+            registered.extend(u for name, args in calls if name == "register" for u in args[0])
+
+        round_of(1, tuple(range(8)))
+        assert sorted(registered) == list(range(8))  # first round: everyone, once
+        for r in (2, 3):
+            registered.clear()
+            round_of(r, tuple(range(8)))
+            assert registered == []  # same clients: no registration at all
+        registered.clear()
+        round_of(4, (0, 1, 2, 3, 4, 5, 8, 9))  # two clients join
+        assert sorted(registered) == [8, 9]
+    finally:
+        ex.close()

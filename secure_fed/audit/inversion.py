@@ -59,11 +59,12 @@ from secure_fed.aggregate import (
 )
 from secure_fed.audit.rundir import load_config
 from secure_fed.client import extract_features
+from secure_fed.client_work import derive_seed as _derive_seed
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError, ProtocolAbort
 from secure_fed.secure_aggregation import LayoutCodec, RingAggregator, SecAggAggregator
 from secure_fed.server import Broadcast
-from secure_fed.trainer import Trainer, _derive_seed
+from secure_fed.trainer import Trainer
 
 NAME = "inversion"
 POINTS = ("first", "final")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from protocol.simulator import PoolFactory
     from secure_fed.config import TrainConfig
     from secure_fed.executor.training import RemoteTrainingClients
+    from secure_fed.trainer import Trainer
 
 EXECUTORS = ("local", "ray")
 
@@ -33,8 +34,9 @@ class Executor(Protocol):
         """Where ``simulate`` builds its clients (None: in this process)."""
         ...
 
-    def training_clients(self, cfg: TrainConfig) -> RemoteTrainingClients | None:
-        """Remote hosts of a training run's clients (None: the trainer runs them itself)."""
+    def training_clients(self, cfg: TrainConfig, trainer: Trainer) -> RemoteTrainingClients | None:
+        """Remote hosts of a training run's clients (None: the trainer runs them itself).
+        ``trainer``: the trainer owning the run, whose shards the hosts get a part of."""
         ...
 
     def close(self) -> None:
@@ -50,7 +52,7 @@ class LocalExecutor:
     def simulation_pool_factory(self) -> PoolFactory | None:
         return None
 
-    def training_clients(self, cfg: TrainConfig) -> RemoteTrainingClients | None:
+    def training_clients(self, cfg: TrainConfig, trainer: Trainer) -> RemoteTrainingClients | None:
         return None
 
     def close(self) -> None:

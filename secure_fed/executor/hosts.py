@@ -1,7 +1,8 @@
 """Client hosts: the client side of one worker (a Ray actor), holding a shard of clients.
 
-A :class:`ClientHost` keeps its clients' long-term identities across rounds and, during a
-round, their :class:`protocol.client.SecAggClient` state machines. The server reaches them
+A :class:`ClientHost` keeps its clients' long-term identities across rounds, a directory of
+the identity public keys of the run's clients (learnt once each), and, during a round,
+its clients' :class:`protocol.client.SecAggClient` state machines. The server reaches them
 only through :meth:`ClientHost.exchange`: a batch of server messages in, the clients'
 encoded replies out. What a client *is* (its input, its randomness) comes from a role:
 :class:`SimulationRole` (the seeded ``simulate`` clients) or the training role in
@@ -55,6 +56,7 @@ class ClientHost:
     def __init__(self, role: HostRole) -> None:
         self.role = role
         self.identities: dict[int, SigningKeyPair] = {}
+        self.directory: dict[int, bytes] = {}  # identity public keys of the run's clients
         self.clients: dict[int, SecAggClient] = {}
 
     def ready(self) -> int:
@@ -71,16 +73,23 @@ class ClientHost:
         return use.ru_utime + use.ru_stime
 
     def register(self, ids: list[int]) -> dict[int, bytes]:
-        """Identity public keys of ``ids`` (each client keeps its private key here)."""
+        """Identity public keys of ``ids`` (each client keeps its private key here). The
+        driver's pool calls it once per client and run (see RayClientPool.register)."""
         for u in ids:
             if u not in self.identities:
                 self.identities[u] = self.role.identity(u)
         return {u: self.identities[u].public for u in ids}
 
     def open_round(self, config: ProtocolConfig, ids: list[int],
-                   identity_keys: Mapping[int, bytes] | None, extra: Any = None) -> int:
-        """Build this host's clients of the round ``config`` (``ids``, a part of the cohort)."""
-        keys = identity_keys if config.authenticated else None
+                   new_keys: Mapping[int, bytes] | None, extra: Any = None) -> int:
+        """Build this host's clients of the round ``config`` (``ids``, a part of the cohort).
+
+        ``new_keys``: identity public keys registered since the last round (None: none);
+        the clients verify their neighbours against the directory of all keys learnt so
+        far, which holds at least the cohort's (a client only looks up its neighbours).
+        """
+        self.directory.update(new_keys or {})
+        keys = self.directory if config.authenticated else None
         self.clients = {u: self.role.client(config, u, self.identities.get(u) if keys else None,
                                             keys, extra) for u in ids}
         return len(self.clients)

@@ -1,10 +1,14 @@
 """The ``ray`` executor: clients live in Ray actors, the server stays in this process.
 
 Each actor (:class:`secure_fed.executor.hosts.ClientHost`) holds the clients ``u`` with
-``u % workers == index``. Per protocol stage the server's messages go out in batches, a
-bounded number per actor in flight, and replies are fed to the server as each batch
-returns, so the server streams (it holds at most ``2 * workers`` batches of replies, each
-of about :data:`BATCH_BYTES`). A message many clients receive (the key broadcast) is put
+``u % workers == index`` (for training, only their data: :mod:`secure_fed.executor.training`).
+Identities are registered once per run: the pool keeps the identity public keys it has
+collected and asks an actor only for clients it has not seen, and an actor learns each
+public key once (the actors' directory grows only when new clients join a round).
+
+Per protocol stage the server's messages go out in batches, a bounded number per actor in
+flight, and replies are fed to the server as each batch returns, so the server streams (it
+holds at most ``2 * workers`` batches of replies, each of about :data:`BATCH_BYTES`). A message many clients receive (the key broadcast) is put
 into Ray's object store once and shared by every batch.
 
 A local Ray instance is limited to ``--workers`` CPUs (default: this machine's), starts
@@ -15,7 +19,7 @@ with ``--ray-address`` the executor joins a running cluster and leaves it runnin
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from protocol.config import ProtocolConfig
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
     from protocol.simulator import PoolFactory
     from secure_fed.config import TrainConfig
     from secure_fed.executor.training import RemoteTrainingClients
+    from secure_fed.trainer import Trainer
 
 BATCH_BYTES = 4 << 20  # target size of one batch of messages or replies (bytes)
 MAX_BATCH = 256  # clients per batch
@@ -48,19 +53,23 @@ class RayExecutor:
         self._actors: list[Any] = []
 
     # -- actors -------------------------------------------------------------------------
-    def spawn(self, role: HostRole, gpu: bool = False) -> list[Any]:
-        """Start ``workers`` hosts playing ``role`` (replacing any earlier ones).
+    def spawn(self, role: HostRole | Sequence[HostRole], gpu: bool = False) -> list[Any]:
+        """Start ``workers`` hosts playing ``role`` (replacing any earlier ones): the same
+        role for all, or one role per worker (index ``i`` hosts clients ``u % workers == i``).
 
         Each asks for an equal share of the CPUs (so all fit at once) and, when ``gpu`` and
         the cluster reports GPUs, an equal fraction of them.
         """
+        roles = list(role) if isinstance(role, Sequence) else [role] * self.workers
+        if len(roles) != self.workers:
+            raise ValueError(f"spawn: {len(roles)} roles for {self.workers} workers")
         self.kill_actors()
         ray = self._ray
         opts: dict[str, Any] = {"num_cpus": min(1.0, self.cpus / self.workers)}
         if gpu and self.gpus > 0:
             opts["num_gpus"] = min(1.0, self.gpus / self.workers)
         cls = ray.remote(ClientHost)
-        self._actors = [cls.options(**opts).remote(role) for _ in range(self.workers)]
+        self._actors = [cls.options(**opts).remote(r) for r in roles]
         ray.get([a.ready.remote() for a in self._actors])
         return self._actors
 
@@ -95,12 +104,16 @@ class RayExecutor:
         return factory
 
     # -- train --------------------------------------------------------------------------
-    def training_clients(self, cfg: TrainConfig) -> RemoteTrainingClients | None:
-        from secure_fed.executor.training import RemoteTrainingClients, TrainingRole
+    def training_clients(self, cfg: TrainConfig, trainer: Trainer) -> RemoteTrainingClients | None:
+        """Actors holding the run's clients, each with only its own clients' shards, cut
+        from ``trainer`` (the trainer owning the run)."""
+        from secure_fed.executor.training import ClientKit, RemoteTrainingClients, TrainingRole
 
-        gpu = cfg.device != "cpu"
-        actors = self.spawn(TrainingRole(cfg), gpu=gpu)
-        return RemoteTrainingClients(self._ray, actors)
+        ids = list(range(cfg.clients))
+        kits = [ClientKit.of(trainer, [u for u in ids if u % self.workers == i])
+                for i in range(self.workers)]
+        actors = self.spawn([TrainingRole(k) for k in kits], gpu=cfg.device != "cpu")
+        return RemoteTrainingClients(self._ray, actors, trainer)
 
 
 class RayClientPool:
@@ -110,6 +123,21 @@ class RayClientPool:
         self._ray = ray
         self.actors = actors
         self.config: ProtocolConfig | None = None
+        self.identity_keys: dict[int, bytes] = {}  # every client registered so far
+
+    def register(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """Identity public keys of ``ids``; asks the actors only for clients not registered
+        before (their first round), so a run registers each client once. Returns the
+        newly registered keys."""
+        new = [u for u in ids if u not in self.identity_keys]
+        if not new:
+            return {}
+        fresh: dict[int, bytes] = {}
+        calls = [a.register.remote(p) for a, p in zip(self.actors, self.split(new), strict=True) if p]
+        for keys in self._ray.get(calls):
+            fresh.update(keys)
+        self.identity_keys.update(fresh)
+        return fresh
 
     def owner(self, u: int) -> int:
         return u % len(self.actors)
@@ -122,17 +150,18 @@ class RayClientPool:
 
     def open(self, config: ProtocolConfig, extra: Any = None) -> Mapping[int, bytes] | None:
         """Build the round's clients in their actors; returns their identity public keys
-        (the registration a server needs in authenticated mode), else None."""
+        (what a server needs in authenticated mode), else None. Clients not registered
+        before are registered now, and only their keys travel to the actors."""
         ray = self._ray
         self.config = config
         parts = self.split(list(config.cohort))
         pub: dict[int, bytes] | None = None
+        fresh: dict[int, bytes] = {}
         if config.authenticated:
-            pub = {}
-            for keys in ray.get([a.register.remote(p) for a, p in zip(self.actors, parts, strict=True)]):
-                pub.update(keys)
-        keys_ref = ray.put(pub)
-        ray.get([a.open_round.remote(config, p, keys_ref, extra)
+            fresh = self.register(config.cohort)
+            pub = {u: self.identity_keys[u] for u in config.cohort}
+        fresh_ref = ray.put(fresh) if fresh else None
+        ray.get([a.open_round.remote(config, p, fresh_ref, extra)
                  for a, p in zip(self.actors, parts, strict=True)])
         return pub
 

@@ -1,67 +1,143 @@
-"""Training clients in Ray actors: each actor holds its clients' data shards and a model.
+"""Training clients in Ray actors: each actor holds only its own clients' data shards.
 
-:class:`TrainingRole` (client side, inside an actor) rebuilds the client side of a run from
-its :class:`~secure_fed.config.TrainConfig` exactly as the trainer does (same data split,
-same model, same seeds), so a client's round work, encoding and noise are bit-identical to
-the ``local`` executor's. :class:`RemoteTrainingClients` (driver side) ships each round's
-broadcast to the actors, opens the round's client pool for secure aggregation (or fetches
-the uploads for a trusted aggregator) and collects the clients' training statistics.
+A :class:`ClientKit` is what one actor needs to run its clients' round work and nothing
+more: their data shards, one client model, the round function, the upload layout and the
+run's public settings; not the dataset, not the other clients' shards, not the test set,
+not the server's model. The driver cuts one kit per actor out of the trainer that owns
+the run (:meth:`ClientKit.of`). The test set travels only for the final round's
+personalized evaluation, and the noise and encoding settings (:class:`RoundSetup`) only
+when the noise multiplier changes.
+
+:class:`TrainingRole` (client side, inside an actor) runs a client's work through the
+trainer's own :class:`secure_fed.client_work.ClientProgram` (same seeds, same randomness,
+same model reuse), so uploads, aggregates and metrics are bit-identical to the ``local``
+executor's. The actor never imports :mod:`secure_fed.trainer`, whose dataset code loads
+torchvision and scikit-learn (what this saves per actor: ``benchmarks/RESULTS.md``).
+
+:class:`RemoteTrainingClients` (driver side) ships each round's broadcast to the actors,
+opens the round's client pool for secure aggregation (or fetches the uploads for a trusted
+aggregator) and collects the clients' training statistics.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from crypto.signing import SigningKeyPair
 from protocol.client import SecAggClient
 from protocol.config import ProtocolConfig
 from secure_fed.aggregate import ClientWork
-from secure_fed.config import TrainConfig
+from secure_fed.client import ClientShard
+from secure_fed.client_work import ClientProgram, Side, client_rng, cpu_threads, new_side
+from secure_fed.device import configure_cpu_threads, resolve_device, to_device
 from secure_fed.executor.ray_executor import RayClientPool
+from secure_fed.privacy import ClientNoise
+from secure_fed.secure_aggregation import RingSettings, SecAggAggregator, SecAggSettings
 
-Side = dict[str, dict[int, Any]]
+if TYPE_CHECKING:
+    from secure_fed.trainer import Trainer
+
+@dataclass(frozen=True)
+class ClientKit:
+    """Everything one host needs for its clients' round work (client side, picklable).
+
+    ``program``: what every client of the run runs. ``shards``: client id -> its data (CPU
+    tensors). ``model``: the one client model reused by every client of the host (CPU;
+    each round loads the broadcast into it).
+    """
+
+    program: ClientProgram
+    model: nn.Module
+    shards: Mapping[int, ClientShard]
+
+    @classmethod
+    def of(cls, trainer: Trainer, ids: list[int]) -> ClientKit:
+        """Driver side: the kit of clients ``ids``, taken from the trainer owning the run."""
+        shards = {u: ClientShard(u, trainer.shards[u].x.cpu(), trainer.shards[u].y.cpu())
+                  for u in ids}
+        return cls(trainer.program, copy.deepcopy(trainer.client_model).cpu(), shards)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the shards' tensors (what the kit holds besides the model)."""
+        return sum(s.x.nbytes + s.y.nbytes for s in self.shards.values())
 
 
-def _new_side() -> Side:
-    return {"loss": {}, "sgd": {}, "pers": {}}
+@dataclass(frozen=True)
+class RoundSetup:
+    """The run's noise and encoding settings for clients (client side; shipped again only
+    when they change, i.e. when the trainer installs a new noise multiplier).
+
+    ``noise``: the DP noise added to uploads (None without DP). ``ring``/``secagg``: the
+    secure aggregator's client settings (None without secure aggregation).
+    """
+
+    noise_multiplier: float
+    noise: ClientNoise | None
+    ring: RingSettings | None
+    secagg: SecAggSettings | None
+
+
+def round_setup(trainer: Trainer) -> RoundSetup:
+    """Driver side: the client settings currently installed in ``trainer``."""
+    agg = trainer.aggregator
+    noise = trainer.privacy.noise if trainer.privacy is not None else None
+    if isinstance(agg, SecAggAggregator):
+        return RoundSetup(trainer.noise_multiplier, noise, agg.settings, agg.secagg)
+    return RoundSetup(trainer.noise_multiplier, noise, None, None)
 
 
 class TrainingRole:
-    """The clients of one actor (client side): shards, model, DP state, encoding."""
+    """The clients of one actor (client side): their shards, one model, DP, encoding."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
-        from secure_fed.secure_aggregation import SecAggAggregator
-        from secure_fed.trainer import Trainer
-
-        self.trainer = Trainer(cfg.replace(executor="local"), progress=False,
-                               log=lambda s: None, write_outputs=False)
-        self.secagg = self.trainer.aggregator if isinstance(
-            self.trainer.aggregator, SecAggAggregator) else None
+    def __init__(self, kit: ClientKit) -> None:
+        configure_cpu_threads(cpu_threads(kit.program.cfg))
+        self.device = resolve_device(kit.program.cfg.device)
+        self.shards = {u: ClientShard(u, to_device(s.x, self.device), to_device(s.y, self.device))
+                       for u, s in kit.shards.items()}
+        self.model = to_device(kit.model, self.device)
+        self.kit = replace(kit, shards={})  # the shards live in self.shards (on the device)
+        self.setup: RoundSetup | None = None
+        self.secagg: SecAggAggregator | None = None
+        self.test: tuple[torch.Tensor, torch.Tensor] | None = None
         self.round: tuple[Any, bool] | None = None
-        self.side = _new_side()
+        self.side = new_side()
 
-    def begin_round(self, broadcast: Any, final: bool, noise_multiplier: float) -> None:
-        if noise_multiplier != self.trainer.noise_multiplier:
-            self.trainer._set_noise(noise_multiplier)
-            from secure_fed.secure_aggregation import SecAggAggregator
-
-            agg = self.trainer.aggregator
-            self.secagg = agg if isinstance(agg, SecAggAggregator) else None
+    def begin_round(self, broadcast: Any, final: bool, setup: RoundSetup | None,
+                    test: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """A round's broadcast; ``setup`` when it changed; the test set in the final round."""
+        if setup is not None:
+            self.setup = setup
+            self.secagg = None if setup.ring is None or setup.secagg is None else \
+                SecAggAggregator(setup.ring, setup.secagg)
+        assert self.setup is not None, "the first round brings the setup"
+        self.test = None if test is None else (to_device(test[0], self.device),
+                                                to_device(test[1], self.device))
         self.round = (broadcast, final)
-        self.side = _new_side()
+        self.side = new_side()
 
-    def _work(self, u: int) -> ClientWork:
-        assert self.round is not None, "begin_round first"
+    def client_work(self, cid: int) -> np.ndarray:
+        """Client ``cid``'s whole round: its flattened, DP-processed float upload."""
+        assert self.round is not None and self.setup is not None, "begin_round first"
         bc, final = self.round
-        return partial(self.trainer._client_work, bc, u, self.side, final)
+        program = self.kit.program
+        if final:
+            assert self.test is not None, "the final round brings the test set"
+        return program.run(bc, self.shards[cid], self.model, noise_multiplier=self.setup.noise_multiplier,
+                           noise=self.setup.noise, rng=client_rng(program.cfg, bc.round_id, cid),
+                           side=self.side, test=self.test if final else None)
 
     def work(self, ids: list[int]) -> list[np.ndarray]:
         """Float uploads of ``ids`` (for a trusted aggregator, which sees them anyway)."""
-        return [self._work(u)() for u in ids]
+        return [self.client_work(u) for u in ids]
 
     def identity(self, u: int) -> SigningKeyPair:
         assert self.secagg is not None
@@ -71,28 +147,43 @@ class TrainingRole:
                identity_keys: Mapping[int, bytes] | None, extra: Any) -> SecAggClient:
         assert self.secagg is not None
         codec = extra
-        encode = self.secagg._encoder(config.round_id, codec, {u: self._work(u)})
+        encode = self.secagg._encoder(config.round_id, codec, {u: partial(self.client_work, u)})
         return SecAggClient(u, config, partial(encode, u), identity, identity_keys,
                             self.secagg.protocol_rng(config.round_id, u))
 
     def finish_round(self) -> Side:
-        side, self.side = self.side, _new_side()
+        side, self.side = self.side, new_side()
+        self.test = None
         return side
 
 
 class RemoteTrainingClients:
-    """Driver side handle on the actors holding a run's clients."""
+    """Driver side handle on the actors holding a run's clients.
 
-    def __init__(self, ray: Any, actors: list[Any]) -> None:
+    ``owner``: the trainer the kits were cut from; it supplies each round's
+    :class:`RoundSetup` and the test set.
+    """
+
+    def __init__(self, ray: Any, actors: list[Any], owner: Trainer) -> None:
         self._ray = ray
         self.actors = actors
         self.pool = RayClientPool(ray, actors)
+        self._owner = owner
+        self._sent: tuple[float, Any] | None = None  # (noise multiplier, aggregator) shipped
 
-    def begin_round(self, broadcast: Any, final: bool, noise_multiplier: float) -> None:
-        """Send the round's broadcast (once, through the object store) to every actor."""
-        ref = self._ray.put(broadcast)
-        self._ray.get([a.call.remote("begin_round", ref, final, noise_multiplier)
-                       for a in self.actors])
+    def begin_round(self, broadcast: Any, final: bool) -> None:
+        """Send the round's broadcast (once, through the object store) to every actor, with
+        the client settings when they changed and the test set in the final round."""
+        owner, ray = self._owner, self._ray
+        setup_ref = None
+        key = (owner.noise_multiplier, owner.aggregator)
+        if self._sent is None or self._sent[0] != key[0] or self._sent[1] is not key[1]:
+            setup_ref = ray.put(round_setup(owner))
+            self._sent = key
+        test_ref = ray.put((owner.test_x.cpu(), owner.test_y.cpu())) if final else None
+        ref = ray.put(broadcast)
+        ray.get([a.call.remote("begin_round", ref, final, setup_ref, test_ref)
+                 for a in self.actors])
 
     def work(self, cohort: list[int]) -> dict[int, ClientWork]:
         """Callables returning each client's float upload, computed in its actor; all are
@@ -115,7 +206,7 @@ class RemoteTrainingClients:
 
     def end_round(self) -> Side:
         """Close the round in every actor; returns the clients' statistics, merged."""
-        side = _new_side()
+        side = new_side()
         for part in self.pool.close():
             for key, values in part.items():
                 side[key].update(values)
