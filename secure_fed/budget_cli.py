@@ -30,6 +30,7 @@ from dp.accountants import epsilon_with_fallback, fallback_note
 from dp.errors import AccountingError, SecureFedError
 from dp.events import Event, GaussianEvent
 from dp.planning import RunPlan, epsilon_per_round, noise_for_plan, noise_for_target, plan_events
+from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="n_k of the accounted client (needed for DP-SGD steps)")
     p.add_argument("--release-rate", type=float, default=None,
                    help="Poisson rate of the per-class gradient release (omit: none)")
-    p.add_argument("--release-noise-ratio", type=float, default=1.0,
-                   help="the release's noise multiplier over DP-SGD's (the printed noise multiplier is DP-SGD's)")
+    p.add_argument("--release-noise-ratio", type=float, default=None,
+                   help="the release's noise multiplier over DP-SGD's (the printed noise multiplier is DP-SGD's); "
+                        f"default as in train: {DEFAULT_RELEASE_NOISE_RATIO:g} for a plan with both a release and "
+                        "DP-SGD steps, else 1")
     p.add_argument("--participation", choices=("worst", "expected"), default="worst",
                    help="client in every round (worst) or in ceil(rounds*cohort/clients)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -117,9 +120,12 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
         per_epoch = math.ceil(args.samples_per_client / args.batch_size)
         local_rate = 1.0 / per_epoch
         local_steps = args.local_epochs * int(1 / local_rate)
+    ratio = args.release_noise_ratio
+    if ratio is None:  # train's default: split only where both mechanisms run
+        ratio = DEFAULT_RELEASE_NOISE_RATIO if args.release_rate is not None and local_steps else 1.0
     return RunPlan(rounds=args.rounds, cohort_rate=cohort / args.clients,
                    release_rate=args.release_rate, local_steps=local_steps,
-                   local_rate=local_rate, release_noise_ratio=args.release_noise_ratio,
+                   local_rate=local_rate, release_noise_ratio=ratio,
                    participation=args.participation)
 
 

@@ -20,6 +20,7 @@ from secure_fed.config import (
     ACCOUNTANTS,
     ALGORITHMS,
     CLASSIFIERS,
+    DEFAULT_RELEASE_NOISE_RATIO,
     DP_MODES,
     MECHANISMS,
     PARTITIONS,
@@ -45,6 +46,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if isinstance(action, argparse._StoreConstAction | argparse._StoreFalseAction) and action.dest in ("hardened", "target_epsilon"):
+            return action.help
+        if action.dest == "release_noise_ratio":  # its help states the default, which depends on --dp and --algorithm
             return action.help
         return super()._get_help_string(action)
 
@@ -104,7 +107,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--release-rate", type=float, default=d.release_rate, help="Poisson rate at which a client's samples enter its per-class gradient release")
     g.add_argument("--release-noise-ratio", type=float, default=d.release_noise_ratio,
                    help="budget split (--dp sample, fedhpro): the per-class release's noise multiplier is this times DP-SGD's; "
-                        "above 1 the release is noisier and DP-SGD, planned from --target-epsilon, gets less noise")
+                        "above 1 the release is noisier and DP-SGD, planned from --target-epsilon, gets less noise "
+                        f"(default: {DEFAULT_RELEASE_NOISE_RATIO:g} where the budget is split, measured best on digits; 1 elsewhere)")
     g.add_argument("--hardened", action=argparse.BooleanOptionalAction, default=d.hardened, help="secrets and noise from the OS CSPRNG (--no-hardened: seeded noise, for experiments and tests only)")
     g.add_argument("--reproducible", dest="hardened", action="store_false", help="alias of --no-hardened: --seed also drives noise and secrets")
 

@@ -152,7 +152,7 @@ class Trainer:
             settings = PrivacySettings(
                 cfg.dp, cfg.noise_placement, cfg.mechanism, cfg.clip, cfg.noise_multiplier or 1.0,
                 cfg.delta, cfg.release_rate, cfg.accountant, secure=cfg.secagg != "off",
-                release_noise_ratio=cfg.release_noise_ratio,
+                release_noise_ratio=cfg.release_ratio(),
             )
             self.privacy = RunPrivacy(settings, self.layout, self.threshold, has_release=cfg.algorithm == "fedhpro")
         self._custom_aggregator = aggregator is not None
@@ -485,7 +485,7 @@ class Trainer:
         return rec
 
     def _split_note(self) -> str:
-        r = self.cfg.release_noise_ratio
+        r = self.cfg.release_ratio()
         return "" if r == 1.0 else f" (DP-SGD; release {self.noise_multiplier * r:.4f} = {r:g}x)"
 
     def _dp_record(self) -> dict[str, Any] | None:
@@ -495,8 +495,8 @@ class Trainer:
         return {
             "unit": cfg.dp, "placement": cfg.noise_placement, "mechanism": cfg.mechanism,
             "noise_multiplier": self.noise_multiplier, "clip": cfg.clip, "delta": cfg.delta,
-            "release_noise_ratio": cfg.release_noise_ratio,
-            "release_noise_multiplier": self.noise_multiplier * cfg.release_noise_ratio,
+            "release_noise_ratio": cfg.release_ratio(),
+            "release_noise_multiplier": self.noise_multiplier * cfg.release_ratio(),
             "release_rate": cfg.release_rate, "target_epsilon": cfg.target_epsilon,
             "hardened": cfg.hardened, "threshold": self.threshold,
         }

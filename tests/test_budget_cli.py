@@ -23,7 +23,7 @@ from opacus.accountants import RDPAccountant as OpacusRDP
 
 import dp.accountants as acc
 from secure_fed import budget_cli
-from secure_fed.config import TrainConfig
+from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO, TrainConfig
 from secure_fed.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -168,11 +168,16 @@ def test_run_plan_form_takes_the_budget_split() -> None:
     DP-SGD less noise for the same target."""
     plan = ("--rounds", "5", "--samples-per-client", "200", "--release-rate", "0.5",
             "--target-epsilon", "4", "--json")
-    rc1, out1, _ = _cli(*plan)
+    rc1, out1, _ = _cli(*plan, "--release-noise-ratio", "1")
     rc3, out3, _ = _cli(*plan, "--release-noise-ratio", "3")
     one, three = json.loads(out1), json.loads(out3)
     assert rc1 == rc3 == 0 and three["plan"]["release_noise_ratio"] == 3.0
     assert three["noise_multiplier"] < one["noise_multiplier"]
     assert max(three["epsilon_per_round_rdp"]) <= 4.0 + 1e-9
+    # the default is train's: split where the plan has both a release and DP-SGD steps
+    _, out, _ = _cli(*plan)
+    assert json.loads(out)["plan"]["release_noise_ratio"] == DEFAULT_RELEASE_NOISE_RATIO
+    _, out, _ = _cli("--rounds", "5", "--release-rate", "0.5", "--target-epsilon", "4", "--json")
+    assert json.loads(out)["plan"]["release_noise_ratio"] == 1.0  # no DP-SGD steps: one mechanism
     rc, _, err = _cli(*plan, "--release-noise-ratio", "0")
     assert rc == 2 and "--release-noise-ratio" in err

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from secure_fed.aggregate import PlaintextAggregator, VectorLayout
-from secure_fed.config import TrainConfig
+from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO, TrainConfig
 from secure_fed.errors import ConfigError
 from secure_fed.runio import read_audit, verify_chain
 from secure_fed.secure_aggregation import (
@@ -172,10 +172,14 @@ def test_budget_split_moves_noise_from_dpsgd_to_the_release(tmp_path: Path) -> N
     the noise the clients add and in the ledger; planning gives DP-SGD less noise for the
     same target, and the run still ends within it."""
     kw = dict(secagg="secagg+", dp="sample", noise_placement="local", mechanism="gaussian", rounds=1)
-    plain = _trainer(None, **kw, target_epsilon=8.0)
+    plain = _trainer(None, **kw, target_epsilon=8.0, release_noise_ratio=1.0)
     split = _trainer(None, **kw, target_epsilon=8.0, release_noise_ratio=3.0)
     z1, z3 = plain.plan_noise(), split.plan_noise()
     assert z3 < z1  # DP-SGD gets less noise when the release takes more
+    default = _trainer(None, **kw, target_epsilon=8.0)
+    assert default.cfg.release_noise_ratio is None and default.cfg.release_ratio() == DEFAULT_RELEASE_NOISE_RATIO
+    assert default.privacy is not None and default.privacy.s.release_noise_ratio == DEFAULT_RELEASE_NOISE_RATIO
+    assert _trainer(None, **{**kw, "algorithm": "fedavg"}, target_epsilon=8.0).cfg.release_ratio() == 1.0
 
     fixed = _trainer(tmp_path, **kw, target_epsilon=None, noise_multiplier=1.5, release_noise_ratio=3.0,
                      run_id="split")

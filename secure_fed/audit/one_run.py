@@ -446,7 +446,7 @@ def run_release_specs(run_dir: Path) -> tuple[list[ReleaseSpec], list[Event], Tr
         summed = rec.get("summed") or []
         threshold = int(dp.get("threshold") or raw.get("threshold_used") or 1)
         # The release's own noise multiplier (--release-noise-ratio times DP-SGD's).
-        z_release = dp.get("release_noise_multiplier") or float(dp.get("noise_multiplier", z)) * cfg.release_noise_ratio
+        z_release = dp.get("release_noise_multiplier") or float(dp.get("noise_multiplier", z)) * cfg.release_ratio()
         specs.append(ReleaseSpec(
             cfg.mechanism, cfg.noise_placement, cfg.dp, float(z_release), cfg.clip, cfg.delta,
             threshold, cfg.cohort, len(summed), cfg.bits, cfg.secagg != "off", blocks))
