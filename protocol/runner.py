@@ -197,6 +197,7 @@ def run_secure_round(
     rng: KeystreamRNG | None = None,
     progress: Progress | None = None,
     trace_memory: bool = False,
+    server_workers: int = 1,
 ) -> RoundResult:
     """Run one SecAgg/SecAgg+ round in process; every message travels as bytes.
 
@@ -207,7 +208,8 @@ def run_secure_round(
     or a seeded KeystreamRNG for a reproducible simulation. Raises ProtocolAbort if fewer
     than t clients survive a stage. A client that refuses to continue with ProtocolAbort
     (it has fewer than t live share holders) is treated as dropped and listed in
-    ``RoundResult.refused``; any other ProtocolError propagates.
+    ``RoundResult.refused``; any other ProtocolError propagates. ``server_workers``: the
+    server's unmasking processes (:class:`SecAggServer`'s ``workers``).
     """
     if config.authenticated and identities is None:
         identities = make_identities(config.cohort, rng)
@@ -217,7 +219,7 @@ def run_secure_round(
                                rng.spawn(f"client/{u}") if rng is not None else None)
                for u in config.cohort}
     return run_round(LocalClientPool(clients), config, dropouts,
-                     pub if config.authenticated else None, progress, trace_memory)
+                     pub if config.authenticated else None, progress, trace_memory, server_workers)
 
 
 def run_round(
@@ -227,6 +229,7 @@ def run_round(
     identity_keys: Mapping[int, bytes] | None = None,
     progress: Progress | None = None,
     trace_memory: bool = False,
+    server_workers: int = 1,
 ) -> RoundResult:
     """Server side of one round against ``pool`` (see :func:`run_secure_round`).
 
@@ -234,7 +237,7 @@ def run_round(
     The dropout schedule is applied here: a client silent at a stage is sent nothing.
     """
     dropouts = dropouts or DropoutSchedule.none()
-    server = SecAggServer(config, identity_keys if config.authenticated else None)
+    server = SecAggServer(config, identity_keys if config.authenticated else None, workers=server_workers)
     stages = [s for s in STAGES if config.authenticated or s != "consistency"]
     tracing = trace_memory and not tracemalloc.is_tracing()
     if tracing:

@@ -96,13 +96,14 @@ def simulate(n_clients: int, length: int, bits: int = 32, graph: str = "complete
              neighbors: int | None = None, threshold: int | None = None, dropout: float = 0.0,
              dropout_stage: str = "masked", seed: int = 0, authenticated: bool = True,
              round_id: int = 0, progress: Progress | None = None,
-             trace_memory: bool = False, pool_factory: PoolFactory | None = None
-             ) -> SimulationResult:
+             trace_memory: bool = False, pool_factory: PoolFactory | None = None,
+             server_workers: int = 1) -> SimulationResult:
     """Simulate one round of ``n_clients`` (ids 0..n-1) and check it against plaintext.
 
     ``dropout``: probability that each client drops just before ``dropout_stage``.
     ``threshold`` None takes :func:`default_threshold` of the graph degree.
     ``pool_factory``: where the clients run (default: in this process).
+    ``server_workers``: the server's unmasking processes (1: this process only).
     """
     ids = tuple(range(n_clients))
     k = n_clients - 1 if graph == "complete" else neighbors
@@ -112,7 +113,8 @@ def simulate(n_clients: int, length: int, bits: int = 32, graph: str = "complete
     drops = DropoutSchedule.random(ids, dropout, (dropout_stage,),
                                    KeystreamRNG.from_seed(seed, "simulate/dropout"))
     pool, pub = (pool_factory or local_pool)(config, seed)
-    result = run_round(pool, config, drops, pub, progress=progress, trace_memory=trace_memory)
+    result = run_round(pool, config, drops, pub, progress=progress, trace_memory=trace_memory,
+                       server_workers=server_workers)
     expected = np.zeros(length, dtype=dtype_for_bits(bits))
     for u in result.summed:  # the harness's check, one input at a time
         np.add(expected, simulated_input(u, length, bits, seed), out=expected)

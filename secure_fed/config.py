@@ -85,6 +85,7 @@ class TrainConfig:
     executor: str = "local"
     ray_address: str | None = None
     workers: int = 0
+    server_workers: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -143,6 +144,7 @@ class TrainConfig:
         need(self.seed >= 0, "--seed", f"must be >= 0 (got {self.seed})")
         need(self.executor in EXECUTORS, "--executor", f"must be one of {', '.join(EXECUTORS)} (got {self.executor!r})")
         need(self.workers >= 0, "--workers", f"must be >= 0 (0 = one per CPU; got {self.workers})")
+        need(self.server_workers >= 1, "--server-workers", f"must be >= 1 (1 = the server's own process; got {self.server_workers})")
 
     @property
     def splits_budget(self) -> bool:

@@ -179,6 +179,7 @@ class SecAggSettings:
     authenticated: bool = True
     dropout: float = 0.0
     dropout_seed: int = 0
+    server_workers: int = 1  # processes for the server's unmasking (1: this one only)
 
 
 class SecAggAggregator(_RingBase):
@@ -249,11 +250,12 @@ class SecAggAggregator(_RingBase):
         t0 = time.perf_counter()
         if self.remote is not None:  # clients run where the executor hosts them
             pool, identity_keys = self.remote.open_pool(config, codec)
-            result = run_round(pool, config, drops, identity_keys)
+            result = run_round(pool, config, drops, identity_keys, server_workers=self.secagg.server_workers)
         else:
             result = run_secure_round(
                 self._encoder(round_id, codec, work), config, drops,
                 identities=self._identities_for(cohort) if config.authenticated else None, rng=rng,
+                server_workers=self.secagg.server_workers,
             )
         summed = sorted(result.summed)
         vec = codec.decode_sum(result.total, len(summed))

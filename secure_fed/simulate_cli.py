@@ -19,6 +19,7 @@ from protocol.dropout import STAGES
 from protocol.errors import ProtocolAbort
 from protocol.runner import RoundResult
 from protocol.simulator import SimulationResult, simulate
+from secure_fed.errors import ConfigError
 from secure_fed.executor import add_arguments as add_executor_arguments
 from secure_fed.executor import make_executor
 
@@ -44,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory", action="store_true",
                         help="skip tracemalloc (faster; peak memory then counts resident state only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--server-workers", type=int, default=1,
+                        help="processes for the server's unmasking (1 = the server's own process); "
+                             "pays off with many dropped clients and long vectors")
     add_executor_arguments(parser)
 
 
@@ -87,6 +91,8 @@ def format_table(result: RoundResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the simulation; returns the process exit status."""
+    if args.server_workers < 1:
+        raise ConfigError(f"--server-workers: must be >= 1 (1 = the server's own process; got {args.server_workers})")
     executor = make_executor(args.executor, args.ray_address, args.workers)
     update, close = _progress_bar(args.quiet)
     try:
@@ -94,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             args.clients, args.length, args.bits, args.graph, args.neighbors, args.threshold,
             args.dropout, args.dropout_stage, args.seed, not args.unauthenticated,
             progress=update, trace_memory=not args.no_memory,
-            pool_factory=executor.simulation_pool_factory())
+            pool_factory=executor.simulation_pool_factory(), server_workers=args.server_workers)
     except ProtocolAbort as exc:
         close()
         print(f"round aborted: {exc}", file=sys.stderr)

@@ -180,7 +180,7 @@ class Trainer:
         return SecAggSettings(
             graph="complete" if cfg.secagg == "secagg" else "harary", neighbors=cfg.neighbors,
             threshold=cfg.threshold, authenticated=cfg.authenticated, dropout=cfg.dropout,
-            dropout_seed=_derive_seed(cfg.seed, 4),
+            dropout_seed=_derive_seed(cfg.seed, 4), server_workers=cfg.server_workers,
         )
 
     def _threshold(self) -> int:

@@ -42,6 +42,8 @@ def test_every_train_flag_is_in_help_with_its_default() -> None:
         (["--rounds", "0"], "--rounds"),
         (["--algorithm", "fedfoo"], "--algorithm"),
         (["--device", "cuda:7"], "--device"),
+        (["--server-workers", "0"], "--server-workers"),
+        (["--release-noise-ratio", "2", "--algorithm", "fedavg"], "--release-noise-ratio"),
     ],
 )
 def test_bad_values_exit_2_with_one_line_naming_the_flag(argv: list[str], flag: str, tmp_path: Path) -> None:

@@ -206,3 +206,30 @@ def test_budget_split_moves_noise_from_dpsgd_to_the_release(tmp_path: Path) -> N
 def test_budget_split_is_refused_where_it_means_nothing(kw: dict) -> None:
     with pytest.raises(ConfigError, match="--release-noise-ratio"):
         TrainConfig(**{**BASE, "dp": "sample", "target_epsilon": 8.0, "release_noise_ratio": 2.0, **kw})
+
+
+def test_server_workers_reach_the_server_and_give_the_same_sum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--server-workers: the secure aggregator's server unmasks dropped clients' masks in
+    worker processes (forced here for a small round) and the sum is the same."""
+    import protocol.server as server_mod
+
+    monkeypatch.setattr(server_mod, "MIN_PARALLEL_PAIRS", 0)
+    seen: list[int] = []
+    real = server_mod.SecAggServer.__init__
+
+    def record(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs.get("workers", 1))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(server_mod.SecAggServer, "__init__", record)
+    work, _ = _works(12, seed=3)
+    ring = RingSettings(bits=32, hardened=False, seed=7)
+    sums = {}
+    for w in (1, 2):
+        agg = SecAggAggregator(ring, SecAggSettings(graph="harary", neighbors=6, dropout=0.15, dropout_seed=6,
+                                                    server_workers=w))
+        sums[w] = agg.aggregate(3, LAYOUT, work)
+    assert seen == [1, 2]
+    assert sums[2].meta["dropped"] and sums[2].digest() == sums[1].digest()
+    assert np.array_equal(sums[2].vector, sums[1].vector)
+    assert TrainConfig(**{**BASE, "server_workers": 2, "dp": "off", "target_epsilon": None}).server_workers == 2
