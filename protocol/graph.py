@@ -11,7 +11,7 @@ server included, can pick it. No numpy RNG is involved.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from collections import OrderedDict
 
 import numpy as np
 
@@ -77,7 +77,6 @@ def harary_sets(order: list[int], k: int) -> dict[int, frozenset[int]]:
     return {u: frozenset(s) for u, s in sets.items()}
 
 
-@lru_cache(maxsize=8)
 def _build(kind: str, ids: tuple[int, ...], k: int, seed: bytes) -> Graph:
     if kind == "complete" or k >= len(ids) - 1:
         return Graph("complete", ids, None)
@@ -85,6 +84,24 @@ def _build(kind: str, ids: tuple[int, ...], k: int, seed: bytes) -> Graph:
     return Graph(kind, ids, harary_sets(order, k), tuple(order))
 
 
+_GRAPHS: OrderedDict[bytes, Graph] = OrderedDict()
+_GRAPHS_KEPT = 8
+
+
 def build_graph(config: ProtocolConfig) -> Graph:
-    """The round's masking graph (deterministic in the public config; cached)."""
-    return _build(config.graph, config.cohort, config.degree, graph_seed(config))
+    """The round's masking graph (deterministic in the public config; cached).
+
+    Cached on the config's digest (computed once per config, and covering the cohort), not
+    on the cohort tuple: every client of a round asks, and hashing and comparing a tuple of
+    n ids per call made the lookups quadratic over a large cohort.
+    """
+    key = config.digest()
+    graph = _GRAPHS.get(key)
+    if graph is None:
+        graph = _build(config.graph, config.cohort, config.degree, graph_seed(config))
+        _GRAPHS[key] = graph
+        while len(_GRAPHS) > _GRAPHS_KEPT:
+            _GRAPHS.popitem(last=False)
+    else:
+        _GRAPHS.move_to_end(key)
+    return graph

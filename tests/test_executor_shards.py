@@ -104,7 +104,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
 
     monkeypatch.setattr(graph_mod, "random_order", counted)
     monkeypatch.setattr("protocol.server.random_order", counted, raising=False)
-    graph_mod._build.cache_clear()
+    graph_mod._GRAPHS.clear()
     return calls
 
 
