@@ -194,7 +194,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.algorithm == "fedhpro":
             gen = torch.Generator(device="cpu").manual_seed(_derive_seed(cfg.seed, 1))
-            return FedHProServer(model, self.num_classes, self.device, cfg, gen, self.spec)  # noise set in _set_noise
+            return FedHProServer(model, self.num_classes, self.device, cfg, gen, self.spec)  # noise set in set_noise
         if cfg.algorithm == "fedproto":
             return FedProtoServer(model, self.num_classes, self.device, self.spec)
         return FedAvgServer(model, self.num_classes, self.device, self.spec)
@@ -250,7 +250,7 @@ class Trainer:
         raise ConfigError("could not plan the discrete mechanism's noise: the codec's scale does not settle; "
                           "raise --bits or give --noise-multiplier")
 
-    def _set_noise(self, sigma: float) -> None:
+    def set_noise(self, sigma: float) -> None:
         """Install the run's noise multiplier everywhere it is used (client and server)."""
         self.noise_multiplier = sigma
         if self.privacy is None:
@@ -330,7 +330,7 @@ class Trainer:
         self.history = list(state["history"])
         self.ledger = PrivacyLedger.from_json(state["ledger"])
         self.stopped = state.get("stopped")
-        self._set_noise(float(state["noise_multiplier"]))
+        self.set_noise(float(state["noise_multiplier"]))
         self.recover_interrupted_releases(run_dir, int(state["round"]))
         self.start_round = int(state["round"]) + 1
         if self.audit is not None:
@@ -392,7 +392,7 @@ class Trainer:
     def _client_rng(self, round_id: int, cid: int) -> KeystreamRNG:
         return client_rng(self.cfg, round_id, cid)
 
-    def _client_work(self, bc: Broadcast, cid: int, side: Side, final: bool) -> np.ndarray:
+    def client_work(self, bc: Broadcast, cid: int, side: Side, final: bool) -> np.ndarray:
         """Client ``cid``'s whole round (client side); returns its flattened, DP-processed upload."""
         return self.program.run(
             bc, self.shards[cid], self.client_model, noise_multiplier=self.noise_multiplier,
@@ -441,7 +441,7 @@ class Trainer:
         bc = self.server.broadcast(round_id)
         final = round_id == self.cfg.rounds
         side = new_side()
-        work: dict[int, ClientWork] = {cid: partial(self._client_work, bc, cid, side, final) for cid in cohort}
+        work: dict[int, ClientWork] = {cid: partial(self.client_work, bc, cid, side, final) for cid in cohort}
         if self.remote is not None:  # the clients' work runs in the executor's workers
             self.remote.begin_round(bc, final)
             work = self.remote.work(cohort)
@@ -551,7 +551,7 @@ class Trainer:
     def run(self, until: int | None = None) -> dict[str, Any]:
         """Run the remaining rounds (up to round ``until`` if given) and write the outputs."""
         if self.start_round == 1 and not self.history:
-            self._set_noise(self.plan_noise())
+            self.set_noise(self.plan_noise())
             self.write_static_outputs()
             if self.privacy is not None:
                 self.log(f"DP {self.cfg.dp}-level, {self.cfg.mechanism} noise ({self.cfg.noise_placement}), "

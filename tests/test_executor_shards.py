@@ -36,7 +36,7 @@ CFG = dict(clients=6, cohort=5, rounds=2, batch_size=64, rounds_of_hp=5, meta_st
 @pytest.fixture(scope="module")
 def trainer() -> Trainer:
     t = Trainer(TrainConfig(**CFG), progress=False, log=lambda s: None, write_outputs=False)
-    t._set_noise(t.plan_noise())
+    t.set_noise(t.plan_noise())
     return t
 
 
@@ -57,7 +57,7 @@ def test_a_kit_holds_only_its_clients_shards(trainer: Trainer) -> None:
 
 @pytest.mark.parametrize("final", [False, True])
 def test_kit_work_is_bit_identical_to_the_trainers(trainer: Trainer, final: bool) -> None:
-    """The actor-side client work equals Trainer._client_work: upload, loss, DP-SGD plan,
+    """The actor-side client work equals Trainer.client_work: upload, loss, DP-SGD plan,
     personalized accuracy (the final round), for every client, in the trainer's order."""
     bc = trainer.server.broadcast(2 if final else 1)
     role = TrainingRole(ClientKit.of(trainer, list(range(trainer.cfg.clients))))
@@ -66,7 +66,7 @@ def test_kit_work_is_bit_identical_to_the_trainers(trainer: Trainer, final: bool
     side = new_side()
     for cid in trainer.cohort(bc.round_id):
         ours = role.client_work(cid)
-        theirs = trainer._client_work(bc, cid, side, final)
+        theirs = trainer.client_work(bc, cid, side, final)
         assert ours.dtype == theirs.dtype
         np.testing.assert_array_equal(ours, theirs)
     assert role.finish_round() == side

@@ -29,7 +29,7 @@ def test_server_receives_only_masked_bytes_and_the_sum(dp: str, monkeypatch: pyt
     real_receive = protocol.server.SecAggServer.receive
     real_apply = FedServer.apply
     real_encode = LayoutCodec.encode
-    real_work = Trainer._client_work
+    real_work = Trainer.client_work
 
     def rec_receive(self, data):  # type: ignore[no-untyped-def]
         received.append(bytes(data))
@@ -54,7 +54,7 @@ def test_server_receives_only_masked_bytes_and_the_sum(dp: str, monkeypatch: pyt
     monkeypatch.setattr(protocol.server.SecAggServer, "receive", rec_receive)
     monkeypatch.setattr(FedServer, "apply", rec_apply)
     monkeypatch.setattr(LayoutCodec, "encode", rec_encode)
-    monkeypatch.setattr(Trainer, "_client_work", rec_work)
+    monkeypatch.setattr(Trainer, "client_work", rec_work)
 
     cfg = TrainConfig(clients=6, cohort=6, rounds=1, rounds_of_hp=3, meta_steps=5, meta_per_class=5, dropout=0.0,
                       secagg="secagg+", dp=dp, noise_multiplier=2.0 if dp != "off" else None, target_epsilon=None,

@@ -59,7 +59,7 @@ from secure_fed.aggregate import (
 )
 from secure_fed.audit.rundir import load_config
 from secure_fed.client import extract_features
-from secure_fed.client_work import derive_seed as _derive_seed
+from secure_fed.client_work import derive_seed
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError, ProtocolAbort
 from secure_fed.secure_aggregation import LayoutCodec, RingAggregator, SecAggAggregator
@@ -240,7 +240,7 @@ class _AuditTrainer(Trainer):
         super().__init__(cfg, progress=False, log=lambda s: None, write_outputs=False)
 
     def _client_rng(self, round_id: int, cid: int) -> KeystreamRNG:
-        return KeystreamRNG.from_seed(_derive_seed(self.audit_seed, 6), f"audit-client-dp/{round_id}/{cid}")
+        return KeystreamRNG.from_seed(derive_seed(self.audit_seed, 6), f"audit-client-dp/{round_id}/{cid}")
 
 
 class _Tap:
@@ -277,9 +277,9 @@ def _tapped_aggregator(trainer: Trainer, tap: _Tap, seed: int) -> Aggregator:
         return PlaintextAggregator()
     if isinstance(agg, RingAggregator | SecAggAggregator):
         ring = dataclasses.replace(agg.settings, post_encode=tap.post_encode(agg.settings.post_encode),
-                                   hardened=False, seed=_derive_seed(seed, 5))
+                                   hardened=False, seed=derive_seed(seed, 5))
         if isinstance(agg, SecAggAggregator):
-            return SecAggAggregator(ring, dataclasses.replace(agg.secagg, dropout_seed=_derive_seed(seed, 4)))
+            return SecAggAggregator(ring, dataclasses.replace(agg.secagg, dropout_seed=derive_seed(seed, 4)))
         return RingAggregator(ring)
     raise ConfigError(f"inversion audit: aggregator {getattr(agg, 'name', agg)!r} is not supported")
 
@@ -328,9 +328,9 @@ def _replay_round(trainer: Trainer, round_id: int, seed: int) -> tuple[Broadcast
     tap = _Tap()
     aggregator = _tapped_aggregator(trainer, tap, seed)
     side: dict[str, dict[int, Any]] = {"loss": {}, "sgd": {}, "pers": {}}
-    # Trainer._client_work is the client's whole round as training runs it (FedHPro work,
+    # Trainer.client_work is the client's whole round as training runs it (FedHPro work,
     # DP clipping, DP-SGD, flattening, float noise); the aggregator encodes, noises and masks.
-    work = {cid: tap.work(cid, partial(trainer._client_work, bc, cid, side, False)) for cid in cohort}
+    work = {cid: tap.work(cid, partial(trainer.client_work, bc, cid, side, False)) for cid in cohort}
     try:
         agg: Aggregate | None = aggregator.aggregate(round_id, trainer.layout, work)
         reason = None
@@ -495,7 +495,7 @@ def audit_inversion(run_dir: Path, *, seed: int | None = None, points: Any = POI
             if trainer.privacy is not None:
                 if not isinstance(sigma, int | float):
                     raise ConfigError(f"RUN_DIR: {run_dir.name}/config.json records no noise_multiplier_used")
-                trainer._set_noise(float(sigma))  # the run's noise, installed as training does
+                trainer.set_noise(float(sigma))  # the run's noise, installed as training does
             round_id = 1
         else:
             trainer.resume_from(run_dir)  # final global state and noise multiplier
