@@ -26,8 +26,8 @@ import math
 import sys
 from typing import Any
 
-from dp.accountants import epsilon_with_fallback, fallback_note
-from dp.errors import AccountingError, SecureFedError
+from dp.accountants import epsilon_with_fallback
+from dp.errors import SecureFedError
 from dp.events import Event, GaussianEvent
 from dp.planning import RunPlan, epsilon_per_round, noise_for_plan, noise_for_target, plan_events
 from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO
@@ -72,22 +72,17 @@ def _epsilon(events: list[Event], delta: float, accountant: str) -> dict[str, An
             "note": note}
 
 
-def _search_failed(accountant: str, exc: AccountingError) -> str:
-    """The root finder evaluates the accountant over a wide noise bracket; say so."""
-    return fallback_note(accountant, f"while searching the noise for the target: {exc}")
-
-
 def _noise(make: Any, target: float, delta: float, accountant: str) -> dict[str, Any]:
-    try:
-        z = noise_for_target(make, target, delta, accountant)
-        return {"noise_multiplier": z, "accountant": accountant,
-                "requested_accountant": accountant, "note": None}
-    except AccountingError as exc:
-        if accountant == "rdp":
-            raise
-        z = noise_for_target(make, target, delta, "rdp")
-        return {"noise_multiplier": z, "accountant": "rdp",
-                "requested_accountant": accountant, "note": _search_failed(accountant, exc)}
+    """The noise for ``target``, and which accountant bounds the plan at that noise.
+
+    The search itself falls back to RDP wherever the accountant cannot bound a trial noise
+    (:func:`dp.planning.noise_for_all`), so what to report is decided at the answer: if
+    the requested accountant fails there, the noise is RDP's and the note says why.
+    """
+    z = noise_for_target(make, target, delta, accountant)
+    _, used, note = epsilon_with_fallback(make(z), delta, accountant)
+    return {"noise_multiplier": z, "accountant": used, "requested_accountant": accountant,
+            "note": note}
 
 
 def _need(args: argparse.Namespace, *names: str) -> None:
@@ -138,14 +133,9 @@ def _form_c(args: argparse.Namespace) -> dict[str, Any]:
         "local_rate": plan.local_rate, "release_noise_ratio": plan.release_noise_ratio,
         "participation": plan.participation}}
     if args.target_epsilon is not None:
-        try:
-            z = noise_for_plan(plan, args.target_epsilon, d, args.accountant)
-            out["note"] = None
-        except AccountingError as exc:
-            if args.accountant == "rdp":
-                raise
-            z = noise_for_plan(plan, args.target_epsilon, d, "rdp")
-            out["note"] = _search_failed(args.accountant, exc)
+        # where PRV cannot bound the plan at the answer, the final-epsilon check below says so
+        z = noise_for_plan(plan, args.target_epsilon, d, args.accountant)
+        out["note"] = None
         out["target_epsilon"] = args.target_epsilon
     else:
         _need(args, "noise_multiplier")

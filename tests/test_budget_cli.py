@@ -181,3 +181,25 @@ def test_run_plan_form_takes_the_budget_split() -> None:
     assert json.loads(out)["plan"]["release_noise_ratio"] == 1.0  # no DP-SGD steps: one mechanism
     rc, _, err = _cli(*plan, "--release-noise-ratio", "0")
     assert rc == 2 and "--release-noise-ratio" in err
+
+
+@pytest.mark.parametrize("fake,why", FAILURES[:4])
+def test_noise_search_reports_rdp_where_prv_fails(monkeypatch: pytest.MonkeyPatch, fake: object, why: str) -> None:
+    """Form (b) with PRV failing at every noise: the noise is RDP's, labelled rdp, and the
+    note says PRV failed for this plan and how."""
+    monkeypatch.setattr(OpacusPRV, "get_epsilon", fake)
+    rc, out, _ = _cli("--target-epsilon", "2", "--sample-rate", "0.01", "--steps", "100",
+                      "--accountant", "prv", "--json")
+    res = json.loads(out)
+    _, rdp_out, _ = _cli("--target-epsilon", "2", "--sample-rate", "0.01", "--steps", "100", "--json")
+    assert rc == 0 and res["accountant"] == "rdp" and res["requested_accountant"] == "prv"
+    assert res["note"].startswith("PRV accountant failed for this plan") and why in res["note"]
+    # RDP's root (to the search's tolerance; the PRV search brackets around it differently)
+    assert res["noise_multiplier"] == pytest.approx(json.loads(rdp_out)["noise_multiplier"], rel=1e-6)
+
+
+def test_noise_search_with_working_prv_says_prv() -> None:
+    rc, out, _ = _cli("--target-epsilon", "2", "--sample-rate", "0.01", "--steps", "100",
+                      "--accountant", "prv", "--json")
+    res = json.loads(out)
+    assert rc == 0 and res["accountant"] == "prv" and res["note"] is None
