@@ -76,7 +76,8 @@ def part_inversion(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     runs = {
         "DP off": {"dp": "off", "target_epsilon": None},
-        f"DP sample, epsilon {args.epsilon:g}": {"dp": "sample", "target_epsilon": args.epsilon},
+        f"DP sample, epsilon {args.epsilon:g}": {"dp": "sample", "target_epsilon": args.epsilon,
+                                                 "release_noise_ratio": args.release_noise_ratio},
     }
     trained, rows = {}, []
     for i, (label, dp) in enumerate(runs.items()):
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which audits to measure")
     p.add_argument("--rounds", type=int, default=30, help="training rounds of each run")
     p.add_argument("--epsilon", type=float, default=1.0, help="target epsilon of the DP run")
+    p.add_argument("--release-noise-ratio", type=float, default=None,
+                   help="FedHPro's --release-noise-ratio in its DP runs (default: the project's default)")
     p.add_argument("--train-seed", type=int, default=0, help="seed of the trained runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="audit seeds")
     p.add_argument("--keep", type=Path, default=None, help="keep the run folders here (default: a temporary folder)")

@@ -54,7 +54,7 @@ def part_one_run(args: argparse.Namespace) -> dict[str, Any]:
         run_release_specs,
     )
 
-    run_dir, train_s, final = _train({}, args.out, "default-dp")
+    run_dir, train_s, final = _train({"release_noise_ratio": args.release_noise_ratio}, args.out, "default-dp")
     rows = []
     for seed in range(args.seeds):
         t0 = time.perf_counter()
@@ -92,7 +92,7 @@ def part_mia(args: argparse.Namespace, dp: bool) -> dict[str, Any]:
     if args.mia_clients:
         kw.update(clients=args.mia_clients, cohort=args.mia_clients)
     if dp:
-        kw.update(dp="sample", target_epsilon=args.mia_epsilon)
+        kw.update(dp="sample", target_epsilon=args.mia_epsilon, release_noise_ratio=args.release_noise_ratio)
     else:
         kw.update(dp="off", target_epsilon=None)
     run_id = f"mia-dp-eps{args.mia_epsilon:g}" if dp else "mia-nodp"
@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mia-local-epochs", type=int, default=20, help="local epochs of the MIA runs (default: 20)")
     ap.add_argument("--mia-clients", type=int, default=0, help="clients (= cohort) of the MIA runs (default: 0, the run default 10)")
     ap.add_argument("--mia-epsilon", type=float, default=1.0, help="target epsilon of the DP run (default: 1.0)")
+    ap.add_argument("--release-noise-ratio", type=float, default=None,
+                    help="FedHPro's --release-noise-ratio in its DP runs (default: the project's default)")
     ap.add_argument("--quiet", action="store_true", help="no per-seed lines")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -63,8 +63,8 @@ def jobs_for(args: argparse.Namespace) -> list[Job]:
             for eps in args.epsilons:
                 for placement in ("local", "distributed"):
                     jobs += [{"part": "b", "label": f"eps={eps:g} {placement}", "epsilon_target": eps,
-                              "placement": placement, "alpha": args.alpha, "seed": s, **_dp(eps, placement)}
-                             for s in args.seeds]
+                              "placement": placement, "alpha": args.alpha, "seed": s, **_dp(eps, placement),
+                              "release_noise_ratio": args.release_noise_ratio} for s in args.seeds]
         elif part in ("c", "c-rest"):
             for alpha in args.c_alphas[:1] if part == "c" else args.c_alphas[1:]:
                 for algorithm, ratio in [("fedhpro", r) for r in args.c_ratios] + [("fedavg", 1.0)]:
@@ -200,6 +200,8 @@ def main() -> int:
     ap.add_argument("--c-alphas", nargs="+", type=float, default=[0.5, 0.1])
     ap.add_argument("--epsilons", nargs="+", type=float, default=[1.0, 4.0, 8.0])
     ap.add_argument("--c-epsilon", type=float, default=8.0)
+    ap.add_argument("--release-noise-ratio", type=float, default=None,
+                    help="FedHPro's --release-noise-ratio in part (b) (default: the project's default)")
     ap.add_argument("--c-ratios", nargs="+", type=float, default=[1.0],
                     help="FedHPro's --release-noise-ratio values in part (c) (budget split; 1 = one noise multiplier)")
     ap.add_argument("--delta", type=float, default=1e-5)
