@@ -8,7 +8,9 @@ per-class sums, unclipped) and Opacus (GradSampleModule hooks + flat clipping + 
 sums of the clipped per-sample gradients). Two batches: a *class* batch (100 samples of one
 class, the per-class batch of the algorithm, DESIGN section 2) and a *mixed* batch (labels
 uniform over the C classes, which writes up to C blocks of the C x (C*dim + C) release).
-Timings are medians over interleaved repeats; the numbers are ratios to plain autograd.
+The methods take turns (interleaved repeats of 10 calls, each block after one untimed call);
+a ratio is the median over repeats of the method's time over plain autograd's in the same
+repeat, so drifts in machine speed cancel.
 
 Noise: samples/s of the exact discrete Gaussian sampler and the float Gaussian in
 hardened mode (AES-CTR keystream keyed from the OS).
@@ -78,19 +80,28 @@ def _opacus_fn(dim: int, n_cls: int) -> Callable[[torch.Tensor, torch.Tensor], N
     return run
 
 
-def _median_times(fns: dict[str, Callable[[], object]], repeats: int, inner: int
-                  ) -> dict[str, float]:
+def _interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, inner: int
+                       ) -> dict[str, list[float]]:
+    """Seconds per call of each method, one entry per repeat; the methods take turns."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         for _ in range(3):
             fn()
     for _ in range(repeats):
         for name, fn in fns.items():  # interleaved: load changes hit every method alike
+            fn()  # untimed: the previous method's allocations and cache traffic settle first
             t = time.perf_counter()
             for _ in range(inner):
                 fn()
             times[name].append((time.perf_counter() - t) / inner)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def _ratios(times: dict[str, list[float]], base: str) -> dict[str, float]:
+    """Median over repeats of each method's time over ``base``'s in the same repeat (pairs
+    taken a few milliseconds apart, so drifts in machine speed cancel)."""
+    return {k: statistics.median(a / b for a, b in zip(v, times[base], strict=True))
+            for k, v in times.items()}
 
 
 TARGETS = {(256, 10): 2.5, (512, 100): 1.5}  # the issue's bounds, x plain, class batch
@@ -126,14 +137,15 @@ def bench_clipping(repeats: int) -> list[str]:
                 # per round (its buffer), not once per class batch.
                 "zero": lambda r=release: r.weight.zero_(),
             }
-            t = _median_times(fns, repeats, inner=10)
-            p = t["plain"]
+            times = _interleaved_times(fns, repeats, inner=10)
+            t = _ratios(times, "plain")
+            p = statistics.median(times["plain"])
             rows.append(f"| Linear({dim}, {n_cls}) | {batch} | {p * 1e3:.3f} | "
-                        f"{t['plain_pc'] / p:.2f}x | {t['opacus'] / p:.2f}x | "
-                        f"{t['ours'] / p:.2f}x | {t['ours_into'] / p:.2f}x | "
-                        f"{t['zero'] / p:.2f}x |")
+                        f"{t['plain_pc']:.2f}x | {t['opacus']:.2f}x | "
+                        f"{t['ours']:.2f}x | {t['ours_into']:.2f}x | "
+                        f"{t['zero']:.2f}x |")
             if batch == "class":
-                r, bound = t["ours_into"] / p, TARGETS[(dim, n_cls)]
+                r, bound = t["ours_into"], TARGETS[(dim, n_cls)]
                 verdicts.append(f"Linear({dim}, {n_cls}), class batch into the release: "
                                 f"{r:.2f}x plain, target <= {bound}x: "
                                 f"{'holds' if r <= bound else 'DOES NOT HOLD'}")

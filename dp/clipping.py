@@ -133,14 +133,26 @@ def per_class_clipped_sums(
     g = torch.softmax(f @ w.T + b, dim=1)
     g[torch.arange(f.shape[0], device=f.device), y] -= 1.0
     gf = g @ w
-    g2 = (g * g).sum(1)
-    sq = (gf * gf).sum(1) + g2 * (f * f).sum(1) + g2
+
+    def sqnorm(x: torch.Tensor) -> torch.Tensor:  # row-wise squared L2 norms, one kernel
+        return torch.linalg.vector_norm(x, dim=1).square()
+
+    g2 = sqnorm(g)
+    sq = sqnorm(gf) + g2 * (sqnorm(f) + 1.0)
     c = 0.0 if count_coordinate is None else float(count_coordinate)
     factor = torch.clamp(clip / (torch.sqrt(sq + c * c) + OPACUS_EPS), max=1.0)
     gs = g * factor[:, None]
     counts = torch.bincount(y, minlength=n_cls)
     present = torch.nonzero(counts).squeeze(1)
     k = int(present.numel())
+    if into is not None and k == 1:  # a class batch: factor-weighted column sums, one product each
+        c0 = int(present[0])
+        into.feature[c0].addmv_(gf.T, factor)
+        into.bias[c0].addmv_(g.T, factor)
+        if count_coordinate is not None:
+            into.count[c0] += c * factor.sum()
+        into.weight[c0].addmm_(gs.T, f)
+        return dataclasses.replace(into, clipped=into.clipped + int((factor < 1.0).sum()))
     members = (torch.nn.functional.one_hot(y, n_cls).to(f.dtype).T
                if n_cls * f.shape[0] * dim <= _MEMBERS_FLOPS else None)
     rows = [gf * factor[:, None], gs] + ([] if count_coordinate is None else [factor * c])
