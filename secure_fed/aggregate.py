@@ -52,7 +52,7 @@ class VectorLayout:
         seen: set[str] = set()
         for item in spec:
             name, shape = item[0], tuple(int(s) for s in item[1])
-            bound = float(item[2]) if len(item) > 2 else None  # type: ignore[misc]
+            bound = float(item[2]) if len(item) > 2 else None
             if name in seen:
                 raise ConfigError(f"duplicate block name {name!r} in vector layout")
             if any(s < 0 for s in shape):

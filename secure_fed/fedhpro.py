@@ -63,10 +63,11 @@ class FedHProServer(FedServer):
         self.meta_prototypes = init_hyper_prototypes(num_classes, cfg.meta_per_class, self.feature_dim, generator, device)
         self.matched = False  # hyper-prototypes are broadcast once they have been matched
 
-    def _blocks(self) -> list[tuple[str, tuple[int, ...]]]:
+    def _blocks(self) -> list[tuple[str, tuple[int, ...], float]]:
         c, d, up = self.num_classes, self.feature_dim, self.upload
         g = up.per_class_bound()
-        indicator = ("holders", (c,), 1.0) if up.dp == "off" else ("class_count", (c,), up.count_bound())
+        indicator: tuple[str, tuple[int, ...], float] = (
+            ("holders", (c,), 1.0) if up.dp == "off" else ("class_count", (c,), up.count_bound()))
         return [("feat_grad", (c, d), g), ("cls_grad_w", (c, c, d), g), ("cls_grad_b", (c, c), g), indicator, *super()._blocks()]
 
     def _extras(self) -> dict[str, torch.Tensor | None]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from crypto.rng import KeystreamRNG
 from dp.clipping import clip_vector
-from dp.events import DiscreteGaussianEvent, Event, GaussianEvent
+from dp.events import DiscreteGaussianEvent, Event, GaussianEvent, Sampling, Unit
 from dp.mechanisms import (
     DiscreteGaussianMechanism,
     GaussianMechanism,
@@ -179,8 +179,9 @@ class RunPrivacy:
         s = self.s
         sigma = sigma * s.release_noise_ratio
         rate = 1.0 if s.unit == "client" else s.release_rate
-        sampling = "none" if rate >= 1.0 else "poisson"
-        label = "client_update" if s.unit == "client" else "per_class_release"
+        sampling: Sampling = "none" if rate >= 1.0 else "poisson"
+        unit: Unit = "client" if s.unit == "client" else "sample"
+        label = "client_update" if unit == "client" else "per_class_release"
         share_std = sigma * s.clip * share_factor(s.placement, self.threshold)
         if s.mechanism == "gaussian" or gamma is None:
             return GaussianEvent.from_shares(
@@ -190,7 +191,7 @@ class RunPrivacy:
         dim = self.noise.release_dim()
         l2, l1 = encoded_sensitivity(s.clip, gamma, dim)
         sig = integer_sigma(sigma, s.clip, gamma) * share_factor(s.placement, self.threshold)
-        return DiscreteGaussianEvent(sig, shares, l2, l1, dim, rate, 1, sampling, s.unit, str(cid), label, round_id)
+        return DiscreteGaussianEvent(sig, shares, l2, l1, dim, rate, 1, sampling, unit, str(cid), label, round_id)
 
     def round_events(
         self, cid: int, round_id: int, shares: int, gamma: float | None, sgd: SgdPlan | None, sigma: float | None = None

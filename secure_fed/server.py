@@ -52,7 +52,7 @@ class FedServer:
 
     def _blocks(self) -> list[tuple[str, tuple[int, ...], float]]:
         up = self.upload
-        blocks = [("delta", (self.num_params,), up.delta_bound())]
+        blocks: list[tuple[str, tuple[int, ...], float]] = [("delta", (self.num_params,), up.delta_bound())]
         if up.weighted:
             blocks.append(("n", (1,), float(up.train_size)))
         return blocks

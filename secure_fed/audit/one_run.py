@@ -446,7 +446,12 @@ def run_release_specs(run_dir: Path) -> tuple[list[ReleaseSpec], list[Event], Tr
         summed = rec.get("summed") or []
         threshold = int(dp.get("threshold") or raw.get("threshold_used") or 1)
         # The release's own noise multiplier (--release-noise-ratio times DP-SGD's).
-        z_release = dp.get("release_noise_multiplier") or float(dp.get("noise_multiplier", z)) * cfg.release_ratio()
+        z_release = dp.get("release_noise_multiplier")
+        if z_release is None:  # records written before the budget split: one multiplier
+            z_dp = dp.get("noise_multiplier", z)
+            if not isinstance(z_dp, int | float):
+                raise ConfigError(f"RUN_DIR: round {rec.get('round')} of {run_dir.name} records no noise multiplier")
+            z_release = float(z_dp) * cfg.release_ratio()
         specs.append(ReleaseSpec(
             cfg.mechanism, cfg.noise_placement, cfg.dp, float(z_release), cfg.clip, cfg.delta,
             threshold, cfg.cohort, len(summed), cfg.bits, cfg.secagg != "off", blocks))
