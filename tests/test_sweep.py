@@ -363,3 +363,15 @@ def test_plot_groups_lines_and_draws_runs_without_dp(tmp_path: Path) -> None:
     text = html_text(grid, rows, tmp_path)
     assert "dp=off without DP: accuracy" in text and "dp=sample: epsilon 1.81" in text
     assert "data:image/png;base64," in text and text.count("<td>failed</td>") == 1
+
+
+@pytest.mark.parametrize("name", ["privacy_utility.toml", "budget_split.toml"])
+def test_the_shipped_grids_expand_to_valid_runs(name: str, tmp_path: Path) -> None:
+    """The example grids in benchmarks/grids load and every combination is a config train
+    accepts (nothing runs)."""
+    grid = load_grid(Path(__file__).resolve().parents[1] / "benchmarks" / "grids" / name)
+    specs = expand(grid, tmp_path)
+    assert len(specs) == len({s.run_dir for s in specs}) >= 8
+    if name == "budget_split.toml":
+        ratios = {s.params["release_noise_ratio"] for s in specs}
+        assert ratios == {1.0, 3.0, 10.0}
