@@ -1,9 +1,9 @@
 """Training clients in Ray actors: each actor holds only its own clients' data shards.
 
 A :class:`ClientKit` is what one actor needs to run its clients' round work and nothing
-more: their data shards, one client model, the round function, the upload layout and the
-run's public settings; not the dataset, not the other clients' shards, not the test set,
-not the server's model. The driver cuts one kit per actor out of the trainer that owns
+more: their data shards, one client model and the run's client program (round function,
+upload layout, public settings); not the dataset, not the other clients' shards, not the
+test set, not the server's model. The driver cuts one kit per actor out of the trainer that owns
 the run (:meth:`ClientKit.of`). The test set travels only for the final round's
 personalized evaluation, and the noise and encoding settings (:class:`RoundSetup`) only
 when the noise multiplier changes.
@@ -44,6 +44,7 @@ from secure_fed.secure_aggregation import RingSettings, SecAggAggregator, SecAgg
 
 if TYPE_CHECKING:
     from secure_fed.trainer import Trainer
+
 
 @dataclass(frozen=True)
 class ClientKit:
