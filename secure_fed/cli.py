@@ -93,9 +93,6 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bits", type=int, default=d.bits, help="ring Z_{2^bits} of the masked sum (each entry travels as ceil(bits/8) bytes)")
     g.add_argument("--authenticated", action=argparse.BooleanOptionalAction, default=d.authenticated, help="Ed25519-signed key advertisements and a consistency round (protects against an active server)")
     g.add_argument("--dropout", type=float, default=d.dropout, help="simulated probability that a client drops, at a stage drawn uniformly (seeded by --seed)")
-    g.add_argument("--server-workers", type=int, default=d.server_workers,
-                   help="processes for the server's unmasking (regenerating dropped clients' pairwise masks); 1 = the server's own process. "
-                        "Pays off with many dropped clients and long vectors; small rounds stay in one process")
 
     g = p.add_argument_group("differential privacy")
     g.add_argument("--dp", choices=DP_MODES, default=d.dp, help="privacy unit: sample (per-sample clipping + DP-SGD), client (clip the whole upload), or off")
@@ -170,8 +167,9 @@ def _train(args: argparse.Namespace) -> int:
             print(f"run_secure.py: error: --resume: {run_dir} has no config.json and checkpoint.pt to resume from", file=sys.stderr)
             return 2
         cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
-        # where clients run does not change a run's numbers: the resuming command decides
-        cfg = cfg.replace(executor=args.executor, ray_address=args.ray_address, workers=args.workers)
+        # where the work runs does not change a run's numbers: the resuming command decides
+        cfg = cfg.replace(executor=args.executor, ray_address=args.ray_address, workers=args.workers,
+                          server_workers=args.server_workers)
         trainer = Trainer(cfg, progress=not args.quiet, run_dir=run_dir)
         trainer.resume_from(run_dir)
     else:

@@ -45,9 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory", action="store_true",
                         help="skip tracemalloc (faster; peak memory then counts resident state only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--server-workers", type=int, default=1,
-                        help="processes for the server's unmasking (1 = the server's own process); "
-                             "pays off with many dropped clients and long vectors")
     add_executor_arguments(parser)
 
 

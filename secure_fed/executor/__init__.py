@@ -80,7 +80,8 @@ def make_executor(name: str = "local", address: str | None = None, workers: int 
 
 
 def add_arguments(group: argparse._ActionsContainer, default: str = "local") -> None:
-    """The ``--executor/--ray-address/--workers`` flags (shared by train and simulate)."""
+    """The ``--executor/--ray-address/--workers/--server-workers`` flags (shared by train
+    and simulate): where the clients' and the server's work runs, never what it computes."""
     group.add_argument("--executor", choices=EXECUTORS, default=default,
                        help="where clients run: local = in this process; ray = Ray actors, each "
                             "holding a shard of the clients (needs the ray extra)")
@@ -90,6 +91,10 @@ def add_arguments(group: argparse._ActionsContainer, default: str = "local") -> 
     group.add_argument("--workers", type=int, default=0,
                        help="Ray actors holding clients (0 = one per CPU of this machine, or "
                             "of the cluster with --ray-address)")
+    group.add_argument("--server-workers", type=int, default=1,
+                       help="processes for the server's unmasking (regenerating dropped clients' "
+                            "pairwise masks); 1 = the server's own process. Pays off with many "
+                            "dropped clients and long vectors; small rounds stay in one process")
 
 
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "add_arguments", "check_executor",
