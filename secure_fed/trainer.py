@@ -87,9 +87,6 @@ CLIENT_ROUNDS: dict[str, ClientRound] = {
 }
 
 
-_derive_seed = derive_seed  # the run's seeds, shared with the clients wherever they run
-
-
 def environment(device: torch.device) -> dict[str, str]:
     """Versions that determine a run's numbers (written into config.json)."""
     import platform
@@ -180,7 +177,7 @@ class Trainer:
         return SecAggSettings(
             graph="complete" if cfg.secagg == "secagg" else "harary", neighbors=cfg.neighbors,
             threshold=cfg.threshold, authenticated=cfg.authenticated, dropout=cfg.dropout,
-            dropout_seed=_derive_seed(cfg.seed, 4), server_workers=cfg.server_workers,
+            dropout_seed=derive_seed(cfg.seed, 4), server_workers=cfg.server_workers,
         )
 
     def _threshold(self) -> int:
@@ -193,7 +190,7 @@ class Trainer:
     def _make_server(self, model: nn.Module) -> FedServer:
         cfg = self.cfg
         if cfg.algorithm == "fedhpro":
-            gen = torch.Generator(device="cpu").manual_seed(_derive_seed(cfg.seed, 1))
+            gen = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.seed, 1))
             return FedHProServer(model, self.num_classes, self.device, cfg, gen, self.spec)  # noise set in set_noise
         if cfg.algorithm == "fedproto":
             return FedProtoServer(model, self.num_classes, self.device, self.spec)
@@ -212,7 +209,7 @@ class Trainer:
             def post(round_id: int, cid: int, words: np.ndarray, codec: Any, rng: KeystreamRNG) -> np.ndarray:
                 return noise.post_encode(words, codec, rng)
 
-        ring = RingSettings(cfg.bits, noise_std, post, hardened=cfg.hardened, seed=_derive_seed(cfg.seed, 5))
+        ring = RingSettings(cfg.bits, noise_std, post, hardened=cfg.hardened, seed=derive_seed(cfg.seed, 5))
         if cfg.secagg == "off":
             return RingAggregator(ring)
         return SecAggAggregator(ring, self._secagg_settings(), remote=self.remote)
@@ -386,7 +383,7 @@ class Trainer:
 
     # -- rounds ---------------------------------------------------------------------------
     def cohort(self, round_id: int) -> list[int]:
-        rng = np.random.default_rng(_derive_seed(self.cfg.seed, 2, round_id))
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, 2, round_id))
         return sorted(int(c) for c in rng.choice(self.cfg.clients, size=self.cfg.cohort, replace=False))
 
     def _client_rng(self, round_id: int, cid: int) -> KeystreamRNG:
@@ -485,8 +482,10 @@ class Trainer:
         return rec
 
     def _split_note(self) -> str:
-        r = self.cfg.release_ratio()
-        return "" if r == 1.0 else f" (DP-SGD; release {self.noise_multiplier * r:.4f} = {r:g}x)"
+        s = self.privacy.s if self.privacy is not None else None
+        if s is None or s.release_noise_ratio == 1.0:
+            return ""
+        return f" (DP-SGD; release {s.release_noise_multiplier:.4f} = {s.release_noise_ratio:g}x)"
 
     def _dp_record(self) -> dict[str, Any] | None:
         if self.privacy is None:
@@ -495,8 +494,8 @@ class Trainer:
         return {
             "unit": cfg.dp, "placement": cfg.noise_placement, "mechanism": cfg.mechanism,
             "noise_multiplier": self.noise_multiplier, "clip": cfg.clip, "delta": cfg.delta,
-            "release_noise_ratio": cfg.release_ratio(),
-            "release_noise_multiplier": self.noise_multiplier * cfg.release_ratio(),
+            "release_noise_ratio": self.privacy.s.release_noise_ratio,
+            "release_noise_multiplier": self.privacy.s.release_noise_multiplier,
             "release_rate": cfg.release_rate, "target_epsilon": cfg.target_epsilon,
             "hardened": cfg.hardened, "threshold": self.threshold,
         }
