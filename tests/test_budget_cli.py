@@ -8,9 +8,6 @@ number, an exception) on a small plan; the slow test runs the real failing plan 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
 import math
 import subprocess
@@ -22,22 +19,13 @@ from opacus.accountants import PRVAccountant as OpacusPRV
 from opacus.accountants import RDPAccountant as OpacusRDP
 
 import dp.accountants as acc
-from secure_fed import budget_cli
 from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO, TrainConfig
 from secure_fed.trainer import Trainer
+from tests.budget_helpers import run_budget
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ("--noise-multiplier", "1.0", "--sample-rate", "0.01", "--steps", "100")
-
-
-def _cli(*argv: str) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser()
-    budget_cli.add_arguments(parser)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = budget_cli.run(parser.parse_args(list(argv)))
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _rdp(z: float, q: float, t: int) -> float:
@@ -65,7 +53,7 @@ FAILURES = [
 def test_text_output_says_prv_failed_and_reports_rdp(monkeypatch: pytest.MonkeyPatch,
                                                      fake: object, why: str) -> None:
     monkeypatch.setattr(OpacusPRV, "get_epsilon", fake)
-    rc, out, err = _cli(*PLAN, "--accountant", "prv")
+    rc, out, err = run_budget(*PLAN, "--accountant", "prv")
     lines = out.splitlines()
     assert rc == 0 and err == "" and len(lines) == 2
     assert lines[0].startswith("PRV accountant failed for this plan (") and why in lines[0]
@@ -77,7 +65,7 @@ def test_text_output_says_prv_failed_and_reports_rdp(monkeypatch: pytest.MonkeyP
 
 def test_json_output_names_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(OpacusPRV, "get_epsilon", FAILURES[0][0])
-    rc, out, _ = _cli(*PLAN, "--accountant", "prv", "--json")
+    rc, out, _ = run_budget(*PLAN, "--accountant", "prv", "--json")
     res = json.loads(out)
     assert rc == 0 and res["accountant"] == "rdp" and res["requested_accountant"] == "prv"
     assert "epsilon = inf" in res["note"]
@@ -85,7 +73,7 @@ def test_json_output_names_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_working_prv_prints_no_failure_line() -> None:
-    rc, out, _ = _cli(*PLAN, "--accountant", "prv")
+    rc, out, _ = run_budget(*PLAN, "--accountant", "prv")
     assert rc == 0 and len(out.splitlines()) == 1 and "(prv;" in out
 
 
@@ -93,17 +81,17 @@ def test_inf_far_past_exp_underflow_explains_why(monkeypatch: pytest.MonkeyPatch
     """Where RDP puts epsilon past ~745 (float64 exp(-t) underflows) the note says so."""
     monkeypatch.setattr(OpacusPRV, "get_epsilon", FAILURES[0][0])
     monkeypatch.setattr(acc, "available_memory_bytes", lambda: 2.0**50)  # nothing allocated
-    rc, out, _ = _cli("--noise-multiplier", "0.6", "--sample-rate", "1", "--steps", "1000",
+    rc, out, _ = run_budget("--noise-multiplier", "0.6", "--sample-rate", "1", "--steps", "1000",
                       "--accountant", "prv")
     assert rc == 0 and "underflows: RDP gives 1.64e+03" in out.splitlines()[0]
-    rc, out, _ = _cli("--noise-multiplier", "0.6", "--sample-rate", "1", "--steps", "300",
+    rc, out, _ = run_budget("--noise-multiplier", "0.6", "--sample-rate", "1", "--steps", "300",
                       "--accountant", "prv")  # RDP ~555: inf is not explained by underflow
     assert rc == 0 and "epsilon = inf)" in out.splitlines()[0]
 
 
 def test_run_plan_form_falls_back_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(OpacusPRV, "get_epsilon", FAILURES[3][0])
-    rc, out, _ = _cli("--rounds", "3", "--samples-per-client", "200", "--release-rate", "0.1",
+    rc, out, _ = run_budget("--rounds", "3", "--samples-per-client", "200", "--release-rate", "0.1",
                       "--noise-multiplier", "1.5", "--accountant", "prv", "--json")
     res = json.loads(out)
     assert rc == 0 and res["final_epsilon_prv"] is None
@@ -114,14 +102,14 @@ def test_run_plan_form_falls_back_too(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_grid_too_large_for_memory_is_refused_without_running(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(acc, "available_memory_bytes", lambda: 2.0**31)  # may use 1 GiB
-    rc, out, _ = _cli(*PLAN, "--accountant", "prv")  # 3.5e4 points: runs
+    rc, out, _ = run_budget(*PLAN, "--accountant", "prv")  # 3.5e4 points: runs
     assert rc == 0 and "(prv;" in out
 
     def never(self: object, delta: float, eps_error: float) -> float:
         raise AssertionError("PRV must not run")  # would show as "it raised AssertionError"
 
     monkeypatch.setattr(OpacusPRV, "get_epsilon", never)
-    rc, out, _ = _cli("--noise-multiplier", "0.6", "--sample-rate", "1", "--steps", "1000",
+    rc, out, _ = run_budget("--noise-multiplier", "0.6", "--sample-rate", "1", "--steps", "1000",
                       "--accountant", "prv")
     first, second = out.splitlines()
     assert rc == 0 and "(not run: its grid of 3.53e+07 points needs ~6.57 GiB, more than the 1 GiB" in first
@@ -168,18 +156,18 @@ def test_run_plan_form_takes_the_budget_split() -> None:
     DP-SGD less noise for the same target."""
     plan = ("--rounds", "5", "--samples-per-client", "200", "--release-rate", "0.5",
             "--target-epsilon", "4", "--json")
-    rc1, out1, _ = _cli(*plan, "--release-noise-ratio", "1")
-    rc3, out3, _ = _cli(*plan, "--release-noise-ratio", "3")
+    rc1, out1, _ = run_budget(*plan, "--release-noise-ratio", "1")
+    rc3, out3, _ = run_budget(*plan, "--release-noise-ratio", "3")
     one, three = json.loads(out1), json.loads(out3)
     assert rc1 == rc3 == 0 and three["plan"]["release_noise_ratio"] == 3.0
     assert three["noise_multiplier"] < one["noise_multiplier"]
     assert max(three["epsilon_per_round_rdp"]) <= 4.0 + 1e-9
     # the default is train's: split where the plan has both a release and DP-SGD steps
-    _, out, _ = _cli(*plan)
+    _, out, _ = run_budget(*plan)
     assert json.loads(out)["plan"]["release_noise_ratio"] == DEFAULT_RELEASE_NOISE_RATIO
-    _, out, _ = _cli("--rounds", "5", "--release-rate", "0.5", "--target-epsilon", "4", "--json")
+    _, out, _ = run_budget("--rounds", "5", "--release-rate", "0.5", "--target-epsilon", "4", "--json")
     assert json.loads(out)["plan"]["release_noise_ratio"] == 1.0  # no DP-SGD steps: one mechanism
-    rc, _, err = _cli(*plan, "--release-noise-ratio", "0")
+    rc, _, err = run_budget(*plan, "--release-noise-ratio", "0")
     assert rc == 2 and "--release-noise-ratio" in err
 
 
@@ -188,10 +176,10 @@ def test_noise_search_reports_rdp_where_prv_fails(monkeypatch: pytest.MonkeyPatc
     """Form (b) with PRV failing at every noise: the noise is RDP's, labelled rdp, and the
     note says PRV failed for this plan and how."""
     monkeypatch.setattr(OpacusPRV, "get_epsilon", fake)
-    rc, out, _ = _cli("--target-epsilon", "2", "--sample-rate", "0.01", "--steps", "100",
+    rc, out, _ = run_budget("--target-epsilon", "2", "--sample-rate", "0.01", "--steps", "100",
                       "--accountant", "prv", "--json")
     res = json.loads(out)
-    _, rdp_out, _ = _cli("--target-epsilon", "2", "--sample-rate", "0.01", "--steps", "100", "--json")
+    _, rdp_out, _ = run_budget("--target-epsilon", "2", "--sample-rate", "0.01", "--steps", "100", "--json")
     assert rc == 0 and res["accountant"] == "rdp" and res["requested_accountant"] == "prv"
     assert res["note"].startswith("PRV accountant failed for this plan") and why in res["note"]
     # RDP's root (to the search's tolerance; the PRV search brackets around it differently)
@@ -199,7 +187,7 @@ def test_noise_search_reports_rdp_where_prv_fails(monkeypatch: pytest.MonkeyPatc
 
 
 def test_noise_search_with_working_prv_says_prv() -> None:
-    rc, out, _ = _cli("--target-epsilon", "2", "--sample-rate", "0.01", "--steps", "100",
+    rc, out, _ = run_budget("--target-epsilon", "2", "--sample-rate", "0.01", "--steps", "100",
                       "--accountant", "prv", "--json")
     res = json.loads(out)
     assert rc == 0 and res["accountant"] == "prv" and res["note"] is None

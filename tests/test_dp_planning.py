@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
 import math
 
@@ -23,18 +20,9 @@ from dp.planning import (
     plan_events,
     round_events,
 )
-from secure_fed import budget_cli
+from tests.budget_helpers import run_budget
 
 DELTA = 1e-5
-
-
-def _cli(*argv: str) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser()
-    budget_cli.add_arguments(parser)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = budget_cli.run(parser.parse_args(list(argv)))
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.mark.parametrize("target,q,t", [(1.0, 0.01, 1000), (4.0, 0.1, 100), (8.0, 1.0, 1)])
@@ -70,9 +58,9 @@ def test_run_plan_events_and_participation() -> None:
 
 
 def test_cli_form_a_and_b_text_and_json() -> None:
-    rc, out, _ = _cli("--noise-multiplier", "1.0", "--sample-rate", "0.01", "--steps", "100")
+    rc, out, _ = run_budget("--noise-multiplier", "1.0", "--sample-rate", "0.01", "--steps", "100")
     assert rc == 0 and "epsilon = 1.21415" in out
-    rc, out, _ = _cli("--target-epsilon", "1.2141452107864754", "--sample-rate", "0.01",
+    rc, out, _ = run_budget("--target-epsilon", "1.2141452107864754", "--sample-rate", "0.01",
                       "--steps", "100", "--json")
     res = json.loads(out)
     assert rc == 0 and res["noise_multiplier"] == pytest.approx(1.0, rel=1e-5)
@@ -82,24 +70,24 @@ def test_cli_form_c_prints_epsilon_per_round() -> None:
     argv = ["--rounds", "5", "--clients", "10", "--cohort", "4", "--local-epochs", "2",
             "--batch-size", "32", "--samples-per-client", "300", "--release-rate", "0.1",
             "--noise-multiplier", "1.5"]
-    rc, out, _ = _cli(*argv, "--json")
+    rc, out, _ = run_budget(*argv, "--json")
     res = json.loads(out)
     assert rc == 0 and len(res["epsilon_per_round_rdp"]) == 5
     assert res["plan"]["local_rate"] == 1 / math.ceil(300 / 32)
     assert res["plan"]["local_steps_per_round"] == 2 * 10
-    rc, out, _ = _cli(*argv[:-2], "--target-epsilon", "4.0", "--accountant", "prv", "--json")
+    rc, out, _ = run_budget(*argv[:-2], "--target-epsilon", "4.0", "--accountant", "prv", "--json")
     res = json.loads(out)
     # planned for PRV: PRV's epsilon is within the target; RDP, the looser bound, is above it
     assert rc == 0 and res["final_epsilon_prv"] is not None and res["final_epsilon_prv"] <= 4.0
     assert res["epsilon_per_round_rdp"][-1] >= res["final_epsilon_prv"]
-    rc, out, _ = _cli(*argv)
+    rc, out, _ = run_budget(*argv)
     assert rc == 0 and "| 5 |" in out
 
 
 def test_cli_reports_missing_flags() -> None:
-    rc, _, err = _cli("--noise-multiplier", "1.0")
+    rc, _, err = run_budget("--noise-multiplier", "1.0")
     assert rc == 2 and "--sample-rate" in err
-    rc, _, err = _cli("--rounds", "3", "--noise-multiplier", "1.0")
+    rc, _, err = run_budget("--rounds", "3", "--noise-multiplier", "1.0")
     assert rc == 2 and "releases nothing" in err
 
 
