@@ -131,7 +131,9 @@ class _RingBase:
             return KeystreamRNG.hardened()
         return KeystreamRNG.from_seed(self.settings.seed, f"client-encode/{round_id}/{cid}")
 
-    def _encoder(self, round_id: int, codec: LayoutCodec, work: Mapping[int, ClientWork]) -> Callable[[int], np.ndarray]:
+    def client_encoder(self, round_id: int, codec: LayoutCodec, work: Mapping[int, ClientWork]) -> Callable[[int], np.ndarray]:
+        """Client side: cid -> its upload encoded into the ring (with the ring noise, if any),
+        computed where the client runs (this process, or an executor's worker)."""
         def client_input(cid: int) -> np.ndarray:  # runs on client cid
             rng = self._client_rng(round_id, cid)
             words = codec.encode(work[cid](), rng)
@@ -154,7 +156,7 @@ class RingAggregator(_RingBase):
     def aggregate(self, round_id: int, layout: VectorLayout, work: Mapping[int, ClientWork]) -> Aggregate:
         cohort = sorted(work)
         codec = LayoutCodec.for_cohort(layout, self.settings.bits, len(cohort), self.settings.noise_std)
-        encode = self._encoder(round_id, codec, work)
+        encode = self.client_encoder(round_id, codec, work)
         total = np.zeros(layout.size, dtype=dtype_for_bits(self.settings.bits))
         for cid in cohort:
             np.add(total, encode(cid), out=total)
@@ -253,7 +255,7 @@ class SecAggAggregator(_RingBase):
             result = run_round(pool, config, drops, identity_keys, server_workers=self.secagg.server_workers)
         else:
             result = run_secure_round(
-                self._encoder(round_id, codec, work), config, drops,
+                self.client_encoder(round_id, codec, work), config, drops,
                 identities=self._identities_for(cohort) if config.authenticated else None, rng=rng,
                 server_workers=self.secagg.server_workers,
             )

@@ -148,7 +148,7 @@ class TrainingRole:
                identity_keys: Mapping[int, bytes] | None, extra: Any) -> SecAggClient:
         assert self.secagg is not None
         codec = extra
-        encode = self.secagg._encoder(config.round_id, codec, {u: partial(self.client_work, u)})
+        encode = self.secagg.client_encoder(config.round_id, codec, {u: partial(self.client_work, u)})
         return SecAggClient(u, config, partial(encode, u), identity, identity_keys,
                             self.secagg.protocol_rng(config.round_id, u))
 
