@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from secure_fed.audit import runner
-from secure_fed.cli import build_parser, main
+from secure_fed.cli.main import build_parser, main
 from secure_fed.config import TrainConfig
 from secure_fed.errors import AuditFailed, ConfigError
-from secure_fed.runio import AuditLog
-from secure_fed.trainer import Trainer
+from secure_fed.run.rundir import AuditLog
+from secure_fed.run.trainer import Trainer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert('x')</script>"
@@ -86,7 +86,7 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       dropout=0.0, dp="off", target_epsilon=None, hardened=False, out=str(out), run_id="r", seed=2)
     trainer = Trainer(cfg, progress=False, log=lambda s: None)
     trainer.run()
-    from secure_fed.report import render_report
+    from secure_fed.report.html import render_report
 
     render_report(trainer.run_dir)  # type: ignore[arg-type]
     return out / "r"
@@ -225,7 +225,7 @@ def test_result_contract_is_checked(bad: dict[str, Any], words: str) -> None:
 
 
 def test_unreadable_results_file_does_not_break_the_report(tmp_path: Path) -> None:
-    from secure_fed.report import render_report
+    from secure_fed.report.html import render_report
 
     run = _fake_run(tmp_path)
     (run / "audit_results.json").write_text("{not json")

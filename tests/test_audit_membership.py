@@ -22,7 +22,7 @@ from secure_fed.audit.membership import (
 from secure_fed.audit.runner import validate_result
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
-from secure_fed.trainer import Trainer
+from secure_fed.run.trainer import Trainer
 
 
 def _cases() -> list[tuple[np.ndarray, np.ndarray]]:

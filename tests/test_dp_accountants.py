@@ -18,7 +18,7 @@ import dp.accountants as acc
 from dp.discrete_gaussian import discrete_gaussian_pmf
 from dp.errors import AccountingError
 from dp.events import DiscreteGaussianEvent, GaussianEvent
-from secure_fed import budget_cli
+from secure_fed.cli import budget as budget_cli
 
 NOISES, RATES, STEPS = (0.6, 1.0, 2.0, 5.0), (0.01, 0.1, 1.0), (1, 10, 100, 1000)
 GRID = [(z, q, t) for z in NOISES for q in RATES for t in STEPS]

@@ -18,12 +18,13 @@ from protocol.errors import ProtocolError
 from protocol.params import choose_graph_params
 from protocol.runner import run_secure_round
 from protocol.simulator import simulate, simulated_input
-from secure_fed import cli, simulate_cli
+from secure_fed.cli import main as cli
+from secure_fed.cli import simulate as simulate_cli
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
 from secure_fed.executor import LocalExecutor, make_executor
-from secure_fed.raysupport import ray_available
-from secure_fed.trainer import Trainer
+from secure_fed.executor.raysupport import ray_available
+from secure_fed.run.trainer import Trainer
 
 needs_ray = pytest.mark.skipif(not ray_available(), reason="needs the ray extra")
 

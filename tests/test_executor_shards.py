@@ -23,10 +23,10 @@ from protocol.graph import build_graph, graph_seed, harary_sets, random_order
 from protocol.runner import run_secure_round
 from protocol.server import SecAggServer
 from protocol.simulator import simulated_input
-from secure_fed.client_work import cpu_threads, new_side
 from secure_fed.config import TrainConfig
 from secure_fed.executor.training import ClientKit, TrainingRole, round_setup
-from secure_fed.trainer import Trainer
+from secure_fed.fl.program import cpu_threads, new_side
+from secure_fed.run.trainer import Trainer
 
 CFG = dict(clients=6, cohort=5, rounds=2, batch_size=64, rounds_of_hp=5, meta_steps=10,
            meta_per_class=5, hardened=False, seed=4, dropout=0.2, secagg="secagg+",
@@ -75,7 +75,7 @@ def test_kit_work_is_bit_identical_to_the_trainers(trainer: Trainer, final: bool
 
 def test_kits_and_setups_unpickle_without_the_trainer_or_dataset_stack(trainer: Trainer,
                                                                        tmp_path: Any) -> None:
-    """What an actor receives loads without secure_fed.trainer, torchvision or sklearn
+    """What an actor receives loads without secure_fed.run.trainer, torchvision or sklearn
     (the dataset stack, which the actors no longer pay for in memory)."""
     path = tmp_path / "kit.pkl"
     path.write_bytes(cloudpickle.dumps((ClientKit.of(trainer, [0, 2]), round_setup(trainer))))
@@ -85,7 +85,7 @@ def test_kits_and_setups_unpickle_without_the_trainer_or_dataset_stack(trainer: 
         f"kit, setup = pickle.loads(open({str(path)!r}, 'rb').read())\n"
         "role = tr.TrainingRole(kit)\n"
         "assert setup.ring is not None and setup.noise is not None\n"
-        "heavy = [m for m in ('secure_fed.trainer', 'secure_fed.data.datasets', 'torchvision',"
+        "heavy = [m for m in ('secure_fed.run.trainer', 'secure_fed.fl.data.datasets', 'torchvision',"
         " 'sklearn') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from secure_fed.config import TrainConfig
-from secure_fed.runio import verify_chain
-from secure_fed.trainer import Trainer
+from secure_fed.run.rundir import verify_chain
+from secure_fed.run.trainer import Trainer
 
 SMALL = dict(clients=4, cohort=3, rounds=2, batch_size=64, rounds_of_hp=5, meta_steps=10, meta_per_class=5,
              secagg="off", dp="off", target_epsilon=None)

@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from secure_fed.audit.rundir import RESULTS_NAME, read_audit_results
 from secure_fed.errors import AuditFailed, ConfigError
-from secure_fed.runio import _atomic_write_bytes
+from secure_fed.run.folder import RESULTS_NAME, read_audit_results
+from secure_fed.run.rundir import _atomic_write_bytes
 
 FORMAT = 1
 AUDITS: dict[str, tuple[str, str]] = {
@@ -241,7 +241,7 @@ def run_audits(
             log(_line(name, entries[name]))
     content = _write(run_dir, entries) if entries else None
     if content is not None and render:
-        from secure_fed.report import render as render_report
+        from secure_fed.report.html import render as render_report
 
         render_report(run_dir)
     if error is not None:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from protocol.simulator import PoolFactory
     from secure_fed.config import TrainConfig
     from secure_fed.executor.training import RemoteTrainingClients
-    from secure_fed.trainer import Trainer
+    from secure_fed.run.trainer import Trainer
 
 EXECUTORS = ("local", "ray")
 

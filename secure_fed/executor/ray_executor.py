@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 from protocol.config import ProtocolConfig
 from protocol.runner import ClientReply
 from secure_fed.executor.hosts import ClientHost, HostRole, SimulationRole
-from secure_fed.raysupport import start_ray
+from secure_fed.executor.raysupport import start_ray
 
 if TYPE_CHECKING:
     from protocol.simulator import PoolFactory
     from secure_fed.config import TrainConfig
     from secure_fed.executor.training import RemoteTrainingClients
-    from secure_fed.trainer import Trainer
+    from secure_fed.run.trainer import Trainer
 
 BATCH_BYTES = 4 << 20  # target size of one batch of messages or replies (bytes)
 MAX_BATCH = 256  # clients per batch

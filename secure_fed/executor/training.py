@@ -9,9 +9,9 @@ personalized evaluation, and the noise and encoding settings (:class:`RoundSetup
 when the noise multiplier changes.
 
 :class:`TrainingRole` (client side, inside an actor) runs a client's work through the
-trainer's own :class:`secure_fed.client_work.ClientProgram` (same seeds, same randomness,
+trainer's own :class:`secure_fed.fl.program.ClientProgram` (same seeds, same randomness,
 same model reuse), so uploads, aggregates and metrics are bit-identical to the ``local``
-executor's. The actor never imports :mod:`secure_fed.trainer`, whose dataset code loads
+executor's. The actor never imports :mod:`secure_fed.run.trainer`, whose dataset code loads
 torchvision and scikit-learn (what this saves per actor: ``benchmarks/RESULTS.md``).
 
 :class:`RemoteTrainingClients` (driver side) ships each round's broadcast to the actors,
@@ -34,16 +34,16 @@ from torch import nn
 from crypto.signing import SigningKeyPair
 from protocol.client import SecAggClient
 from protocol.config import ProtocolConfig
-from secure_fed.aggregate import ClientWork
-from secure_fed.client import ClientShard
-from secure_fed.client_work import ClientProgram, Side, client_rng, cpu_threads, new_side
+from secure_fed.aggregation.layout import ClientWork
+from secure_fed.aggregation.secagg import RingSettings, SecAggAggregator, SecAggSettings
 from secure_fed.device import configure_cpu_threads, resolve_device, to_device
 from secure_fed.executor.ray_executor import RayClientPool
-from secure_fed.privacy import ClientNoise
-from secure_fed.secure_aggregation import RingSettings, SecAggAggregator, SecAggSettings
+from secure_fed.fl.client import ClientShard
+from secure_fed.fl.program import ClientProgram, Side, client_rng, cpu_threads, new_side
+from secure_fed.privacy.noise import ClientNoise
 
 if TYPE_CHECKING:
-    from secure_fed.trainer import Trainer
+    from secure_fed.run.trainer import Trainer
 
 
 @dataclass(frozen=True)

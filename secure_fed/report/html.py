@@ -3,7 +3,7 @@
 Runs on the operator's side (the server or whoever holds the run folder), after or during
 training: it reads ``config.json`` and ``audit.jsonl`` (and ``audit_results.json`` when
 ``run_secure.py audit`` has written one) and nothing else, verifies the audit log's hash
-chain with :func:`secure_fed.runio.verify_chain`, and writes one self-contained HTML file
+chain with :func:`secure_fed.run.rundir.verify_chain`, and writes one self-contained HTML file
 (inline CSS, matplotlib PNGs embedded as base64 data URIs, no scripts, no external
 resources; a Content-Security-Policy forbids them too). Every string taken from the files is
 HTML-escaped. A broken chain does not stop the report: it is shown at the top and in the
@@ -29,9 +29,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from protocol.dropout import STAGES
-from secure_fed.audit.rundir import RESULTS_NAME, read_audit_results
 from secure_fed.errors import ConfigError
-from secure_fed.runio import AuditChainError, _atomic_write_bytes, record_digest, verify_chain
+from secure_fed.run.folder import RESULTS_NAME, read_audit_results
+from secure_fed.run.rundir import AuditChainError, _atomic_write_bytes, record_digest, verify_chain
 
 REPORT_NAME = "report.html"
 UNITS = {"sample": "one sample (adding or removing one training example)",

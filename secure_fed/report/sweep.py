@@ -3,7 +3,7 @@ and plot over them.
 
 A grid maps :class:`~secure_fed.config.TrainConfig` fields to lists of values (plus fixed
 ``base`` values); every combination is one training run through the same
-:class:`~secure_fed.trainer.Trainer` path as ``run_secure.py train``, in
+:class:`~secure_fed.run.trainer.Trainer` path as ``run_secure.py train``, in
 ``OUT/runs/<run-id>/`` with config.json, audit.jsonl, metrics.json, checkpoint.pt and
 report.html. Run ids are deterministic (the swept values plus a hash of the whole
 configuration), so running the same sweep again finds its runs: finished ones are skipped,
@@ -41,7 +41,7 @@ from typing import Any
 
 from secure_fed.config import EXECUTORS, TrainConfig
 from secure_fed.errors import ConfigError
-from secure_fed.runio import JOURNAL, _atomic_write_bytes, write_json
+from secure_fed.run.rundir import JOURNAL, _atomic_write_bytes, write_json
 
 CSV_NAME = "sweep.csv"
 HTML_NAME = "sweep.html"
@@ -348,8 +348,8 @@ def execute_run(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
     ``ran``. The result is also written to ``run_dir/sweep_run.json`` (atomically, last), which
     is what marks the run finished. Runs in the driver or in a Ray worker.
     """
-    from secure_fed.report import render_report
-    from secure_fed.trainer import Trainer
+    from secure_fed.report.html import render_report
+    from secure_fed.run.trainer import Trainer
 
     cfg = TrainConfig.from_dict(cfg_dict)
     folder = Path(run_dir)
@@ -476,13 +476,13 @@ def _label(group: tuple[tuple[str, Any], ...]) -> str:
 
 
 def plot_privacy_utility(grid: Grid, rows: Sequence[Row]) -> Any:
-    """The privacy-utility plot (a :class:`secure_fed.report.Plot`), or None before any run
+    """The privacy-utility plot (a :class:`secure_fed.report.html.Plot`), or None before any run
     has finished. x: epsilon spent (mean over seeds); y: final accuracy (mean over seeds);
     bars: min-max range over seeds on both axes. DP-off runs: dashed horizontal lines."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from secure_fed.report import Plot, _png
+    from secure_fed.report.html import Plot, _png
 
     pts, no_dp = points(grid, rows)
     if not pts and not no_dp:
@@ -521,7 +521,7 @@ def plot_privacy_utility(grid: Grid, rows: Sequence[Row]) -> Any:
 
 def html_text(grid: Grid, rows: Sequence[Row], out: Path, title: str = "Privacy-utility sweep") -> str:
     """sweep.html: one self-contained page (plot embedded as a PNG data URI, no scripts)."""
-    from secure_fed.report import CSP, CSS, esc, fmt, kv_table
+    from secure_fed.report.html import CSP, CSS, esc, fmt, kv_table
 
     counts = {s: sum(r.status == s for r in rows) for s in STATUSES}
     summary = kv_table([("runs", len(rows)), *((s, n) for s, n in counts.items() if n)]
@@ -627,7 +627,7 @@ def _run_local(todo: list[Row], finish: Callable[[Row], None]) -> None:
 
 def _run_ray(todo: list[Row], finish: Callable[[Row], None], address: str | None,
              workers: int, quiet: bool) -> None:
-    from secure_fed.raysupport import start_ray
+    from secure_fed.executor.raysupport import start_ray
 
     ray, started = start_ray(address, workers, quiet)
     try:
@@ -680,7 +680,7 @@ def run_sweep(grid: Grid, out: Path, *, executor: str = "local", ray_address: st
     if executor == "local" and workers > 1:
         raise ConfigError("--workers: the local executor runs one training at a time; use --executor ray")
     if executor == "ray":
-        from secure_fed.raysupport import import_ray
+        from secure_fed.executor.raysupport import import_ray
 
         import_ray()  # before any work: a missing Ray is a usage error
     out = Path(out).absolute()

@@ -18,8 +18,8 @@ from __future__ import annotations
 from torch import nn
 
 from secure_fed.errors import ConfigError
-from secure_fed.models.cnn import SmallCNN
-from secure_fed.models.resnet import ResNet10GN
+from secure_fed.fl.models.cnn import SmallCNN
+from secure_fed.fl.models.resnet import ResNet10GN
 
 SMALL_CNN_DATASETS = ("digits", "mnist5k", "mnist")
 RESNET_DATASETS = ("cifar10", "cifar100")

@@ -18,20 +18,20 @@ import torch
 from torch import nn
 
 from crypto.rng import KeystreamRNG
-from secure_fed.aggregate import VectorLayout
-from secure_fed.client import (
+from secure_fed.aggregation.layout import VectorLayout
+from secure_fed.config import TrainConfig
+from secure_fed.fl.client import (
     ClientContext,
     ClientOutput,
     ClientShard,
     evaluate,
     personalized_accuracy,
 )
-from secure_fed.config import TrainConfig
-from secure_fed.privacy import ClientNoise, SgdPlan
-from secure_fed.upload import UploadSpec
+from secure_fed.privacy.noise import ClientNoise, SgdPlan
+from secure_fed.privacy.upload import UploadSpec
 
 if TYPE_CHECKING:
-    from secure_fed.server import Broadcast
+    from secure_fed.fl.server import Broadcast
 
 ClientRound = Callable[["Broadcast", ClientShard, nn.Module, ClientContext], ClientOutput]
 """An algorithm's client round: (broadcast, shard, reusable model, context) -> output."""

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from dp.clipping import per_class_clipped_sums
-from secure_fed.aggregate import Aggregate
-from secure_fed.client import (
+from secure_fed.aggregation.layout import Aggregate
+from secure_fed.config import TrainConfig
+from secure_fed.fl.client import (
     ClientContext,
     ClientOutput,
     ClientShard,
@@ -33,16 +34,15 @@ from secure_fed.client import (
     train_locally,
     weighted_delta,
 )
-from secure_fed.config import TrainConfig
-from secure_fed.losses import client_margin, hpal_loss, hpcl_loss, normalized_hp_means
-from secure_fed.matching import (
+from secure_fed.fl.losses import client_margin, hpal_loss, hpcl_loss, normalized_hp_means
+from secure_fed.fl.matching import (
     init_hyper_prototypes,
     match_hyper_prototypes,
     match_meta_prototypes,
     train_meta_classifier,
 )
-from secure_fed.server import Broadcast, FedServer
-from secure_fed.upload import UploadSpec
+from secure_fed.fl.server import Broadcast, FedServer
+from secure_fed.privacy.upload import UploadSpec
 
 
 class FedHProServer(FedServer):

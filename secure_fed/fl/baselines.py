@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from secure_fed.aggregate import Aggregate
-from secure_fed.client import (
+from secure_fed.aggregation.layout import Aggregate
+from secure_fed.errors import ConfigError
+from secure_fed.fl.client import (
     ClientContext,
     ClientOutput,
     ClientShard,
@@ -24,9 +25,8 @@ from secure_fed.client import (
     train_locally,
     weighted_delta,
 )
-from secure_fed.errors import ConfigError
-from secure_fed.server import Broadcast, FedServer
-from secure_fed.upload import PLAIN_VALUE_BOUND, UploadSpec
+from secure_fed.fl.server import Broadcast, FedServer
+from secure_fed.privacy.upload import PLAIN_VALUE_BOUND, UploadSpec
 
 
 class FedAvgServer(FedServer):

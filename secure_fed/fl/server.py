@@ -1,6 +1,6 @@
 """Server side common to every algorithm: the global model, the broadcast, FedAvg.
 
-A server's only input from clients is an :class:`~secure_fed.aggregate.Aggregate`: the
+A server's only input from clients is an :class:`~secure_fed.aggregation.layout.Aggregate`: the
 sum over the cohort of the upload vectors. ``apply`` is the single entry point that takes
 client information, and it takes nothing else.
 """
@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from secure_fed.aggregate import Aggregate, VectorLayout
-from secure_fed.client import flat_params, set_flat_params
+from secure_fed.aggregation.layout import Aggregate, VectorLayout
 from secure_fed.errors import ConfigError
-from secure_fed.upload import UploadSpec
+from secure_fed.fl.client import flat_params, set_flat_params
+from secure_fed.privacy.upload import UploadSpec
 
 
 @dataclass(frozen=True)

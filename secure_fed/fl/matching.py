@@ -8,7 +8,7 @@ number of clients or samples; see DESIGN.md section 2).
 
 Every function works on all classes at once with batched tensor ops; nothing loops over
 classes in Python and nothing moves data to the host inside the step loops. Per-class
-Python-loop versions of the same math live in :mod:`secure_fed.matching_reference`.
+Python-loop versions of the same math live in :mod:`tests.reference.matching_reference`.
 
 Notation: C classes, L hyper-prototype rows per class, R meta-prototype rows per class,
 ``dim`` the feature width; the classifier is ``logits = W f + b`` with W (C x dim), b (C).

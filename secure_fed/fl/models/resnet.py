@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from secure_fed.models.layers import BasicBlockGN, conv_gn_relu
+from secure_fed.fl.models.layers import BasicBlockGN, conv_gn_relu
 
 
 class ResNet10GN(nn.Module):

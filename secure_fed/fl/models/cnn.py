@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from secure_fed.models.layers import conv_gn_relu
+from secure_fed.fl.models.layers import conv_gn_relu
 
 POOLED_HW = 4
 

@@ -134,11 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train FedHPro or a baseline", formatter_class=_Formatter)
     _add_train_arguments(train)
     for name, module, helptext in (
-        ("simulate", "secure_fed.simulate_cli", "run the secure aggregation protocol alone and check its sum"),
-        ("budget", "secure_fed.budget_cli", "privacy accounting: epsilon for a plan, or the noise for a target"),
-        ("report", "secure_fed.report_cli", "re-render a run's report.html and verify its audit chain"),
-        ("audit", "secure_fed.audit_cli", "empirical privacy audits of a finished run (inversion, one-run DP audit, membership inference)"),
-        ("sweep", "secure_fed.sweep_cli", "a grid of training runs and the privacy-utility plot over them"),
+        ("simulate", "secure_fed.cli.simulate", "run the secure aggregation protocol alone and check its sum"),
+        ("budget", "secure_fed.cli.budget", "privacy accounting: epsilon for a plan, or the noise for a target"),
+        ("report", "secure_fed.cli.report", "re-render a run's report.html and verify its audit chain"),
+        ("audit", "secure_fed.cli.audit", "empirical privacy audits of a finished run (inversion, one-run DP audit, membership inference)"),
+        ("sweep", "secure_fed.cli.sweep", "a grid of training runs and the privacy-utility plot over them"),
     ):
         mod = _optional_module(module)
         if mod is None:
@@ -158,7 +158,7 @@ def _optional_module(name: str) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from secure_fed.trainer import Trainer
+    from secure_fed.run.trainer import Trainer
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -182,7 +182,7 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         trainer.close()
     if trainer.run_dir is not None:
-        from secure_fed.report import render_report
+        from secure_fed.report.html import render_report
 
         render_report(trainer.run_dir)
     done = [r for r in trainer.history if not r.get("aborted")]
@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
-        mod = _optional_module(f"secure_fed.{args.command}_cli")
+        mod = _optional_module(f"secure_fed.cli.{args.command}")
         return int(mod.run(args))
     except SecureFedError as exc:
         print(f"run_secure.py: error: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ from torch import nn
 from crypto.rng import KeystreamRNG
 from dp.dpsgd import DPSGDReport, private_local_training
 from secure_fed.config import TrainConfig
-from secure_fed.upload import UploadSpec
+from secure_fed.privacy.upload import UploadSpec
 
 FeatureLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """extra_loss(features (B x dim), labels (B)) -> scalar, added to the cross-entropy."""

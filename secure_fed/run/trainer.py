@@ -26,21 +26,36 @@ from crypto.rng import KeystreamRNG
 from dp.accountants import epsilon_with_fallback
 from dp.events import event_from_dict, event_to_dict
 from dp.ledger import PrivacyLedger
-from secure_fed.aggregate import (
+from secure_fed.aggregation.layout import (
     Aggregate,
     Aggregator,
     ClientWork,
     PlaintextAggregator,
     VectorLayout,
 )
-from secure_fed.baselines import (
+from secure_fed.aggregation.secagg import (
+    LayoutCodec,
+    RingAggregator,
+    RingSettings,
+    SecAggAggregator,
+    SecAggSettings,
+)
+from secure_fed.config import TrainConfig
+from secure_fed.device import configure_cpu_threads, resolve_device, to_device
+from secure_fed.errors import ConfigError, ProtocolAbort
+from secure_fed.executor import Executor, make_executor
+from secure_fed.fl.baselines import (
     FedAvgServer,
     FedProtoServer,
     fedavg_client_round,
     fedproto_client_round,
 )
-from secure_fed.client import ClientShard, evaluate
-from secure_fed.client_work import (
+from secure_fed.fl.client import ClientShard, evaluate
+from secure_fed.fl.data.datasets import load_dataset
+from secure_fed.fl.data.partition import class_histogram, make_partition
+from secure_fed.fl.fedhpro import FedHProServer, fedhpro_client_round
+from secure_fed.fl.models import build_model
+from secure_fed.fl.program import (
     ClientProgram,
     ClientRound,
     Side,
@@ -49,16 +64,10 @@ from secure_fed.client_work import (
     derive_seed,
     new_side,
 )
-from secure_fed.config import TrainConfig
-from secure_fed.data.datasets import load_dataset
-from secure_fed.data.partition import class_histogram, make_partition
-from secure_fed.device import configure_cpu_threads, resolve_device, to_device
-from secure_fed.errors import ConfigError, ProtocolAbort
-from secure_fed.executor import Executor, make_executor
-from secure_fed.fedhpro import FedHProServer, fedhpro_client_round
-from secure_fed.models import build_model
-from secure_fed.privacy import PrivacySettings, RunPrivacy, SgdPlan, share_factor
-from secure_fed.runio import (
+from secure_fed.fl.server import Broadcast, FedServer
+from secure_fed.privacy.noise import PrivacySettings, RunPrivacy, SgdPlan, share_factor
+from secure_fed.privacy.upload import UploadSpec
+from secure_fed.run.rundir import (
     JOURNAL,
     AuditLog,
     append_journal,
@@ -67,15 +76,6 @@ from secure_fed.runio import (
     save_torch,
     write_json,
 )
-from secure_fed.secure_aggregation import (
-    LayoutCodec,
-    RingAggregator,
-    RingSettings,
-    SecAggAggregator,
-    SecAggSettings,
-)
-from secure_fed.server import Broadcast, FedServer
-from secure_fed.upload import UploadSpec
 
 if TYPE_CHECKING:
     from secure_fed.executor.training import RemoteTrainingClients

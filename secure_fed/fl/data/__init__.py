@@ -1,7 +1,7 @@
 """Datasets and seeded client partitions for the simulated federation (harness side)."""
 
-from secure_fed.data.datasets import DATASETS, DatasetBundle, load_dataset
-from secure_fed.data.partition import (
+from secure_fed.fl.data.datasets import DATASETS, DatasetBundle, load_dataset
+from secure_fed.fl.data.partition import (
     SCHEMES,
     class_histogram,
     dirichlet_partition,

@@ -30,9 +30,9 @@ from dp.mechanisms import (
     integer_sigma,
 )
 from dp.planning import noise_for_all
-from secure_fed.aggregate import VectorLayout
+from secure_fed.aggregation.layout import VectorLayout
+from secure_fed.aggregation.secagg import LayoutCodec
 from secure_fed.errors import ConfigError
-from secure_fed.secure_aggregation import LayoutCodec
 
 RELEASE_BLOCKS = ("feat_grad", "cls_grad_w", "cls_grad_b", "class_count")
 
