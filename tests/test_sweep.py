@@ -16,17 +16,8 @@ import pytest
 from secure_fed.cli.main import main
 from secure_fed.errors import ConfigError
 from secure_fed.executor.raysupport import ray_available
-from secure_fed.report.sweep import (
-    CSV_NAME,
-    HTML_NAME,
-    MARKER,
-    Grid,
-    Row,
-    SweepResult,
-    expand,
-    load_grid,
-    run_sweep,
-)
+from secure_fed.report.grid import CSV_NAME, HTML_NAME, MARKER, Grid, expand, load_grid
+from secure_fed.report.sweep import Row, SweepResult, run_sweep
 from secure_fed.run.rundir import read_audit, verify_chain
 from secure_fed.run.trainer import Trainer
 

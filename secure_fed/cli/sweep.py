@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep; returns the process exit status (ConfigError propagates: exit 2)."""
-    from secure_fed.report.sweep import CSV_NAME, HTML_NAME, load_grid, run_sweep
+    from secure_fed.report.grid import CSV_NAME, HTML_NAME, load_grid
+    from secure_fed.report.sweep import run_sweep
 
     grid = load_grid(args.grid, args.sets, args.fixes)
     try:
