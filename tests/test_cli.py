@@ -65,6 +65,6 @@ def test_no_subcommand_means_train(monkeypatch: pytest.MonkeyPatch) -> None:
         seen["rounds"] = args.rounds
         return 0
 
-    monkeypatch.setattr("secure_fed.cli.main._train", fake_train)
+    monkeypatch.setattr("secure_fed.cli.train.run", fake_train)
     assert main([]) == 0 and seen["rounds"] == 30
     assert main(["--rounds", "2"]) == 0 and seen["rounds"] == 2

@@ -63,7 +63,7 @@ from secure_fed.errors import ConfigError, ProtocolAbort
 from secure_fed.fl.client import extract_features
 from secure_fed.fl.program import derive_seed
 from secure_fed.fl.server import Broadcast
-from secure_fed.run.folder import load_config
+from secure_fed.run.rundir import load_config
 from secure_fed.run.trainer import Trainer
 
 NAME = "inversion"

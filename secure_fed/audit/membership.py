@@ -46,8 +46,7 @@ from secure_fed.fl.client import ClientShard
 from secure_fed.fl.data.datasets import load_dataset
 from secure_fed.fl.data.partition import make_partition
 from secure_fed.fl.models import build_model
-from secure_fed.run.folder import load_config, load_json
-from secure_fed.run.rundir import read_audit
+from secure_fed.run.rundir import load_config, load_json, read_audit
 
 NAME = "membership"
 BOOTSTRAP = 1000

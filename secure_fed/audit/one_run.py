@@ -70,8 +70,7 @@ from secure_fed.aggregation.secagg import LayoutCodec
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
 from secure_fed.privacy.noise import ClientNoise, PrivacySettings, RunPrivacy, noised_blocks
-from secure_fed.run.folder import load_config, load_json
-from secure_fed.run.rundir import JOURNAL, read_audit, read_journal
+from secure_fed.run.rundir import JOURNAL, load_config, load_json, read_audit, read_journal
 
 NAME = "one_run"
 P_VALUE = 0.05

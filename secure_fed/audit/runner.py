@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from secure_fed.errors import AuditFailed, ConfigError
-from secure_fed.run.folder import RESULTS_NAME, read_audit_results
-from secure_fed.run.rundir import _atomic_write_bytes
+from secure_fed.run.rundir import RESULTS_NAME, atomic_write_bytes, read_audit_results
 
 FORMAT = 1
 AUDITS: dict[str, tuple[str, str]] = {
@@ -155,7 +154,7 @@ def _write(run_dir: Path, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
                "audits": {k: audits[k] for k in AUDITS if k in audits}}
     # runio.write_json sorts keys; an audit's summary keeps the order its audit chose, so the
     # file goes through the same atomic writer unsorted.
-    _atomic_write_bytes(path, (json.dumps(content, indent=1, allow_nan=False) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(content, indent=1, allow_nan=False) + "\n").encode())
     return content
 
 

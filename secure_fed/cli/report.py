@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from secure_fed.errors import ConfigError
-from secure_fed.report.html import render
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Render the report and check the chain; 0 OK, 1 broken chain, 2 missing/unreadable files."""
+    from secure_fed.report.html import render  # matplotlib: only when a report is rendered
+
     try:
         out = render(args.run_dir)
     except (OSError, ConfigError) as exc:

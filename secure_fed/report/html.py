@@ -37,7 +37,7 @@ from secure_fed.report.load import (
 )
 from secure_fed.report.plots import plot_audit, plots
 from secure_fed.report.text import esc, fmt, fmt_bytes, ids, kv_table
-from secure_fed.run.rundir import _atomic_write_bytes
+from secure_fed.run.rundir import atomic_write_bytes
 
 
 # -- sections --------------------------------------------------------------------------------
@@ -528,7 +528,7 @@ def render(run_dir: Path) -> Rendered:
     """
     run = load_run(Path(run_dir))
     out = Path(run_dir) / REPORT_NAME
-    _atomic_write_bytes(out, render_html(run).encode("utf-8"))
+    atomic_write_bytes(out, render_html(run).encode("utf-8"))
     return Rendered(out, run.chain)
 
 

@@ -11,8 +11,13 @@ from typing import Any
 
 from protocol.dropout import STAGES
 from secure_fed.errors import ConfigError
-from secure_fed.run.folder import RESULTS_NAME, read_audit_results
-from secure_fed.run.rundir import AuditChainError, record_digest, verify_chain
+from secure_fed.run.rundir import (
+    RESULTS_NAME,
+    AuditChainError,
+    read_audit_results,
+    record_digest,
+    verify_chain,
+)
 
 REPORT_NAME = "report.html"
 UNITS = {"sample": "one sample (adding or removing one training example)",

@@ -53,7 +53,7 @@ from secure_fed.report.grid import (
     format_value,
     run_identity,
 )
-from secure_fed.run.rundir import JOURNAL, _atomic_write_bytes, write_json
+from secure_fed.run.rundir import JOURNAL, atomic_write_bytes, write_json
 
 
 # -- one run (in the sweep's process or in a Ray task) ----------------------------------------
@@ -332,8 +332,8 @@ def html_text(grid: Grid, rows: Sequence[Row], out: Path, title: str = "Privacy-
 
 def write_tables(grid: Grid, rows: Sequence[Row], out: Path) -> None:
     """Write sweep.csv and sweep.html atomically (each is either the old or the new file)."""
-    _atomic_write_bytes(out / CSV_NAME, csv_text(grid, rows, out).encode("utf-8"))
-    _atomic_write_bytes(out / HTML_NAME, html_text(grid, rows, out).encode("utf-8"))
+    atomic_write_bytes(out / CSV_NAME, csv_text(grid, rows, out).encode("utf-8"))
+    atomic_write_bytes(out / HTML_NAME, html_text(grid, rows, out).encode("utf-8"))
 
 
 # -- driver ----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Run directories and crash-safe writes.
+"""Every file of a run folder: where it goes, crash-safe writes, the hash-chained audit log,
+the ledger journal, and the readers the audits and the report share.
 
 Every file is written atomically (temporary file in the same folder, fsync, rename), so a
 killed process leaves either the old or the new version, never half a file. The audit log
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError, SecureFedError
 
 GENESIS = "0" * 64
@@ -45,7 +47,7 @@ def make_run_dir(out: str, run_id: str | None, algorithm: str, seed: int) -> Pat
     return candidate
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -61,7 +63,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def save_torch(path: Path, obj: Any) -> None:
@@ -71,7 +73,7 @@ def save_torch(path: Path, obj: Any) -> None:
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def canonical(record: dict[str, Any]) -> bytes:
@@ -108,7 +110,7 @@ class AuditLog:
         if not self.path.exists():
             return
         keep = [r for r in read_audit(self.path) if int(r.get("round", 0)) <= rounds]
-        _atomic_write_bytes(self.path, b"".join(canonical(r) + b"\n" for r in keep))
+        atomic_write_bytes(self.path, b"".join(canonical(r) + b"\n" for r in keep))
         self.last = record_digest(keep[-1]) if keep else GENESIS
 
 
@@ -160,3 +162,42 @@ def verify_chain(path: Path) -> int:
             )
         prev = record_digest(rec)
     return n
+
+
+# -- reading a finished run folder (audits, report) -----------------------------------------
+def load_json(path: Path) -> Any:
+    """The JSON document at ``path``; a ConfigError naming the file if missing or invalid."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"RUN_DIR: {path.name} is missing in {path.parent}; audit a finished run directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"RUN_DIR: {path.name} is not valid JSON ({exc})") from None
+
+
+def load_config(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """The run's configuration and the raw ``config.json`` (with the values the trainer
+    recorded, such as the noise multiplier it used); ConfigError when it is not a run."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"RUN_DIR: {run_dir} is not a directory")
+    raw = load_json(run_dir / "config.json")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"RUN_DIR: config.json in {run_dir} must hold a JSON object")
+    return TrainConfig.from_dict(raw), raw
+
+
+RESULTS_NAME = "audit_results.json"
+
+
+def read_audit_results(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(results, None) for a readable ``audit_results.json``; (None, why) for an unreadable
+    one; (None, None) when there is none."""
+    if not path.is_file():
+        return None, None
+    try:
+        obj = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        return None, f"{path.name} is not valid JSON ({type(exc).__name__})"
+    if not isinstance(obj, dict) or not isinstance(obj.get("audits"), dict):
+        return None, f"{path.name} does not hold an object with an 'audits' object"
+    return obj, None
