@@ -19,7 +19,7 @@ with ``--ray-address`` the executor joins a running cluster and leaves it runnin
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from protocol.config import ProtocolConfig
@@ -30,8 +30,7 @@ from secure_fed.executor.raysupport import start_ray
 if TYPE_CHECKING:
     from protocol.simulator import PoolFactory
     from secure_fed.config import TrainConfig
-    from secure_fed.executor.training import RemoteTrainingClients
-    from secure_fed.run.trainer import Trainer
+    from secure_fed.executor.training import ClientKit, RemoteTrainingClients
 
 BATCH_BYTES = 4 << 20  # target size of one batch of messages or replies (bytes)
 MAX_BATCH = 256  # clients per batch
@@ -104,16 +103,15 @@ class RayExecutor:
         return factory
 
     # -- train --------------------------------------------------------------------------
-    def training_clients(self, cfg: TrainConfig, trainer: Trainer) -> RemoteTrainingClients | None:
-        """Actors holding the run's clients, each with only its own clients' shards, cut
-        from ``trainer`` (the trainer owning the run)."""
-        from secure_fed.executor.training import ClientKit, RemoteTrainingClients, TrainingRole
+    def training_clients(self, cfg: TrainConfig, kit: Callable[[list[int]], ClientKit]) -> RemoteTrainingClients | None:
+        """Actors holding the run's clients, each with only its own clients' shards
+        (``kit(ids)``: their kit, cut by the run that owns them)."""
+        from secure_fed.executor.training import RemoteTrainingClients, TrainingRole
 
         ids = list(range(cfg.clients))
-        kits = [ClientKit.of(trainer, [u for u in ids if u % self.workers == i])
-                for i in range(self.workers)]
+        kits = [kit([u for u in ids if u % self.workers == i]) for i in range(self.workers)]
         actors = self.spawn([TrainingRole(k) for k in kits], gpu=cfg.device != "cpu")
-        return RemoteTrainingClients(self._ray, actors, trainer)
+        return RemoteTrainingClients(self._ray, actors)
 
 
 class RayClientPool:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from secure_fed.config import TrainConfig
 from secure_fed.device import configure_cpu_threads, resolve_device, to_device
 from secure_fed.errors import ConfigError, ProtocolAbort
 from secure_fed.executor import Executor, make_executor
+from secure_fed.executor.training import ClientKit, RemoteTrainingClients, RoundSetup
 from secure_fed.fl.baselines import (
     FedAvgServer,
     FedProtoServer,
@@ -76,9 +77,6 @@ from secure_fed.run.rundir import (
     save_torch,
     write_json,
 )
-
-if TYPE_CHECKING:
-    from secure_fed.executor.training import RemoteTrainingClients
 
 CLIENT_ROUNDS: dict[str, ClientRound] = {
     "fedhpro": fedhpro_client_round,
@@ -156,9 +154,10 @@ class Trainer:
         # --executor: where the clients' round work runs (None: in this process)
         self.executor: Executor | None = None
         self.remote: RemoteTrainingClients | None = None
+        self._setup: tuple[float, Aggregator, RoundSetup] | None = None  # see round_setup
         if cfg.executor != "local":
             self.executor = make_executor(cfg.executor, cfg.ray_address, cfg.workers)
-            self.remote = self.executor.training_clients(cfg, self)
+            self.remote = self.executor.training_clients(cfg, self.client_kit)
         self.aggregator = aggregator or self._make_aggregator()
         self.ledger = PrivacyLedger()
         self.history: list[dict[str, Any]] = []
@@ -213,6 +212,20 @@ class Trainer:
         if cfg.secagg == "off":
             return RingAggregator(ring)
         return SecAggAggregator(ring, self._secagg_settings(), remote=self.remote)
+
+    def client_kit(self, ids: list[int]) -> ClientKit:
+        """What an executor's host needs for clients ``ids``: their shards and the client model
+        (CPU copies) and the run's client program."""
+        shards = {u: ClientShard(u, self.shards[u].x.cpu(), self.shards[u].y.cpu()) for u in ids}
+        return ClientKit(self.program, copy.deepcopy(self.client_model).cpu(), shards)
+
+    def round_setup(self) -> RoundSetup:
+        """The client settings installed now; the same object until the noise or aggregator changes."""
+        if self._setup is None or self._setup[0] != self.noise_multiplier or self._setup[1] is not self.aggregator:
+            agg, noise = self.aggregator, (self.privacy.noise if self.privacy is not None else None)
+            ring, secagg = (agg.settings, agg.secagg) if isinstance(agg, SecAggAggregator) else (None, None)
+            self._setup = (self.noise_multiplier, agg, RoundSetup(self.noise_multiplier, noise, ring, secagg))
+        return self._setup[2]
 
     def close(self) -> None:
         """Release the executor's workers (a local Ray instance is shut down)."""
@@ -440,7 +453,8 @@ class Trainer:
         side = new_side()
         work: dict[int, ClientWork] = {cid: partial(self.client_work, bc, cid, side, final) for cid in cohort}
         if self.remote is not None:  # the clients' work runs in the executor's workers
-            self.remote.begin_round(bc, final)
+            self.remote.begin_round(bc, final, self.round_setup(),
+                                    (self.test_x.cpu(), self.test_y.cpu()) if final else None)
             work = self.remote.work(cohort)
         t_clients = time.perf_counter()
         try:
