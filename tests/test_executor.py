@@ -132,7 +132,7 @@ def test_simulate_cli_under_ray(ray_cluster: None, capsys: pytest.CaptureFixture
 @needs_ray
 def test_a_client_error_reaches_the_server_side_as_its_own_type(ray_cluster: None) -> None:
     from secure_fed.executor.hosts import SimulationRole
-    from secure_fed.executor.ray_executor import RayClientPool
+    from secure_fed.executor.ray_pool import RayClientPool
 
     ex = make_executor("ray", workers=2)
     try:
@@ -207,7 +207,7 @@ class _Counted:
 def test_identities_are_registered_once_per_run_not_every_round(ray_cluster: None) -> None:
     from protocol.runner import run_round
     from secure_fed.executor.hosts import SimulationRole
-    from secure_fed.executor.ray_executor import RayClientPool
+    from secure_fed.executor.ray_pool import RayClientPool
 
     ex = make_executor("ray", workers=2)
     calls: list[tuple[str, tuple]] = []

@@ -37,7 +37,7 @@ from protocol.config import ProtocolConfig
 from secure_fed.aggregation.layout import ClientWork
 from secure_fed.aggregation.secagg import RingSettings, SecAggAggregator, SecAggSettings
 from secure_fed.device import configure_cpu_threads, resolve_device, to_device
-from secure_fed.executor.ray_executor import RayClientPool
+from secure_fed.executor.ray_pool import RayClientPool
 from secure_fed.fl.client import ClientShard
 from secure_fed.fl.program import ClientProgram, Side, client_rng, cpu_threads, new_side
 from secure_fed.privacy.noise import ClientNoise
