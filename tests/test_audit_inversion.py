@@ -134,11 +134,12 @@ def test_noise_energy_test_finds_the_label_set() -> None:
 
 
 # -- the audit on real runs ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def plain_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    Trainer(TrainConfig(**{**SMALL, "out": str(out), "run_id": "off", "seed": 1}), progress=False, log=lambda s: None).run()
-    return out / "off"
+# plain_run (tests/conftest.py): the session's finished SecAgg+ run without DP, SMALL with seed 1
+def test_the_shared_run_is_small_with_seed_1() -> None:
+    from tests.conftest import PLAIN_RUN
+
+    assert PLAIN_RUN == {**SMALL, "seed": 1}
+
 
 
 def _pooled(res: dict[str, Any], point: str, view: str) -> dict[str, Any]:

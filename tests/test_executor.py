@@ -7,7 +7,7 @@ Ray is not installed.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,17 +30,8 @@ needs_ray = pytest.mark.skipif(not ray_available(), reason="needs the ray extra"
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """One local Ray instance for the module; executors join it and leave it running."""
-    if not ray_available():
-        pytest.skip("needs the ray extra")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    try:
-        yield
-    finally:
-        ray.shutdown()
+def ray_cluster(ray_session: Any) -> None:
+    """The session's local Ray instance (tests/conftest.py); executors join it and leave it running."""
 
 
 def test_local_is_the_default_and_bad_values_are_refused() -> None:

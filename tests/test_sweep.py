@@ -15,7 +15,6 @@ import pytest
 
 from secure_fed.cli.main import main
 from secure_fed.errors import ConfigError
-from secure_fed.executor.raysupport import ray_available
 from secure_fed.report.grid import CSV_NAME, HTML_NAME, MARKER, Grid, expand, load_grid
 from secure_fed.report.sweep import Row, SweepResult, run_sweep
 from secure_fed.run.rundir import read_audit, verify_chain
@@ -263,14 +262,9 @@ def test_cli_rerun_finds_every_run(sweep: dict[str, Any], capsys: pytest.Capture
 
 # -- Ray -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ray_local() -> Any:
-    if not ray_available():
-        pytest.skip("ray is not installed (pip install -e '.[ray]')")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
+def ray_local(ray_session: Any) -> Any:
+    """The session's local Ray instance (tests/conftest.py)."""
+    return ray_session
 
 
 def test_ray_tasks_match_local_runs(ray_local: Any, sweep: dict[str, Any], tmp_path: Path) -> None:
