@@ -22,6 +22,14 @@ MECHANISMS = ("gaussian", "discrete")
 ACCOUNTANTS = ("rdp", "prv")
 EXECUTORS = ("local", "ray")
 DEFAULT_RELEASE_NOISE_RATIO = 10.0
+
+
+def default_release_ratio(splits_budget: bool) -> float:
+    """The release's noise multiplier over DP-SGD's when --release-noise-ratio is not given
+    (the one place this default is decided; ``train`` and ``budget`` both ask here):
+    :data:`DEFAULT_RELEASE_NOISE_RATIO` where two mechanisms share the budget (a per-class
+    release and DP-SGD steps), 1 where one mechanism runs."""
+    return DEFAULT_RELEASE_NOISE_RATIO if splits_budget else 1.0
 """FedHPro under --dp sample: the release's noise multiplier is 10x DP-SGD's by default.
 Measured on digits at epsilon 8 (benchmarks/RESULTS.md, budget split): with one multiplier
 for both FedHPro trails FedAvg by 10-12 points; at 10x it is level or slightly ahead, and
@@ -157,7 +165,7 @@ class TrainConfig:
         :data:`DEFAULT_RELEASE_NOISE_RATIO` where the budget is split, else 1."""
         if self.release_noise_ratio is not None:
             return self.release_noise_ratio
-        return DEFAULT_RELEASE_NOISE_RATIO if self.splits_budget else 1.0
+        return default_release_ratio(self.splits_budget)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -69,7 +69,13 @@ from secure_fed.aggregation.layout import VectorLayout
 from secure_fed.aggregation.secagg import LayoutCodec
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
-from secure_fed.privacy.noise import ClientNoise, PrivacySettings, RunPrivacy, noised_blocks
+from secure_fed.privacy.noise import (
+    ClientNoise,
+    PrivacySettings,
+    RunPrivacy,
+    noised_blocks,
+    release_multiplier,
+)
 from secure_fed.run.rundir import JOURNAL, load_config, load_json, read_audit, read_journal
 
 NAME = "one_run"
@@ -450,7 +456,7 @@ def run_release_specs(run_dir: Path) -> tuple[list[ReleaseSpec], list[Event], Tr
             z_dp = dp.get("noise_multiplier", z)
             if not isinstance(z_dp, int | float):
                 raise ConfigError(f"RUN_DIR: round {rec.get('round')} of {run_dir.name} records no noise multiplier")
-            z_release = float(z_dp) * cfg.release_ratio()
+            z_release = release_multiplier(float(z_dp), cfg.release_ratio())
         specs.append(ReleaseSpec(
             cfg.mechanism, cfg.noise_placement, cfg.dp, float(z_release), cfg.clip, cfg.delta,
             threshold, cfg.cohort, len(summed), cfg.bits, cfg.secagg != "off", blocks))

@@ -30,7 +30,7 @@ from dp.accountants import epsilon_with_fallback
 from dp.errors import SecureFedError
 from dp.events import Event, GaussianEvent
 from dp.planning import RunPlan, epsilon_per_round, noise_for_plan, noise_for_target, plan_events
-from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO
+from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO, default_release_ratio
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +117,7 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
         local_steps = args.local_epochs * int(1 / local_rate)
     ratio = args.release_noise_ratio
     if ratio is None:  # train's default: split only where both mechanisms run
-        ratio = DEFAULT_RELEASE_NOISE_RATIO if args.release_rate is not None and local_steps else 1.0
+        ratio = default_release_ratio(args.release_rate is not None and local_steps > 0)
     return RunPlan(rounds=args.rounds, cohort_rate=cohort / args.clients,
                    release_rate=args.release_rate, local_steps=local_steps,
                    local_rate=local_rate, release_noise_ratio=ratio,

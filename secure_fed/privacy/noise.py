@@ -37,6 +37,12 @@ from secure_fed.errors import ConfigError
 RELEASE_BLOCKS = ("feat_grad", "cls_grad_w", "cls_grad_b", "class_count")
 
 
+def release_multiplier(sigma: float, ratio: float) -> float:
+    """The per-class release's noise multiplier when DP-SGD's (the run's) is ``sigma`` and
+    --release-noise-ratio is ``ratio``: the one place the two are multiplied."""
+    return sigma * ratio
+
+
 @dataclass(frozen=True)
 class PrivacySettings:
     """The DP part of a run's configuration (public)."""
@@ -55,7 +61,7 @@ class PrivacySettings:
     @property
     def release_noise_multiplier(self) -> float:
         """Noise std / clip of the per-class release (client unit: of the whole upload)."""
-        return self.noise_multiplier * self.release_noise_ratio
+        return release_multiplier(self.noise_multiplier, self.release_noise_ratio)
 
     def __post_init__(self) -> None:
         if self.unit not in ("sample", "client"):
@@ -177,7 +183,7 @@ class RunPrivacy:
         """The release's event at run noise multiplier ``sigma`` (the release uses
         ``sigma * release_noise_ratio``)."""
         s = self.s
-        sigma = sigma * s.release_noise_ratio
+        sigma = release_multiplier(sigma, s.release_noise_ratio)
         rate = 1.0 if s.unit == "client" else s.release_rate
         sampling: Sampling = "none" if rate >= 1.0 else "poisson"
         unit: Unit = "client" if s.unit == "client" else "sample"
