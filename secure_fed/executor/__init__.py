@@ -14,6 +14,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from secure_fed.config import EXECUTORS
 from secure_fed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from secure_fed.config import TrainConfig
     from secure_fed.executor.training import ClientKit, RemoteTrainingClients
 
-EXECUTORS = ("local", "ray")
 
 
 class Executor(Protocol):
