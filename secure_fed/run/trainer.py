@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -68,6 +68,7 @@ from secure_fed.fl.program import (
 from secure_fed.fl.server import Broadcast, FedServer
 from secure_fed.privacy.noise import PrivacySettings, RunPrivacy, SgdPlan, share_factor
 from secure_fed.privacy.upload import UploadSpec
+from secure_fed.run.records import RoundRecord, StopRecord
 from secure_fed.run.rundir import (
     JOURNAL,
     AuditLog,
@@ -160,9 +161,9 @@ class Trainer:
             self.remote = self.executor.training_clients(cfg, self.client_kit)
         self.aggregator = aggregator or self._make_aggregator()
         self.ledger = PrivacyLedger()
-        self.history: list[dict[str, Any]] = []
+        self.history: list[RoundRecord] = []
         self.start_round = 1
-        self.stopped: dict[str, Any] | None = None
+        self.stopped: StopRecord | None = None
         self.interrupted_releases: list[int] = []
         self.run_dir: Path | None = None
         self.audit: AuditLog | None = None
@@ -442,7 +443,7 @@ class Trainer:
                 self.ledger.extend(event_from_dict(e) for e in entry["events"])
                 self.interrupted_releases.append(int(entry["round"]))
 
-    def run_round(self, round_id: int) -> dict[str, Any] | None:
+    def run_round(self, round_id: int) -> RoundRecord | None:
         """One round; None when the privacy budget stops training before it."""
         t0 = time.perf_counter()
         cohort = self.cohort(round_id)
@@ -474,7 +475,7 @@ class Trainer:
         t_end = time.perf_counter()
         eps = self.epsilons()
         summed = list(agg.meta.get("summed", cohort))  # type: ignore[call-overload]
-        rec: dict[str, Any] = {
+        rec: RoundRecord = {
             "round": round_id,
             "accuracy": acc,
             "loss": loss,
@@ -482,7 +483,7 @@ class Trainer:
             "epsilon": None if eps is None else eps[self.cfg.accountant]["max"],
             "survivors": len(summed),
             "cohort": len(cohort),
-            "bytes_up_per_client": agg.meta.get("bytes_up_per_client"),
+            "bytes_up_per_client": cast("int | None", agg.meta.get("bytes_up_per_client")),
             "seconds": t_end - t0,
         }
         if final and side["pers"]:
@@ -534,8 +535,8 @@ class Trainer:
             "aggregate_sha256": agg.digest(), "server": stats, "accuracy": acc, "loss": loss, "timings": timings,
         }
 
-    def _aborted(self, round_id: int, cohort: list[int], reason: str, seconds: float) -> dict[str, Any]:
-        rec = {"round": round_id, "aborted": reason, "accuracy": self.history[-1]["accuracy"] if self.history else None,
+    def _aborted(self, round_id: int, cohort: list[int], reason: str, seconds: float) -> RoundRecord:
+        rec: RoundRecord = {"round": round_id, "aborted": reason, "accuracy": self.history[-1]["accuracy"] if self.history else None,
                "loss": None, "train_loss": None, "epsilon": self.history[-1].get("epsilon") if self.history else None,
                "survivors": 0, "cohort": len(cohort), "bytes_up_per_client": None, "seconds": seconds}
         self.history.append(rec)
@@ -545,7 +546,7 @@ class Trainer:
                                "epsilon": self.epsilons(), "accuracy": rec["accuracy"], "timings": {"total": seconds}})
         return rec
 
-    def _line(self, rec: dict[str, Any]) -> str:
+    def _line(self, rec: RoundRecord) -> str:
         r = rec["round"]
         if rec.get("aborted"):
             return f"round {r:>3}/{self.cfg.rounds}  ABORTED ({rec['aborted']}): no update, nothing revealed"
@@ -554,8 +555,8 @@ class Trainer:
             line += f"  eps {rec['epsilon']:.3f}"
         if self.cfg.secagg != "off":
             line += f"  survivors {rec['survivors']}/{rec['cohort']}"
-        if rec.get("bytes_up_per_client") is not None:
-            line += f"  up {rec['bytes_up_per_client'] / 1024:.1f} KiB/client"
+        if (up := rec["bytes_up_per_client"]) is not None:
+            line += f"  up {up / 1024:.1f} KiB/client"
         line += f"  {rec['seconds']:.2f}s"
         if "personalized_accuracy" in rec:
             line += f"  personalized {rec['personalized_accuracy']:.4f}"
