@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from secure_fed.cli import main
+from secure_fed.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

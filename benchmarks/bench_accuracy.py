@@ -30,7 +30,7 @@ METHODS: dict[str, dict[str, Any]] = {
 
 def _one(job: tuple[str, float, int, dict[str, Any]]) -> dict[str, Any]:
     from secure_fed.config import TrainConfig
-    from secure_fed.trainer import Trainer
+    from secure_fed.run.trainer import Trainer
 
     method, alpha, seed, extra = job
     cfg = TrainConfig(**{**METHODS[method], **extra, "alpha": alpha, "seed": seed, "threads": 1})

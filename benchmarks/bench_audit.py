@@ -39,7 +39,7 @@ PARTS = ("inversion",)
 
 def _train(out: Path, run_id: str, rounds: int, seed: int, dp: dict[str, Any]) -> tuple[Path, float, dict[str, Any]]:
     from secure_fed.config import TrainConfig
-    from secure_fed.trainer import Trainer
+    from secure_fed.run.trainer import Trainer
 
     cfg = TrainConfig(dataset="digits", algorithm="fedhpro", clients=10, cohort=10, rounds=rounds, secagg="secagg+",
                       dropout=0.0, seed=seed, hardened=False, out=str(out), run_id=run_id, **dp)

@@ -34,7 +34,7 @@ PARTS = ("one_run", "mia_nodp", "mia_dp")
 
 def _train(cfg_kw: dict[str, Any], out: Path, run_id: str) -> tuple[Path, float, dict[str, Any]]:
     from secure_fed.config import TrainConfig
-    from secure_fed.trainer import Trainer
+    from secure_fed.run.trainer import Trainer
 
     run_dir = out / run_id
     if (run_dir / "model.pt").exists():  # reuse a finished run of an earlier invocation

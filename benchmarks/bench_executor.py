@@ -54,7 +54,7 @@ def _actor_memory(self: Any) -> dict[str, Any]:  # runs inside an actor (via __r
 def run_case(dataset: str, clients: int, rounds: int, workers: int) -> dict[str, Any]:
     """One training run on Ray (in this process); the measurements as a dict."""
     from secure_fed.config import TrainConfig
-    from secure_fed.trainer import Trainer
+    from secure_fed.run.trainer import Trainer
 
     cfg = TrainConfig(dataset=dataset, clients=clients, cohort=min(clients, 10), rounds=rounds,
                       hardened=False, seed=0, executor="ray", workers=workers, out="unused",
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if args.json is not None:
-        from secure_fed.runio import write_json
+        from secure_fed.run.rundir import write_json
 
         write_json(args.json, raw)
     return 0

@@ -1,7 +1,7 @@
 """Benchmark: batched server-side gradient matching vs the per-class Python loop.
 
-Times ``secure_fed.matching.match_hyper_prototypes`` (all classes in one batched step) and
-``secure_fed.matching_reference.ref_match_hyper_prototypes`` (a Python loop over classes
+Times ``secure_fed.fl.matching.match_hyper_prototypes`` (all classes in one batched step) and
+``tests.reference.matching_reference.ref_match_hyper_prototypes`` (a Python loop over classes
 with autograd ``create_graph``, the official code's structure) on the same inputs, in
 one run, on CPU and on CUDA if present; optionally the same for the meta prototypes.
 Prints a markdown table with the median wall time of a full match and the speedup.
@@ -26,13 +26,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secure_fed.matching import (  # noqa: E402
+from secure_fed.fl.matching import (  # noqa: E402
     hp_feature_gradients,
     match_hyper_prototypes,
     match_meta_prototypes,
     meta_classifier_gradients,
 )
-from secure_fed.matching_reference import (  # noqa: E402
+from tests.reference.matching_reference import (  # noqa: E402
     ref_match_hyper_prototypes,
     ref_match_meta_prototypes,
 )

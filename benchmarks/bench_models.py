@@ -20,9 +20,9 @@ import torch
 from opacus import GradSampleModule
 from torch import nn
 
-from secure_fed.data import load_dataset, make_partition
 from secure_fed.device import configure_cpu_threads, resolve_device, to_device
-from secure_fed.models import build_model
+from secure_fed.fl.data import load_dataset, make_partition
+from secure_fed.fl.models import build_model
 
 
 class LogReg(nn.Module):

@@ -81,7 +81,7 @@ def run_one(job: Job, common: dict[str, Any]) -> dict[str, Any]:
     """Worker: one training run (one torch thread); returns the job with its results."""
     warnings.filterwarnings("ignore")
     from secure_fed.config import TrainConfig
-    from secure_fed.trainer import Trainer
+    from secure_fed.run.trainer import Trainer
 
     settings = {k: v for k, v in job.items() if k not in ("part", "label", "epsilon_target", "placement")}
     cfg = TrainConfig(**{**common, **settings, "threads": 1})

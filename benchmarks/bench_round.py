@@ -36,9 +36,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from secure_fed.aggregate import Aggregate, Aggregator, ClientWork, VectorLayout  # noqa: E402
+from secure_fed.aggregation.layout import Aggregate, Aggregator, ClientWork, VectorLayout  # noqa: E402
 from secure_fed.config import TrainConfig  # noqa: E402
-from secure_fed.trainer import Trainer  # noqa: E402
+from secure_fed.run.trainer import Trainer  # noqa: E402
 
 MODES: dict[str, dict[str, Any]] = {
     "plain": {"secagg": "off", "dp": "off"},

@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from protocol.params import choose_graph_params  # noqa: E402
 from protocol.simulator import simulate  # noqa: E402
+from secure_fed.cli.simulate import format_table  # noqa: E402
 from secure_fed.executor import make_executor  # noqa: E402
-from secure_fed.runio import write_json  # noqa: E402
-from secure_fed.simulate_cli import format_table  # noqa: E402
+from secure_fed.run.rundir import write_json  # noqa: E402
 
 GIB = 1 << 30
 

@@ -8,26 +8,88 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from secure_fed.errors import ConfigError
 
-ALGORITHMS = ("fedhpro", "fedavg", "fedproto")
-CLASSIFIERS = ("fedavg", "meta")
-PARTITIONS = ("dirichlet", "iid")
-SECAGG_MODES = ("off", "secagg", "secagg+")
-DP_MODES = ("off", "sample", "client")
-PLACEMENTS = ("local", "distributed")
-MECHANISMS = ("gaussian", "discrete")
-ACCOUNTANTS = ("rdp", "prv")
-EXECUTORS = ("local", "ray")
+
+class Algorithm(StrEnum):
+    FEDHPRO = "fedhpro"
+    FEDAVG = "fedavg"
+    FEDPROTO = "fedproto"
+
+
+class Classifier(StrEnum):
+    FEDAVG = "fedavg"
+    META = "meta"
+
+
+class Partition(StrEnum):
+    DIRICHLET = "dirichlet"
+    IID = "iid"
+
+
+class SecAggMode(StrEnum):
+    OFF = "off"
+    SECAGG = "secagg"
+    SECAGG_PLUS = "secagg+"
+
+
+class DpMode(StrEnum):
+    """--dp: the privacy unit (or no DP)."""
+
+    OFF = "off"
+    SAMPLE = "sample"
+    CLIENT = "client"
+
+
+class Placement(StrEnum):
+    LOCAL = "local"
+    DISTRIBUTED = "distributed"
+
+
+class Mechanism(StrEnum):
+    GAUSSIAN = "gaussian"
+    DISCRETE = "discrete"
+
+
+class AccountantName(StrEnum):
+    RDP = "rdp"
+    PRV = "prv"
+
+
+class ExecutorName(StrEnum):
+    LOCAL = "local"
+    RAY = "ray"
+
+
+# The choices of each flag, in the order --help lists them (members compare equal to their strings).
+ALGORITHMS = tuple(Algorithm)
+CLASSIFIERS = tuple(Classifier)
+PARTITIONS = tuple(Partition)
+SECAGG_MODES = tuple(SecAggMode)
+DP_MODES = tuple(DpMode)
+PLACEMENTS = tuple(Placement)
+MECHANISMS = tuple(Mechanism)
+ACCOUNTANTS = tuple(AccountantName)
+EXECUTORS = tuple(ExecutorName)
 DEFAULT_RELEASE_NOISE_RATIO = 10.0
+
 """FedHPro under --dp sample: the release's noise multiplier is 10x DP-SGD's by default.
 Measured on digits at epsilon 8 (benchmarks/RESULTS.md, budget split): with one multiplier
 for both FedHPro trails FedAvg by 10-12 points; at 10x it is level or slightly ahead, and
 30x gives the same accuracy."""
 RECORDED_KEYS = frozenset({"environment", "noise_multiplier_used", "threshold_used"})
 """Keys config.json records about a run beyond its settings (ignored when reading it back)."""
+
+
+def default_release_ratio(splits_budget: bool) -> float:
+    """The release's noise multiplier over DP-SGD's when --release-noise-ratio is not given
+    (the one place this default is decided; ``train`` and ``budget`` both ask here):
+    :data:`DEFAULT_RELEASE_NOISE_RATIO` where two mechanisms share the budget (a per-class
+    release and DP-SGD steps), 1 where one mechanism runs."""
+    return DEFAULT_RELEASE_NOISE_RATIO if splits_budget else 1.0
 
 
 @dataclass(frozen=True)
@@ -157,7 +219,7 @@ class TrainConfig:
         :data:`DEFAULT_RELEASE_NOISE_RATIO` where the budget is split, else 1."""
         if self.release_noise_ratio is not None:
             return self.release_noise_ratio
-        return DEFAULT_RELEASE_NOISE_RATIO if self.splits_budget else 1.0
+        return default_release_ratio(self.splits_budget)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import io
 
-from secure_fed import budget_cli
+from secure_fed.cli import budget as budget_cli
 
 
 def run_budget(*argv: str) -> tuple[int, str, str]:

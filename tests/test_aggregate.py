@@ -7,9 +7,9 @@ import inspect
 import numpy as np
 import pytest
 
-from secure_fed.aggregate import Aggregate, PlaintextAggregator, VectorLayout
+from secure_fed.aggregation.layout import Aggregate, PlaintextAggregator, VectorLayout
 from secure_fed.errors import ConfigError
-from secure_fed.server import FedServer
+from secure_fed.fl.server import FedServer
 
 
 def _layout() -> VectorLayout:
@@ -70,7 +70,7 @@ def test_server_entry_point_takes_an_aggregate_only() -> None:
 def test_noised_blocks_share_one_codec_gamma() -> None:
     # One integer noise scale covers every released block, so an encoded unit must mean the
     # same in each of them: the blocks with noise share the smallest gamma; others keep theirs.
-    from secure_fed.secure_aggregation import LayoutCodec
+    from secure_fed.aggregation.secagg import LayoutCodec
 
     layout = VectorLayout.build([("feat", (6,), 100.0), ("count", (3,), 50.0), ("delta", (4,), 1.0)])
     codec = LayoutCodec.for_cohort(layout, 32, 10, {"feat": 4.0, "count": 4.0})

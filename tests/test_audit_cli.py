@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from secure_fed.audit import runner
-from secure_fed.cli import build_parser, main
+from secure_fed.cli.main import build_parser, main
 from secure_fed.config import TrainConfig
 from secure_fed.errors import AuditFailed, ConfigError
-from secure_fed.runio import AuditLog
-from secure_fed.trainer import Trainer
+from secure_fed.run.rundir import AuditLog
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert('x')</script>"
@@ -80,16 +79,12 @@ def _images(html: str) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    cfg = TrainConfig(clients=4, cohort=4, rounds=1, rounds_of_hp=3, meta_steps=5, meta_per_class=5, secagg="secagg+",
-                      dropout=0.0, dp="off", target_epsilon=None, hardened=False, out=str(out), run_id="r", seed=2)
-    trainer = Trainer(cfg, progress=False, log=lambda s: None)
-    trainer.run()
-    from secure_fed.report import render_report
+def small_run(plain_run: Path) -> Path:
+    """This module's copy of the session's finished SecAgg+ run without DP, with its report."""
+    from secure_fed.report.html import render_report
 
-    render_report(trainer.run_dir)  # type: ignore[arg-type]
-    return out / "r"
+    render_report(plain_run)
+    return plain_run
 
 
 def test_help_documents_every_flag_with_its_default() -> None:
@@ -225,7 +220,7 @@ def test_result_contract_is_checked(bad: dict[str, Any], words: str) -> None:
 
 
 def test_unreadable_results_file_does_not_break_the_report(tmp_path: Path) -> None:
-    from secure_fed.report import render_report
+    from secure_fed.report.html import render_report
 
     run = _fake_run(tmp_path)
     (run / "audit_results.json").write_text("{not json")

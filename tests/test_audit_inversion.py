@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dp.clipping import per_class_clipped_sums
-from secure_fed.aggregate import VectorLayout
+from secure_fed.aggregation.layout import VectorLayout
 from secure_fed.audit.inversion import (
     AttackerKnowledge,
     _AuditTrainer,
@@ -21,10 +21,10 @@ from secure_fed.audit.inversion import (
     score_client,
 )
 from secure_fed.audit.runner import run_audits
-from secure_fed.client import per_class_gradient_sums
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
-from secure_fed.trainer import Trainer
+from secure_fed.fl.client import per_class_gradient_sums
+from secure_fed.run.trainer import Trainer
 
 C, DIM = 4, 6
 SMALL = dict(clients=4, cohort=4, rounds=2, batch_size=32, rounds_of_hp=3, meta_steps=5, meta_per_class=5,
@@ -134,11 +134,12 @@ def test_noise_energy_test_finds_the_label_set() -> None:
 
 
 # -- the audit on real runs ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def plain_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    Trainer(TrainConfig(**{**SMALL, "out": str(out), "run_id": "off", "seed": 1}), progress=False, log=lambda s: None).run()
-    return out / "off"
+# plain_run (tests/conftest.py): the session's finished SecAgg+ run without DP, SMALL with seed 1
+def test_the_shared_run_is_small_with_seed_1() -> None:
+    from tests.conftest import PLAIN_RUN
+
+    assert PLAIN_RUN == {**SMALL, "seed": 1}
+
 
 
 def _pooled(res: dict[str, Any], point: str, view: str) -> dict[str, Any]:

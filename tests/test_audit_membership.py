@@ -20,9 +20,7 @@ from secure_fed.audit.membership import (
     tpr_at_fpr,
 )
 from secure_fed.audit.runner import validate_result
-from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
-from secure_fed.trainer import Trainer
 
 
 def _cases() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -104,15 +102,10 @@ def test_per_sample_outputs_are_loss_and_logit() -> None:
 
 
 # -- end to end ----------------------------------------------------------------------------------
-TINY = dict(clients=3, cohort=3, rounds=2, batch_size=64, rounds_of_hp=2, meta_steps=2, meta_per_class=2,
-            secagg="off", dp="off", target_epsilon=None, hardened=False)
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    Trainer(TrainConfig(**{**TINY, "out": str(out), "run_id": "r"}), progress=False, log=lambda s: None).run()
-    return out / "r"
+def tiny_run(plain_run: Path) -> Path:
+    """The session's finished tiny digits run (tests/conftest.py), this module's copy."""
+    return plain_run
 
 
 def test_end_to_end_on_a_tiny_digits_run(tiny_run: Path) -> None:

@@ -24,7 +24,7 @@ from secure_fed.audit.one_run import (
 from secure_fed.audit.runner import validate_result
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
-from secure_fed.trainer import Trainer
+from secure_fed.run.trainer import Trainer
 
 
 # -- the bound ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from opacus.accountants import RDPAccountant as OpacusRDP
 
 import dp.accountants as acc
 from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO, TrainConfig
-from secure_fed.trainer import Trainer
+from secure_fed.run.trainer import Trainer
 from tests.budget_helpers import run_budget
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

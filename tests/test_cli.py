@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from secure_fed.cli import build_parser, main
+from secure_fed.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +65,6 @@ def test_no_subcommand_means_train(monkeypatch: pytest.MonkeyPatch) -> None:
         seen["rounds"] = args.rounds
         return 0
 
-    monkeypatch.setattr("secure_fed.cli._train", fake_train)
+    monkeypatch.setattr("secure_fed.cli.train.run", fake_train)
     assert main([]) == 0 and seen["rounds"] == 30
     assert main(["--rounds", "2"]) == 0 and seen["rounds"] == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from secure_fed.client import (
+from secure_fed.fl.client import (
     class_mean_features,
     flat_params,
     per_class_gradient_sums,

@@ -1,4 +1,4 @@
-"""Datasets (secure_fed/data/datasets.py, vision.py) and partitions (partition.py)."""
+"""Datasets (secure_fed/fl/data/datasets.py, vision.py) and partitions (partition.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from secure_fed.data import (
+from secure_fed.errors import ConfigError
+from secure_fed.fl.data import (
     DATASETS,
     DatasetBundle,
     class_histogram,
@@ -28,8 +29,7 @@ from secure_fed.data import (
     long_tail_counts,
     make_partition,
 )
-from secure_fed.data.datasets import NORMALIZATION
-from secure_fed.errors import ConfigError
+from secure_fed.fl.data.datasets import NORMALIZATION
 
 # --------------------------------------------------------------------------- digits
 

@@ -7,7 +7,7 @@ Ray is not installed.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,28 +18,20 @@ from protocol.errors import ProtocolError
 from protocol.params import choose_graph_params
 from protocol.runner import run_secure_round
 from protocol.simulator import simulate, simulated_input
-from secure_fed import cli, simulate_cli
+from secure_fed.cli import main as cli
+from secure_fed.cli import simulate as simulate_cli
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
 from secure_fed.executor import LocalExecutor, make_executor
-from secure_fed.raysupport import ray_available
-from secure_fed.trainer import Trainer
+from secure_fed.executor.raysupport import ray_available
+from secure_fed.run.trainer import Trainer
 
 needs_ray = pytest.mark.skipif(not ray_available(), reason="needs the ray extra")
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """One local Ray instance for the module; executors join it and leave it running."""
-    if not ray_available():
-        pytest.skip("needs the ray extra")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    try:
-        yield
-    finally:
-        ray.shutdown()
+def ray_cluster(ray_session: Any) -> None:
+    """The session's local Ray instance (tests/conftest.py); executors join it and leave it running."""
 
 
 def test_local_is_the_default_and_bad_values_are_refused() -> None:
@@ -131,7 +123,7 @@ def test_simulate_cli_under_ray(ray_cluster: None, capsys: pytest.CaptureFixture
 @needs_ray
 def test_a_client_error_reaches_the_server_side_as_its_own_type(ray_cluster: None) -> None:
     from secure_fed.executor.hosts import SimulationRole
-    from secure_fed.executor.ray_executor import RayClientPool
+    from secure_fed.executor.ray_pool import RayClientPool
 
     ex = make_executor("ray", workers=2)
     try:
@@ -206,7 +198,7 @@ class _Counted:
 def test_identities_are_registered_once_per_run_not_every_round(ray_cluster: None) -> None:
     from protocol.runner import run_round
     from secure_fed.executor.hosts import SimulationRole
-    from secure_fed.executor.ray_executor import RayClientPool
+    from secure_fed.executor.ray_pool import RayClientPool
 
     ex = make_executor("ray", workers=2)
     calls: list[tuple[str, tuple]] = []

@@ -23,10 +23,10 @@ from protocol.graph import build_graph, graph_seed, harary_sets, random_order
 from protocol.runner import run_secure_round
 from protocol.server import SecAggServer
 from protocol.simulator import simulated_input
-from secure_fed.client_work import cpu_threads, new_side
 from secure_fed.config import TrainConfig
-from secure_fed.executor.training import ClientKit, TrainingRole, round_setup
-from secure_fed.trainer import Trainer
+from secure_fed.executor.training import TrainingRole
+from secure_fed.fl.program import cpu_threads, new_side
+from secure_fed.run.trainer import Trainer
 
 CFG = dict(clients=6, cohort=5, rounds=2, batch_size=64, rounds_of_hp=5, meta_steps=10,
            meta_per_class=5, hardened=False, seed=4, dropout=0.2, secagg="secagg+",
@@ -42,7 +42,7 @@ def trainer() -> Trainer:
 
 # -- item: an actor holds only its own clients ------------------------------------------------
 def test_a_kit_holds_only_its_clients_shards(trainer: Trainer) -> None:
-    kit = ClientKit.of(trainer, [1, 3, 5])
+    kit = trainer.client_kit([1, 3, 5])
     assert sorted(kit.shards) == [1, 3, 5]
     for u, shard in kit.shards.items():
         assert shard.x.equal(trainer.shards[u].x.cpu()) and shard.y.equal(trainer.shards[u].y.cpu())
@@ -60,8 +60,8 @@ def test_kit_work_is_bit_identical_to_the_trainers(trainer: Trainer, final: bool
     """The actor-side client work equals Trainer.client_work: upload, loss, DP-SGD plan,
     personalized accuracy (the final round), for every client, in the trainer's order."""
     bc = trainer.server.broadcast(2 if final else 1)
-    role = TrainingRole(ClientKit.of(trainer, list(range(trainer.cfg.clients))))
-    role.begin_round(bc, final, round_setup(trainer),
+    role = TrainingRole(trainer.client_kit(list(range(trainer.cfg.clients))))
+    role.begin_round(bc, final, trainer.round_setup(),
                      (trainer.test_x, trainer.test_y) if final else None)
     side = new_side()
     for cid in trainer.cohort(bc.round_id):
@@ -75,17 +75,17 @@ def test_kit_work_is_bit_identical_to_the_trainers(trainer: Trainer, final: bool
 
 def test_kits_and_setups_unpickle_without_the_trainer_or_dataset_stack(trainer: Trainer,
                                                                        tmp_path: Any) -> None:
-    """What an actor receives loads without secure_fed.trainer, torchvision or sklearn
+    """What an actor receives loads without secure_fed.run.trainer, torchvision or sklearn
     (the dataset stack, which the actors no longer pay for in memory)."""
     path = tmp_path / "kit.pkl"
-    path.write_bytes(cloudpickle.dumps((ClientKit.of(trainer, [0, 2]), round_setup(trainer))))
+    path.write_bytes(cloudpickle.dumps((trainer.client_kit([0, 2]), trainer.round_setup())))
     code = (
         "import pickle, sys\n"
         "import secure_fed.executor.training as tr\n"
         f"kit, setup = pickle.loads(open({str(path)!r}, 'rb').read())\n"
         "role = tr.TrainingRole(kit)\n"
         "assert setup.ring is not None and setup.noise is not None\n"
-        "heavy = [m for m in ('secure_fed.trainer', 'secure_fed.data.datasets', 'torchvision',"
+        "heavy = [m for m in ('secure_fed.run.trainer', 'secure_fed.fl.data.datasets', 'torchvision',"
         " 'sklearn') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )

@@ -1,4 +1,4 @@
-"""Tests for the client-side FedHPro losses (secure_fed.losses)."""
+"""Tests for the client-side FedHPro losses (secure_fed.fl.losses)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.errors import ConfigError
-from secure_fed.losses import client_margin, hpal_loss, hpcl_loss, normalized_hp_means
+from secure_fed.fl.losses import client_margin, hpal_loss, hpcl_loss, normalized_hp_means
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -1,4 +1,4 @@
-"""Tests for the server-side gradient matching (secure_fed.matching)."""
+"""Tests for the server-side gradient matching (secure_fed.fl.matching)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.errors import ConfigError
-from secure_fed.matching import (
+from secure_fed.fl.matching import (
     active_classes,
     feature_matching_loss,
     hp_feature_gradients,
@@ -22,7 +22,7 @@ from secure_fed.matching import (
     meta_matching_loss,
     train_meta_classifier,
 )
-from secure_fed.matching_reference import (
+from tests.reference.matching_reference import (
     ref_feature_matching_loss,
     ref_hp_feature_gradient,
     ref_match_hyper_prototypes,

@@ -1,4 +1,4 @@
-"""Models (secure_fed/models/): shapes, the features/classifier contract, Opacus support."""
+"""Models (secure_fed/fl/models/): shapes, the features/classifier contract, Opacus support."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from secure_fed.errors import ConfigError
-from secure_fed.models import ResNet10GN, SmallCNN, build_model
+from secure_fed.fl.models import ResNet10GN, SmallCNN, build_model
 
 CASES = [
     ("digits", 10, (1, 8, 8), SmallCNN, 64),
@@ -149,7 +149,7 @@ def test_build_model_rejects_bad_arguments() -> None:
 
 def test_small_cnn_learns_digits() -> None:
     """Sanity: 3 epochs of Adam on the digits train split reach >= 90% test accuracy."""
-    from secure_fed.data import load_dataset
+    from secure_fed.fl.data import load_dataset
 
     data = load_dataset("digits")
     model = _model("digits", 10, data.input_shape)

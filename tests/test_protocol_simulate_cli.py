@@ -9,7 +9,7 @@ import pytest
 
 import protocol.simulator as simulator
 from protocol.simulator import SimulationResult
-from secure_fed import simulate_cli
+from secure_fed.cli import simulate as simulate_cli
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -8,7 +8,7 @@ import pytest
 
 from secure_fed.audit.one_run import audit_one_run, run_release_specs
 from secure_fed.config import TrainConfig
-from secure_fed.trainer import Trainer
+from secure_fed.run.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

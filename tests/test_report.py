@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from matplotlib.image import imread
 
-from secure_fed import report_cli
-from secure_fed.report import load_run, render_report, summed
-from secure_fed.runio import AuditLog, write_json
+from secure_fed.cli import report as report_cli
+from secure_fed.report.html import render_report
+from secure_fed.report.load import load_run, summed
+from secure_fed.run.rundir import AuditLog, write_json
 
 EVIL = "<script>alert('x')</script>"
 STAGES = ("advertise", "share", "masked", "consistency", "unmask")

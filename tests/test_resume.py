@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from secure_fed.runio import read_audit, verify_chain
+from secure_fed.run.rundir import read_audit, verify_chain
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--rounds", "4", "--clients", "6", "--cohort", "6", "--rounds-of-hp", "5", "--meta-steps", "10",

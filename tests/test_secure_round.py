@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from secure_fed.aggregate import PlaintextAggregator, VectorLayout
-from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO, TrainConfig
-from secure_fed.errors import ConfigError
-from secure_fed.runio import read_audit, verify_chain
-from secure_fed.secure_aggregation import (
+from secure_fed.aggregation.layout import PlaintextAggregator, VectorLayout
+from secure_fed.aggregation.secagg import (
     RingAggregator,
     RingSettings,
     SecAggAggregator,
     SecAggSettings,
 )
-from secure_fed.trainer import Trainer
+from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO, TrainConfig
+from secure_fed.errors import ConfigError
+from secure_fed.run.rundir import read_audit, verify_chain
+from secure_fed.run.trainer import Trainer
 
 LAYOUT = VectorLayout.build([("a", (3, 4), 50.0), ("b", (7,), 2.0), ("n", (1,), 100.0)])
 

@@ -13,10 +13,10 @@ from scipy.stats import chisquare
 
 import protocol.server
 from protocol.messages import MaskedInput, decode
+from secure_fed.aggregation.secagg import LayoutCodec
 from secure_fed.config import TrainConfig
-from secure_fed.secure_aggregation import LayoutCodec
-from secure_fed.server import FedServer
-from secure_fed.trainer import Trainer
+from secure_fed.fl.server import FedServer
+from secure_fed.run.trainer import Trainer
 
 
 @pytest.mark.parametrize("dp", ["off", "sample"])

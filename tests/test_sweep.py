@@ -13,22 +13,12 @@ from typing import Any
 
 import pytest
 
-from secure_fed.cli import main
+from secure_fed.cli.main import main
 from secure_fed.errors import ConfigError
-from secure_fed.raysupport import ray_available
-from secure_fed.runio import read_audit, verify_chain
-from secure_fed.sweep import (
-    CSV_NAME,
-    HTML_NAME,
-    MARKER,
-    Grid,
-    Row,
-    SweepResult,
-    expand,
-    load_grid,
-    run_sweep,
-)
-from secure_fed.trainer import Trainer
+from secure_fed.report.grid import CSV_NAME, HTML_NAME, MARKER, Grid, expand, load_grid
+from secure_fed.report.sweep import Row, SweepResult, run_sweep
+from secure_fed.run.rundir import read_audit, verify_chain
+from secure_fed.run.trainer import Trainer
 
 # Small enough for CI: 6 clients, 2 rounds, one minibatch per client (one DP-SGD plan, so
 # the noise is planned once per run), few matching steps; reproducible noise so that the
@@ -272,14 +262,9 @@ def test_cli_rerun_finds_every_run(sweep: dict[str, Any], capsys: pytest.Capture
 
 # -- Ray -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ray_local() -> Any:
-    if not ray_available():
-        pytest.skip("ray is not installed (pip install -e '.[ray]')")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
+def ray_local(ray_session: Any) -> Any:
+    """The session's local Ray instance (tests/conftest.py)."""
+    return ray_session
 
 
 def test_ray_tasks_match_local_runs(ray_local: Any, sweep: dict[str, Any], tmp_path: Path) -> None:
@@ -302,7 +287,7 @@ def test_hardened_restart_counts_a_release_made_before_the_first_checkpoint(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from secure_fed.sweep import execute_run
+    from secure_fed.report.sweep import execute_run
 
     grid = load_grid(_toml(tmp_path, "[grid]\nseed = [0]\n" + BASE.replace("hardened = false", "hardened = true")),
                      fixes=["target-epsilon=none", "noise-multiplier=2.0"])
@@ -326,7 +311,7 @@ def test_hardened_restart_counts_a_release_made_before_the_first_checkpoint(
 
 def test_result_columns_from_metrics() -> None:
     from secure_fed.config import TrainConfig
-    from secure_fed.sweep import _result
+    from secure_fed.report.sweep import _result
 
     cfg = TrainConfig(target_epsilon=2.0)
     rounds = [{"round": 1, "accuracy": 0.5, "epsilon": 1.2, "seconds": 1.0},
@@ -344,7 +329,7 @@ def test_result_columns_from_metrics() -> None:
 
 
 def test_plot_groups_lines_and_draws_runs_without_dp(tmp_path: Path) -> None:
-    from secure_fed.sweep import html_text, points
+    from secure_fed.report.sweep import html_text, points
 
     grid = load_grid(None, ["dp=off,sample", "target-epsilon=2,4", "seed=0,1,2"])
     rows = [Row(s) for s in expand(grid, tmp_path)]

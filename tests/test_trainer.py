@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from secure_fed.config import TrainConfig
-from secure_fed.runio import verify_chain
-from secure_fed.trainer import Trainer
+from secure_fed.run.rundir import verify_chain
+from secure_fed.run.trainer import Trainer
 
 SMALL = dict(clients=4, cohort=3, rounds=2, batch_size=64, rounds_of_hp=5, meta_steps=10, meta_per_class=5,
              secagg="off", dp="off", target_epsilon=None)
@@ -94,3 +94,10 @@ def test_discrete_plan_holds_for_every_planned_round(secagg: str, placement: str
     t.run()
     assert t.stopped is None and [r["round"] for r in t.history] == [1, 2, 3]
     assert t.history[-1]["epsilon"] <= 4.0
+
+
+def test_a_tiny_run_learns_above_chance(finished_plain_run: Path) -> None:
+    # the session's finished 2-round FedHPro run on digits (10 balanced classes: chance is 0.1)
+    rounds = json.loads((finished_plain_run / "metrics.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[-1]["accuracy"] > 0.3, rounds[-1]

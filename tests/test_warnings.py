@@ -15,7 +15,7 @@ import torch
 from crypto.rng import KeystreamRNG
 from dp.dpsgd import private_local_training
 from secure_fed.config import TrainConfig
-from secure_fed.trainer import Trainer
+from secure_fed.run.trainer import Trainer
 
 SECURE_RNG = ("Secure RNG turned off. This is perfectly fine for experimentation as it allows for much "
               "faster training performance, but remember to turn it on and retrain one last time before "

@@ -50,21 +50,21 @@ import torch
 from tqdm import tqdm
 
 from crypto.rng import KeystreamRNG
-from secure_fed.aggregate import (
+from secure_fed.aggregation.layout import (
     Aggregate,
     Aggregator,
     ClientWork,
     PlaintextAggregator,
     VectorLayout,
 )
-from secure_fed.audit.rundir import load_config
-from secure_fed.client import extract_features
-from secure_fed.client_work import derive_seed
+from secure_fed.aggregation.secagg import LayoutCodec, RingAggregator, SecAggAggregator
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError, ProtocolAbort
-from secure_fed.secure_aggregation import LayoutCodec, RingAggregator, SecAggAggregator
-from secure_fed.server import Broadcast
-from secure_fed.trainer import Trainer
+from secure_fed.fl.client import extract_features
+from secure_fed.fl.program import derive_seed
+from secure_fed.fl.server import Broadcast
+from secure_fed.run.rundir import load_config
+from secure_fed.run.trainer import Trainer
 
 NAME = "inversion"
 POINTS = ("first", "final")

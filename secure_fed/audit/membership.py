@@ -13,7 +13,7 @@ Attacks.
 * Loss threshold (Yeom et al. 2018): score = -cross-entropy of the final model on the
   sample; a member is guessed when the loss is low.
 * Reference models (``shadow_runs > 0``), LiRA offline (Carlini et al., S&P 2022):
-  ``shadow_runs`` trainings with this project's :class:`~secure_fed.trainer.Trainer` and
+  ``shadow_runs`` trainings with this project's :class:`~secure_fed.run.trainer.Trainer` and
   the run's own configuration (seed changed), each on a random shadow training set with
   the run's class histogram drawn from the data outside the evaluation set, so every
   evaluated sample is OUT for every shadow model. For each sample, phi = logit of the model's probability of
@@ -40,14 +40,13 @@ from scipy import stats
 from torch import nn
 from tqdm import tqdm
 
-from secure_fed.audit.rundir import load_config, load_json
-from secure_fed.client import ClientShard
 from secure_fed.config import TrainConfig
-from secure_fed.data.datasets import load_dataset
-from secure_fed.data.partition import make_partition
 from secure_fed.errors import ConfigError
-from secure_fed.models import build_model
-from secure_fed.runio import read_audit
+from secure_fed.fl.client import ClientShard
+from secure_fed.fl.data.datasets import load_dataset
+from secure_fed.fl.data.partition import make_partition
+from secure_fed.fl.models import build_model
+from secure_fed.run.rundir import load_config, load_json, read_audit
 
 NAME = "membership"
 BOOTSTRAP = 1000
@@ -204,7 +203,7 @@ def _shadow_models(cfg: TrainConfig, x_all: torch.Tensor, y_all: torch.Tensor, p
     partitioned among the clients with the run's scheme (no second long tail: the class
     histogram already is the run's)."""
     from secure_fed.device import to_device
-    from secure_fed.trainer import Trainer
+    from secure_fed.run.trainer import Trainer
 
     gen = np.random.default_rng(seed)
     y_np = y_all.numpy()

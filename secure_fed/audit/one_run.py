@@ -2,8 +2,8 @@
 
 What is audited. The mechanism that turns the cohort's per-class releases into what the
 server holds: each survivor's contribution goes through this project's own client-side
-noise step (:class:`secure_fed.privacy.ClientNoise`: float Gaussian before encoding, or the
-discrete Gaussian in the ring after :class:`secure_fed.secure_aggregation.LayoutCodec`
+noise step (:class:`secure_fed.privacy.noise.ClientNoise`: float Gaussian before encoding, or the
+discrete Gaussian in the ring after :class:`secure_fed.aggregation.secagg.LayoutCodec`
 encoding), with the run's placement, noise multiplier, clip, threshold, cohort, ring size
 and survivors per round; the words are summed in Z_{2^bits} (what SecAgg unmasks: the
 masks cancel exactly, so the ring sum *is* the protocol's output) and decoded.
@@ -65,13 +65,18 @@ from tqdm import tqdm
 from crypto.rng import KeystreamRNG
 from dp.accountants import RDPAccountant
 from dp.events import DiscreteGaussianEvent, Event, GaussianEvent, event_from_dict
-from secure_fed.aggregate import VectorLayout
-from secure_fed.audit.rundir import load_config, load_json
+from secure_fed.aggregation.layout import VectorLayout
+from secure_fed.aggregation.secagg import LayoutCodec
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
-from secure_fed.privacy import ClientNoise, PrivacySettings, RunPrivacy, noised_blocks
-from secure_fed.runio import JOURNAL, read_audit, read_journal
-from secure_fed.secure_aggregation import LayoutCodec
+from secure_fed.privacy.noise import (
+    ClientNoise,
+    PrivacySettings,
+    RunPrivacy,
+    noised_blocks,
+    release_multiplier,
+)
+from secure_fed.run.rundir import JOURNAL, load_config, load_json, read_audit, read_journal
 
 NAME = "one_run"
 P_VALUE = 0.05
@@ -451,7 +456,7 @@ def run_release_specs(run_dir: Path) -> tuple[list[ReleaseSpec], list[Event], Tr
             z_dp = dp.get("noise_multiplier", z)
             if not isinstance(z_dp, int | float):
                 raise ConfigError(f"RUN_DIR: round {rec.get('round')} of {run_dir.name} records no noise multiplier")
-            z_release = float(z_dp) * cfg.release_ratio()
+            z_release = release_multiplier(float(z_dp), cfg.release_ratio())
         specs.append(ReleaseSpec(
             cfg.mechanism, cfg.noise_placement, cfg.dp, float(z_release), cfg.clip, cfg.delta,
             threshold, cfg.cohort, len(summed), cfg.bits, cfg.secagg != "off", blocks))

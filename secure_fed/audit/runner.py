@@ -20,9 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from secure_fed.audit.rundir import RESULTS_NAME, read_audit_results
 from secure_fed.errors import AuditFailed, ConfigError
-from secure_fed.runio import _atomic_write_bytes
+from secure_fed.run.rundir import RESULTS_NAME, atomic_write_bytes, read_audit_results
 
 FORMAT = 1
 AUDITS: dict[str, tuple[str, str]] = {
@@ -155,7 +154,7 @@ def _write(run_dir: Path, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
                "audits": {k: audits[k] for k in AUDITS if k in audits}}
     # runio.write_json sorts keys; an audit's summary keeps the order its audit chose, so the
     # file goes through the same atomic writer unsorted.
-    _atomic_write_bytes(path, (json.dumps(content, indent=1, allow_nan=False) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(content, indent=1, allow_nan=False) + "\n").encode())
     return content
 
 
@@ -241,7 +240,7 @@ def run_audits(
             log(_line(name, entries[name]))
     content = _write(run_dir, entries) if entries else None
     if content is not None and render:
-        from secure_fed.report import render as render_report
+        from secure_fed.report.html import render as render_report
 
         render_report(run_dir)
     if error is not None:

@@ -11,17 +11,17 @@ metrics, because every client's randomness is a function of (seed, round, client
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from secure_fed.config import EXECUTORS
 from secure_fed.errors import ConfigError
 
 if TYPE_CHECKING:
     from protocol.simulator import PoolFactory
     from secure_fed.config import TrainConfig
-    from secure_fed.executor.training import RemoteTrainingClients
-    from secure_fed.trainer import Trainer
+    from secure_fed.executor.training import ClientKit, RemoteTrainingClients
 
-EXECUTORS = ("local", "ray")
 
 
 class Executor(Protocol):
@@ -34,9 +34,9 @@ class Executor(Protocol):
         """Where ``simulate`` builds its clients (None: in this process)."""
         ...
 
-    def training_clients(self, cfg: TrainConfig, trainer: Trainer) -> RemoteTrainingClients | None:
-        """Remote hosts of a training run's clients (None: the trainer runs them itself).
-        ``trainer``: the trainer owning the run, whose shards the hosts get a part of."""
+    def training_clients(self, cfg: TrainConfig, kit: Callable[[list[int]], ClientKit]) -> RemoteTrainingClients | None:
+        """Remote hosts of a training run's clients (None: the run runs them itself).
+        ``kit(ids)``: the :class:`ClientKit` of clients ``ids``, cut by the run that owns them."""
         ...
 
     def close(self) -> None:
@@ -52,7 +52,7 @@ class LocalExecutor:
     def simulation_pool_factory(self) -> PoolFactory | None:
         return None
 
-    def training_clients(self, cfg: TrainConfig, trainer: Trainer) -> RemoteTrainingClients | None:
+    def training_clients(self, cfg: TrainConfig, kit: Callable[[list[int]], ClientKit]) -> RemoteTrainingClients | None:
         return None
 
     def close(self) -> None:

@@ -3,15 +3,16 @@
 A :class:`ClientKit` is what one actor needs to run its clients' round work and nothing
 more: their data shards, one client model and the run's client program (round function,
 upload layout, public settings); not the dataset, not the other clients' shards, not the
-test set, not the server's model. The driver cuts one kit per actor out of the trainer that owns
-the run (:meth:`ClientKit.of`). The test set travels only for the final round's
+test set, not the server's model. The run owning the clients cuts one kit per actor
+(:meth:`secure_fed.run.trainer.Trainer.client_kit`); the executor receives kits and round
+setups, never the trainer. The test set travels only for the final round's
 personalized evaluation, and the noise and encoding settings (:class:`RoundSetup`) only
 when the noise multiplier changes.
 
 :class:`TrainingRole` (client side, inside an actor) runs a client's work through the
-trainer's own :class:`secure_fed.client_work.ClientProgram` (same seeds, same randomness,
+trainer's own :class:`secure_fed.fl.program.ClientProgram` (same seeds, same randomness,
 same model reuse), so uploads, aggregates and metrics are bit-identical to the ``local``
-executor's. The actor never imports :mod:`secure_fed.trainer`, whose dataset code loads
+executor's. The actor never imports :mod:`secure_fed.run.trainer`, whose dataset code loads
 torchvision and scikit-learn (what this saves per actor: ``benchmarks/RESULTS.md``).
 
 :class:`RemoteTrainingClients` (driver side) ships each round's broadcast to the actors,
@@ -21,11 +22,10 @@ aggregator) and collects the clients' training statistics.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,16 +34,13 @@ from torch import nn
 from crypto.signing import SigningKeyPair
 from protocol.client import SecAggClient
 from protocol.config import ProtocolConfig
-from secure_fed.aggregate import ClientWork
-from secure_fed.client import ClientShard
-from secure_fed.client_work import ClientProgram, Side, client_rng, cpu_threads, new_side
+from secure_fed.aggregation.layout import ClientWork
+from secure_fed.aggregation.secagg import RingSettings, SecAggAggregator, SecAggSettings
 from secure_fed.device import configure_cpu_threads, resolve_device, to_device
-from secure_fed.executor.ray_executor import RayClientPool
-from secure_fed.privacy import ClientNoise
-from secure_fed.secure_aggregation import RingSettings, SecAggAggregator, SecAggSettings
-
-if TYPE_CHECKING:
-    from secure_fed.trainer import Trainer
+from secure_fed.executor.ray_pool import RayClientPool
+from secure_fed.fl.client import ClientShard
+from secure_fed.fl.program import ClientProgram, Side, client_rng, cpu_threads, new_side
+from secure_fed.privacy.noise import ClientNoise
 
 
 @dataclass(frozen=True)
@@ -58,13 +55,6 @@ class ClientKit:
     program: ClientProgram
     model: nn.Module
     shards: Mapping[int, ClientShard]
-
-    @classmethod
-    def of(cls, trainer: Trainer, ids: list[int]) -> ClientKit:
-        """Driver side: the kit of clients ``ids``, taken from the trainer owning the run."""
-        shards = {u: ClientShard(u, trainer.shards[u].x.cpu(), trainer.shards[u].y.cpu())
-                  for u in ids}
-        return cls(trainer.program, copy.deepcopy(trainer.client_model).cpu(), shards)
 
     @property
     def nbytes(self) -> int:
@@ -85,15 +75,6 @@ class RoundSetup:
     noise: ClientNoise | None
     ring: RingSettings | None
     secagg: SecAggSettings | None
-
-
-def round_setup(trainer: Trainer) -> RoundSetup:
-    """Driver side: the client settings currently installed in ``trainer``."""
-    agg = trainer.aggregator
-    noise = trainer.privacy.noise if trainer.privacy is not None else None
-    if isinstance(agg, SecAggAggregator):
-        return RoundSetup(trainer.noise_multiplier, noise, agg.settings, agg.secagg)
-    return RoundSetup(trainer.noise_multiplier, noise, None, None)
 
 
 class TrainingRole:
@@ -159,29 +140,25 @@ class TrainingRole:
 
 
 class RemoteTrainingClients:
-    """Driver side handle on the actors holding a run's clients.
+    """Driver side handle on the actors holding a run's clients (built from their kits)."""
 
-    ``owner``: the trainer the kits were cut from; it supplies each round's
-    :class:`RoundSetup` and the test set.
-    """
-
-    def __init__(self, ray: Any, actors: list[Any], owner: Trainer) -> None:
+    def __init__(self, ray: Any, actors: list[Any]) -> None:
         self._ray = ray
         self.actors = actors
         self.pool = RayClientPool(ray, actors)
-        self._owner = owner
-        self._sent: tuple[float, Any] | None = None  # (noise multiplier, aggregator) shipped
+        self._sent: RoundSetup | None = None  # the setup the actors hold
 
-    def begin_round(self, broadcast: Any, final: bool) -> None:
+    def begin_round(self, broadcast: Any, final: bool, setup: RoundSetup,
+                    test: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """Send the round's broadcast (once, through the object store) to every actor, with
-        the client settings when they changed and the test set in the final round."""
-        owner, ray = self._owner, self._ray
+        ``setup`` when it is not the one shipped last (the run builds a new one only when
+        its settings change) and ``test`` (CPU tensors) in the final round."""
+        ray = self._ray
         setup_ref = None
-        key = (owner.noise_multiplier, owner.aggregator)
-        if self._sent is None or self._sent[0] != key[0] or self._sent[1] is not key[1]:
-            setup_ref = ray.put(round_setup(owner))
-            self._sent = key
-        test_ref = ray.put((owner.test_x.cpu(), owner.test_y.cpu())) if final else None
+        if setup is not self._sent:
+            setup_ref = ray.put(setup)
+            self._sent = setup
+        test_ref = ray.put(test) if final else None
         ref = ray.put(broadcast)
         ray.get([a.call.remote("begin_round", ref, final, setup_ref, test_ref)
                  for a in self.actors])

@@ -1,0 +1,186 @@
+"""``run_secure.py budget``: epsilon for a plan, or the noise for a target epsilon.
+
+Three forms (chosen by the flags given):
+
+(a) ``--noise-multiplier Z --sample-rate Q --steps T``: epsilon of T Poisson(Q)-subsampled
+    Gaussian steps at ``--delta``, by ``--accountant``.
+(b) ``--target-epsilon E --sample-rate Q --steps T``: the smallest noise multiplier that
+    keeps epsilon <= E.
+(c) ``--rounds R`` with the ``train`` plan flags (``--clients --cohort --local-epochs
+    --batch-size --samples-per-client --release-rate --release-noise-ratio``) and either
+    ``--noise-multiplier`` or ``--target-epsilon``: epsilon after every round for one client
+    of that plan (the noise multiplier is DP-SGD's; the release's is that times the ratio).
+
+With ``--accountant prv`` the PRV accountant is run and its answer checked: if it raises
+or returns anything but a finite epsilon >= 0 (noise 0.6, rate 1, 1000 steps returns
+inf), the output starts with one line saying that PRV failed for this plan and why, and
+the RDP result follows, labelled ``rdp``. ``--json`` prints one machine-readable object
+instead of text (``accountant`` is the one used, ``note`` the failure, else null).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from dp.accountants import epsilon_with_fallback
+from dp.errors import SecureFedError
+from dp.events import Event, GaussianEvent
+from dp.planning import RunPlan, epsilon_per_round, noise_for_plan, noise_for_target, plan_events
+from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO, default_release_ratio
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``budget`` flags on ``parser``."""
+    g = parser.add_argument_group("mechanism (forms a, b)")
+    g.add_argument("--noise-multiplier", type=float, help="noise std / L2 sensitivity")
+    g.add_argument("--sample-rate", type=float, help="Poisson sampling rate q in (0, 1]")
+    g.add_argument("--steps", type=int, help="number of subsampled Gaussian steps")
+    g.add_argument("--target-epsilon", type=float, help="print the noise for this epsilon")
+    g.add_argument("--delta", type=float, default=1e-5, help="target delta (default 1e-5)")
+    g.add_argument("--accountant", choices=("rdp", "prv"), default="rdp",
+                   help="rdp (Opacus orders) or prv (Opacus PRV; where it fails, says why and reports rdp)")
+    p = parser.add_argument_group("run plan (form c; same meaning as in train)")
+    p.add_argument("--rounds", type=int, help="training rounds (selects form c)")
+    p.add_argument("--clients", type=int, default=10, help="clients in the federation")
+    p.add_argument("--cohort", type=int, default=None, help="clients per round (default all)")
+    p.add_argument("--local-epochs", type=int, default=1, help="DP-SGD epochs per round")
+    p.add_argument("--batch-size", type=int, default=32, help="expected DP-SGD batch size")
+    p.add_argument("--samples-per-client", type=int, default=None,
+                   help="n_k of the accounted client (needed for DP-SGD steps)")
+    p.add_argument("--release-rate", type=float, default=None,
+                   help="Poisson rate of the per-class gradient release (omit: none)")
+    p.add_argument("--release-noise-ratio", type=float, default=None,
+                   help="the release's noise multiplier over DP-SGD's (the printed noise multiplier is DP-SGD's); "
+                        f"default as in train: {DEFAULT_RELEASE_NOISE_RATIO:g} for a plan with both a release and "
+                        "DP-SGD steps, else 1")
+    p.add_argument("--participation", choices=("worst", "expected"), default="worst",
+                   help="client in every round (worst) or in ceil(rounds*cohort/clients)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _gaussian_events(z: float, q: float, steps: int) -> list[Event]:
+    return [GaussianEvent(z, q, steps, "none" if q >= 1.0 else "poisson")]
+
+
+def _epsilon(events: list[Event], delta: float, accountant: str) -> dict[str, Any]:
+    eps, used, note = epsilon_with_fallback(events, delta, accountant)
+    return {"epsilon": eps, "accountant": used, "requested_accountant": accountant,
+            "note": note}
+
+
+def _noise(make: Any, target: float, delta: float, accountant: str) -> dict[str, Any]:
+    """The noise for ``target``, and which accountant bounds the plan at that noise.
+
+    The search itself falls back to RDP wherever the accountant cannot bound a trial noise
+    (:func:`dp.planning.noise_for_all`), so what to report is decided at the answer: if
+    the requested accountant fails there, the noise is RDP's and the note says why.
+    """
+    z = noise_for_target(make, target, delta, accountant)
+    _, used, note = epsilon_with_fallback(make(z), delta, accountant)
+    return {"noise_multiplier": z, "accountant": used, "requested_accountant": accountant,
+            "note": note}
+
+
+def _need(args: argparse.Namespace, *names: str) -> None:
+    missing = [n for n in names if getattr(args, n) is None]
+    if missing:
+        flags = ", ".join("--" + n.replace("_", "-") for n in missing)
+        raise SecureFedError(f"budget: this form also needs {flags}")
+
+
+def _form_ab(args: argparse.Namespace) -> dict[str, Any]:
+    _need(args, "sample_rate", "steps")
+    q, t, d = args.sample_rate, args.steps, args.delta
+    base = {"sample_rate": q, "steps": t, "delta": d}
+    if args.target_epsilon is not None:
+        out = _noise(lambda z: _gaussian_events(z, q, t), args.target_epsilon, d,
+                     args.accountant)
+        return {"form": "noise", "target_epsilon": args.target_epsilon, **base, **out}
+    _need(args, "noise_multiplier")
+    out = _epsilon(_gaussian_events(args.noise_multiplier, q, t), d, args.accountant)
+    return {"form": "epsilon", "noise_multiplier": args.noise_multiplier, **base, **out}
+
+
+def plan_from_args(args: argparse.Namespace) -> RunPlan:
+    """The :class:`RunPlan` the ``train`` flags describe (DP-SGD rate as Opacus: 1/ceil(n/B))."""
+    cohort = args.cohort if args.cohort is not None else args.clients
+    if args.clients < 1 or not 1 <= cohort <= args.clients:
+        raise SecureFedError("budget: need 1 <= --cohort <= --clients")
+    local_steps, local_rate = 0, 1.0
+    if args.samples_per_client is not None and args.local_epochs > 0:
+        per_epoch = math.ceil(args.samples_per_client / args.batch_size)
+        local_rate = 1.0 / per_epoch
+        local_steps = args.local_epochs * int(1 / local_rate)
+    ratio = args.release_noise_ratio
+    if ratio is None:  # train's default: split only where both mechanisms run
+        ratio = default_release_ratio(args.release_rate is not None and local_steps > 0)
+    return RunPlan(rounds=args.rounds, cohort_rate=cohort / args.clients,
+                   release_rate=args.release_rate, local_steps=local_steps,
+                   local_rate=local_rate, release_noise_ratio=ratio,
+                   participation=args.participation)
+
+
+def _form_c(args: argparse.Namespace) -> dict[str, Any]:
+    plan = plan_from_args(args)
+    d = args.delta
+    out: dict[str, Any] = {"form": "plan", "delta": d, "plan": {
+        "rounds": plan.rounds, "cohort_rate": plan.cohort_rate,
+        "release_rate": plan.release_rate, "local_steps_per_round": plan.local_steps,
+        "local_rate": plan.local_rate, "release_noise_ratio": plan.release_noise_ratio,
+        "participation": plan.participation}}
+    if args.target_epsilon is not None:
+        # where PRV cannot bound the plan at the answer, the final-epsilon check below says so
+        z = noise_for_plan(plan, args.target_epsilon, d, args.accountant)
+        out["note"] = None
+        out["target_epsilon"] = args.target_epsilon
+    else:
+        _need(args, "noise_multiplier")
+        z = args.noise_multiplier
+        out["note"] = None
+    out["noise_multiplier"] = z
+    out["epsilon_per_round_rdp"] = epsilon_per_round(plan, z, d)
+    if args.accountant == "prv":
+        fin = _epsilon(plan_events(plan, z), d, "prv")
+        out["final_epsilon_prv"] = fin["epsilon"] if fin["accountant"] == "prv" else None
+        out["note"] = out["note"] or fin["note"]
+    return out
+
+
+def _print_text(res: dict[str, Any]) -> None:
+    if res.get("note"):
+        print(res["note"])
+    if res["form"] == "epsilon":
+        print(f"epsilon = {res['epsilon']:.6g} at delta = {res['delta']:g} "
+              f"({res['accountant']}; noise {res['noise_multiplier']:g}, rate "
+              f"{res['sample_rate']:g}, {res['steps']} steps)")
+    elif res["form"] == "noise":
+        print(f"noise multiplier = {res['noise_multiplier']:.6g} for epsilon <= "
+              f"{res['target_epsilon']:g} at delta = {res['delta']:g} ({res['accountant']})")
+    else:
+        print(f"noise multiplier = {res['noise_multiplier']:.6g}; plan {res['plan']}")
+        print("| round | epsilon (rdp) |\n|---:|---:|")
+        for r, e in enumerate(res["epsilon_per_round_rdp"], 1):
+            print(f"| {r} | {e:.4f} |")
+        if res.get("final_epsilon_prv") is not None:
+            print(f"final epsilon (prv) = {res['final_epsilon_prv']:.4f}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``budget``; 0 on success, 2 on a configuration error (message on stderr)."""
+    try:
+        res = _form_c(args) if args.rounds is not None else _form_ab(args)
+    except SecureFedError as exc:
+        print(f"budget: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(res, sort_keys=True))
+    else:
+        _print_text(res)
+    return 0
+
+
+__all__ = ["add_arguments", "plan_from_args", "run"]

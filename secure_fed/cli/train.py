@@ -1,0 +1,137 @@
+"""``run_secure.py train`` (the default subcommand): train FedHPro or a baseline.
+
+Every flag maps to a :class:`~secure_fed.config.TrainConfig` field (validated there); the
+trainer and the report are imported only when a run starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from secure_fed.config import (
+    ACCOUNTANTS,
+    ALGORITHMS,
+    CLASSIFIERS,
+    DEFAULT_RELEASE_NOISE_RATIO,
+    DP_MODES,
+    MECHANISMS,
+    PARTITIONS,
+    PLACEMENTS,
+    SECAGG_MODES,
+    TrainConfig,
+)
+from secure_fed.executor import add_arguments as add_executor_arguments
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register the ``train`` arguments on ``p`` (every TrainConfig field, with its default)."""
+    d = TrainConfig()
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset, help="digits (embedded, no download), mnist5k (needs the mnist5k extra), mnist, cifar10, cifar100")
+    g.add_argument("--data-root", default=d.data_root, help="folder holding torchvision's MNIST/CIFAR files (never downloaded unless --download)")
+    g.add_argument("--download", action="store_true", help="allow torchvision to download MNIST/CIFAR into --data-root")
+    g.add_argument("--clients", type=int, default=d.clients, help="number of clients the training set is split over")
+    g.add_argument("--partition", choices=PARTITIONS, default=d.partition, help="label split across clients")
+    g.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration of the label skew (smaller = more skewed)")
+    g.add_argument("--imbalance", type=float, default=d.imbalance, help="long-tail imbalance ratio rho of the global training set (1 = balanced)")
+
+    g = p.add_argument_group("federated training")
+    g.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm, help="FedHPro or a baseline in the same harness")
+    g.add_argument("--cohort", type=int, default=d.cohort, help="clients per round (sampled without replacement)")
+    g.add_argument("--rounds", type=int, default=d.rounds, help="communication rounds")
+    g.add_argument("--local-epochs", type=int, default=d.local_epochs, help="local epochs per round")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="local minibatch size")
+    g.add_argument("--lr", type=float, default=d.lr, help="local SGD learning rate")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="local SGD momentum")
+    g.add_argument("--feature-dim", type=int, default=d.feature_dim, help="feature dimension of the model (default: the model's own)")
+
+    g = p.add_argument_group("FedHPro")
+    g.add_argument("--length-of-hp", type=int, default=d.length_of_hp, help="hyper-prototypes per class (L)")
+    g.add_argument("--rounds-of-hp", type=int, default=d.rounds_of_hp, help="server SGD steps of gradient matching per round")
+    g.add_argument("--hp-lr", type=float, default=d.hp_lr, help="server learning rate of gradient matching and meta classifier training")
+    g.add_argument("--meta-per-class", type=int, default=d.meta_per_class, help="meta prototypes per class")
+    g.add_argument("--meta-steps", type=int, default=d.meta_steps, help="SGD steps training the meta classifier")
+    g.add_argument("--tau", type=float, default=d.tau, help="HPCL temperature")
+    g.add_argument("--margin", action=argparse.BooleanOptionalAction, default=d.margin, help="client-specific margin in HPCL")
+    g.add_argument("--hpcl-weight", type=float, default=d.hpcl_weight, help="weight of the HPCL loss")
+    g.add_argument("--hpal-weight", type=float, default=d.hpal_weight, help="weight of the HPAL loss")
+    g.add_argument("--classifier", choices=CLASSIFIERS, default=d.classifier, help="fedavg: keep the averaged classifier; meta: replace it by one trained on the meta prototypes")
+    g.add_argument("--proto-weight", type=float, default=d.proto_weight, help="FedProto: weight of the prototype distance loss")
+
+    g = p.add_argument_group("secure aggregation")
+    g.add_argument("--secagg", choices=SECAGG_MODES, default=d.secagg, help="off: a trusted aggregator sums in the clear; secagg: Bonawitz et al. (complete graph); secagg+: Bell et al. (sparse Harary graph)")
+    g.add_argument("--neighbors", type=int, default=d.neighbors, help="SecAgg+ graph degree k (default: chosen for the cohort size and --dropout)")
+    g.add_argument("--threshold", type=int, default=d.threshold, help="Shamir threshold t (default: chosen with k; must satisfy (k+1)/2 < t <= k+1)")
+    g.add_argument("--bits", type=int, default=d.bits, help="ring Z_{2^bits} of the masked sum (each entry travels as ceil(bits/8) bytes)")
+    g.add_argument("--authenticated", action=argparse.BooleanOptionalAction, default=d.authenticated, help="Ed25519-signed key advertisements and a consistency round (protects against an active server)")
+    g.add_argument("--dropout", type=float, default=d.dropout, help="simulated probability that a client drops, at a stage drawn uniformly (seeded by --seed)")
+
+    g = p.add_argument_group("differential privacy")
+    g.add_argument("--dp", choices=DP_MODES, default=d.dp, help="privacy unit: sample (per-sample clipping + DP-SGD), client (clip the whole upload), or off")
+    g.add_argument("--noise-placement", choices=PLACEMENTS, default=d.noise_placement, help="local: every client adds all the noise; distributed: a share so any t survivors carry it (needs --secagg)")
+    g.add_argument("--mechanism", choices=MECHANISMS, default=d.mechanism, help="gaussian: float noise before encoding; discrete: discrete Gaussian noise in the ring after encoding")
+    g.add_argument("--clip", type=float, default=d.clip, help="L2 clip norm C per sample (sample unit) or per client upload (client unit)")
+    g.add_argument("--noise-multiplier", type=float, default=d.noise_multiplier, help="noise std / clip of DP-SGD and, times --release-noise-ratio, of the per-class release; overrides the noise planned from --target-epsilon")
+    g.add_argument("--target-epsilon", type=float, default=d.target_epsilon, help="plan the noise for this epsilon over the run and stop before any round that would exceed it")
+    g.add_argument("--no-target", dest="target_epsilon", action="store_const", const=None, help="no target epsilon (needs --noise-multiplier)")
+    g.add_argument("--delta", type=float, default=d.delta, help="delta of the (epsilon, delta) guarantee")
+    g.add_argument("--accountant", choices=ACCOUNTANTS, default=d.accountant, help="accountant whose epsilon is printed (RDP is always recorded too)")
+    g.add_argument("--release-rate", type=float, default=d.release_rate, help="Poisson rate at which a client's samples enter its per-class gradient release")
+    g.add_argument("--release-noise-ratio", type=float, default=d.release_noise_ratio,
+                   help="budget split (--dp sample, fedhpro): the per-class release's noise multiplier is this times DP-SGD's; "
+                        "above 1 the release is noisier and DP-SGD, planned from --target-epsilon, gets less noise "
+                        f"(default: {DEFAULT_RELEASE_NOISE_RATIO:g} where the budget is split, measured best on digits; 1 elsewhere)")
+    g.add_argument("--hardened", action=argparse.BooleanOptionalAction, default=d.hardened, help="secrets and noise from the OS CSPRNG (--no-hardened: seeded noise, for experiments and tests only)")
+    g.add_argument("--reproducible", dest="hardened", action="store_false", help="alias of --no-hardened: --seed also drives noise and secrets")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--threads", type=int, default=d.threads, help="CPU threads for torch; 0 = auto (1 for the small digits/MNIST model, where more threads only add synchronization, torch's default otherwise)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of data split, model init, cohort sampling and local shuffles")
+    g.add_argument("--out", default=d.out, help="folder under which runs/<run-id>/ is created")
+    g.add_argument("--run-id", default=d.run_id, help="name of the run folder (default: time-algorithm-seed)")
+    g.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR after its last complete round (its config.json wins)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    add_executor_arguments(p.add_argument_group("executor"))
+
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (or resume ``--resume RUN_DIR``), then render the run's report; 0 when done."""
+    from secure_fed.run.trainer import Trainer
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg_path = run_dir / "config.json"
+        if not (run_dir / "checkpoint.pt").exists() or not cfg_path.exists():
+            print(f"run_secure.py: error: --resume: {run_dir} has no config.json and checkpoint.pt to resume from", file=sys.stderr)
+            return 2
+        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        # where the work runs does not change a run's numbers: the resuming command decides
+        cfg = cfg.replace(executor=args.executor, ray_address=args.ray_address, workers=args.workers,
+                          server_workers=args.server_workers)
+        trainer = Trainer(cfg, progress=not args.quiet, run_dir=run_dir)
+        trainer.resume_from(run_dir)
+    else:
+        keys = set(TrainConfig.__dataclass_fields__)
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
+        trainer = Trainer(cfg, progress=not args.quiet)
+    print(f"run folder: {trainer.run_dir}", flush=True)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    if trainer.run_dir is not None:
+        from secure_fed.report.html import render_report
+
+        render_report(trainer.run_dir)
+    done = [r for r in trainer.history if not r.get("aborted")]
+    if done:
+        final = done[-1]
+        eps = f", epsilon {final['epsilon']:.3f} at delta {trainer.cfg.delta}" if final.get("epsilon") is not None else ""
+        print(f"final accuracy {final['accuracy']:.4f} after round {final['round']}{eps}; outputs in {trainer.run_dir}")
+    return 0
