@@ -14,6 +14,7 @@ from secure_fed.errors import ConfigError
 
 ALGORITHMS = ("fedhpro", "fedavg", "fedproto")
 CLASSIFIERS = ("fedavg", "meta")
+HP_CONTROLS = ("none", "random", "frozen")
 PARTITIONS = ("dirichlet", "iid")
 SECAGG_MODES = ("off", "secagg", "secagg+")
 DP_MODES = ("off", "sample", "client")
@@ -51,6 +52,7 @@ class TrainConfig:
     length_of_hp: int = 5
     rounds_of_hp: int = 30
     hp_lr: float = 0.1
+    hp_control: str = "none"
     meta_per_class: int = 50
     meta_steps: int = 100
     tau: float = 0.05
@@ -109,6 +111,7 @@ class TrainConfig:
         need(self.imbalance >= 1, "--imbalance", f"must be >= 1 (1 = balanced; got {self.imbalance})")
         need(self.length_of_hp >= 1, "--length-of-hp", f"must be >= 1 (got {self.length_of_hp})")
         need(self.rounds_of_hp >= 0, "--rounds-of-hp", f"must be >= 0 (got {self.rounds_of_hp})")
+        need(self.hp_control in HP_CONTROLS, "--hp-control", f"must be one of {', '.join(HP_CONTROLS)} (got {self.hp_control!r})")
         need(self.hp_lr > 0, "--hp-lr", f"must be > 0 (got {self.hp_lr})")
         need(self.meta_per_class >= 1, "--meta-per-class", f"must be >= 1 (got {self.meta_per_class})")
         need(self.meta_steps >= 0, "--meta-steps", f"must be >= 0 (got {self.meta_steps})")

@@ -150,6 +150,8 @@ class Trainer:
                 cfg.dp, cfg.noise_placement, cfg.mechanism, cfg.clip, cfg.noise_multiplier or 1.0,
                 cfg.delta, cfg.release_rate, cfg.accountant, secure=cfg.secagg != "off",
                 release_noise_ratio=cfg.release_ratio(),
+                release_sensitivity=self.spec.release_sensitivity if cfg.splits_budget else None,
+                weight_release=cfg.splits_budget and cfg.classifier == "meta",
             )
             self.privacy = RunPrivacy(settings, self.layout, self.threshold, has_release=cfg.algorithm == "fedhpro")
         self._custom_aggregator = aggregator is not None
@@ -297,7 +299,19 @@ class Trainer:
                 "class_histogram": self.histogram.tolist(),
             },
         )
-        write_json(self.run_dir / "layout.json", self.layout.describe())
+        write_json(self.run_dir / "layout.json", self._layout_doc())
+
+    def _layout_doc(self) -> list[dict[str, Any]]:
+        """The upload layout, each noised block with its mechanism's ledger label and L2
+        sensitivity (``release``, ``sensitivity``)."""
+        doc = self.layout.describe()
+        if self.privacy is not None:
+            owner = {n: rel for rel in self.privacy.noise.releases for n in rel.blocks}
+            for block in doc:
+                rel = owner.get(str(block["name"]))
+                if rel is not None:
+                    block.update(release=rel.label, sensitivity=rel.sensitivity)
+        return doc
 
     def _checkpoint(self, round_id: int) -> None:
         if self.run_dir is None:
@@ -339,6 +353,7 @@ class Trainer:
             "rounds": self.history,
             "final": self.history[-1] if self.history else None,
             "stopped": self.stopped,
+            **({"hp_summary": summary} if (summary := self.hp_summary()) is not None else {}),
         }
 
     # -- privacy ----------------------------------------------------------------------------
@@ -473,6 +488,9 @@ class Trainer:
         }
         if final and side["pers"]:
             rec["personalized_accuracy"] = float(np.mean(list(side["pers"].values())))
+        hp = self._hp_record()
+        if hp is not None:
+            rec["hp"] = hp
         self.history.append(rec)
         if self.audit is not None:
             self.audit.append(self._audit_record(round_id, cohort, agg, stats, events, eps, acc, loss, {
@@ -518,7 +536,29 @@ class Trainer:
             "upload_entries": self.layout.size, "protocol_seconds": meta.get("seconds"),
             "dp": dp, "events": events, "epsilon": eps,
             "aggregate_sha256": agg.digest(), "server": stats, "accuracy": acc, "loss": loss, "timings": timings,
+            **({"hp": hp} if (hp := self._hp_record()) is not None else {}),
         }
+
+    def _hp_record(self) -> dict[str, Any] | None:
+        """FedHPro: this round's hyper-prototype matching (matched classes, loss, movement)."""
+        if not isinstance(self.server, FedHProServer) or not self.server.hp_round:
+            return None
+        return dict(self.server.hp_round)
+
+    def hp_summary(self) -> str | None:
+        """FedHPro: the run's matching in one sentence (None for other algorithms)."""
+        if not isinstance(self.server, FedHProServer):
+            return None
+        rounds = [r["hp"] for r in self.history if "hp" in r]
+        total = sum(len(h["matched_classes"]) for h in rounds)
+        slots = sum(int(h["num_classes"]) for h in rounds)
+        if self.cfg.hp_control == "random":
+            return f"hyper-prototypes: control arm 'random': fixed random anchors, never matched ({len(rounds)} rounds)"
+        if not self.server.matched:
+            return (f"hyper-prototypes: NO class was ever matched in {len(rounds)} rounds (no release cleared the count "
+                    "gate): the clients trained without HP losses, i.e. this run is FedAvg plus the release's cost")
+        return (f"hyper-prototypes: {total}/{slots} class-rounds matched, {int(self.server.hp_matched.sum())}/"
+                f"{self.num_classes} classes ever matched")
 
     def _aborted(self, round_id: int, cohort: list[int], reason: str, seconds: float) -> dict[str, Any]:
         rec = {"round": round_id, "aborted": reason, "accuracy": self.history[-1]["accuracy"] if self.history else None,
@@ -545,6 +585,8 @@ class Trainer:
         line += f"  {rec['seconds']:.2f}s"
         if "personalized_accuracy" in rec:
             line += f"  personalized {rec['personalized_accuracy']:.4f}"
+        if "hp" in rec:
+            line += f"  hp {len(rec['hp']['matched_classes'])}/{rec['hp']['num_classes']}"
         return line
 
     def run(self, until: int | None = None) -> dict[str, Any]:
@@ -572,6 +614,8 @@ class Trainer:
             self._checkpoint(r)
             self.log(self._line(rec))
         bar.close()
+        if (last == self.cfg.rounds or self.stopped is not None) and (summary := self.hp_summary()) is not None:
+            self.log(summary)
         self.start_round = last + 1
         if self.run_dir is not None:
             save_torch(self.run_dir / "model.pt", self.server.model.state_dict())

@@ -83,7 +83,8 @@ def _images(html: str) -> list[bytes]:
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs")
     cfg = TrainConfig(clients=4, cohort=4, rounds=1, rounds_of_hp=3, meta_steps=5, meta_per_class=5, secagg="secagg+",
-                      dropout=0.0, dp="off", target_epsilon=None, hardened=False, out=str(out), run_id="r", seed=2)
+                      dropout=0.0, dp="off", target_epsilon=None, hardened=False, out=str(out), run_id="r", seed=2,
+                      classifier="meta")  # the weight block the inversion attack reads travels only then
     trainer = Trainer(cfg, progress=False, log=lambda s: None)
     trainer.run()
     from secure_fed.report import render_report

@@ -27,8 +27,9 @@ from secure_fed.errors import ConfigError
 from secure_fed.trainer import Trainer
 
 C, DIM = 4, 6
+# --classifier meta: the weight-gradient block the class-mean attack reads travels only then
 SMALL = dict(clients=4, cohort=4, rounds=2, batch_size=32, rounds_of_hp=3, meta_steps=5, meta_per_class=5,
-             secagg="secagg+", dropout=0.0, dp="off", target_epsilon=None, hardened=False)
+             secagg="secagg+", dropout=0.0, dp="off", target_epsilon=None, hardened=False, classifier="meta")
 
 
 def _layout(dp: str = "off") -> VectorLayout:
@@ -209,3 +210,17 @@ def test_not_applicable_to_fedavg(tmp_path: Path) -> None:
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     res = audit_inversion(tmp_path)
     assert res["passed"] is None and res["summary"]["applicable"] is False
+
+
+def test_without_the_weight_block_no_class_mean_is_recovered() -> None:
+    """--classifier fedavg uploads U (C x C) and no weight block: the attack gets counts and
+    the label set, but no class-mean feature."""
+    counts = [1, 7, 0, 31]
+    f, y = _data(0, counts)
+    w, b = torch.zeros(C, DIM, dtype=torch.float64), torch.zeros(C, dtype=torch.float64)
+    _, _, gb = per_class_gradient_sums(f, y, w, b)
+    lay = VectorLayout.build([("cls_grad_b", (C, C), 1e3), ("holders", (C,), 1.0)])
+    vec = lay.flatten({"cls_grad_b": gb.numpy(), "holders": (np.array(counts) > 0).astype(float)})
+    inv = invert(lay, vec, _knowledge(w, b))
+    assert np.count_nonzero(inv.means) == 0
+    assert [round(c) for c in inv.counts] == counts
