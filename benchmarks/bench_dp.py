@@ -33,9 +33,14 @@ from collections.abc import Callable
 import torch
 
 from crypto.rng import KeystreamRNG
-from dp.clipping import per_class_clipped_sums, per_class_residual_sums, residual_release_norm, zero_sums
-from secure_fed.upload import UploadSpec
+from dp.clipping import (
+    per_class_clipped_sums,
+    per_class_residual_sums,
+    residual_release_norm,
+    zero_sums,
+)
 from dp.mechanisms import DiscreteGaussianMechanism, GaussianMechanism
+from secure_fed.upload import UploadSpec
 
 
 def _plain(f: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> None:

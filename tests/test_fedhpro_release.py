@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -307,3 +309,42 @@ def test_masked_losses_equal_the_plain_ones_when_all_active_and_ignore_inactive_
     none = torch.zeros(C, dtype=torch.bool)
     assert float(hpcl_loss_masked(f, y, means, none)) == 0.0 and float(hpal_loss_masked(f, y, means, none)) == 0.0
     assert math.isfinite(float(hpcl_loss_masked(f, y, means, active, 0.05, 0.2)))
+
+
+# -- a run's line, audit and report ------------------------------------------------------------
+def test_a_run_that_never_matches_says_so(tmp_path: Path) -> None:
+    from secure_fed.report import render_report
+    from secure_fed.runio import read_audit
+    from secure_fed.trainer import Trainer
+
+    lines: list[str] = []
+    cfg = TrainConfig(clients=4, cohort=3, rounds=2, batch_size=64, rounds_of_hp=2, secagg="off", dp="sample",
+                      noise_placement="local", mechanism="gaussian", noise_multiplier=1.0, release_noise_ratio=1e4,
+                      target_epsilon=None, hardened=False, out=str(tmp_path), run_id="none")
+    Trainer(cfg, progress=False, log=lines.append).run()
+    assert all(" hp 0/10" in line for line in lines if line.startswith("round"))
+    assert "NO class was ever matched" in lines[-1]
+    recs = [r for r in read_audit(tmp_path / "none" / "audit.jsonl") if r.get("kind") == "round"]
+    assert [r["hp"]["matched_classes"] for r in recs] == [[], []]
+    assert recs[0]["hp"]["matching_loss_before"] is None and recs[0]["hp"]["hp_movement"] == 0.0
+    page = render_report(tmp_path / "none").read_text()
+    assert "No class was ever matched in 2 rounds" in page and "0 of 20 class-rounds" in page
+    layout = json.loads((tmp_path / "none" / "layout.json").read_text())
+    by_name = {b["name"]: b for b in layout}
+    assert by_name["cls_grad_b"]["release"] == "per_class_release" and "cls_grad_w" not in by_name
+    assert by_name["class_count"]["sensitivity"] == pytest.approx(RESIDUAL_SENSITIVITY)
+
+
+def test_a_plaintext_run_matches_and_reports_it(tmp_path: Path) -> None:
+    from secure_fed.report import render_report
+    from secure_fed.trainer import Trainer
+
+    lines: list[str] = []
+    cfg = TrainConfig(clients=4, cohort=3, rounds=2, batch_size=64, rounds_of_hp=2, secagg="off", dp="off",
+                      target_epsilon=None, hardened=False, out=str(tmp_path), run_id="plain")
+    Trainer(cfg, progress=False, log=lines.append).run()
+    rounds = [line for line in lines if line.startswith("round")]
+    assert rounds and all(" hp 0/10" not in line for line in rounds)
+    assert "class-rounds matched" in lines[-1]
+    page = render_report(tmp_path / "plain").read_text()
+    assert "No class was ever matched" not in page and "hp matched" in page
