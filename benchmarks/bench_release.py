@@ -11,6 +11,7 @@ the defaults (digits, --dp sample, SecAgg+, discrete noise, epsilon 8) in reprod
   over the clients actually summed); the median over rounds.
 
     PYTHONPATH=. python benchmarks/bench_release.py [--ratios 1 2 3 5 10] [--seeds 0 1] [--rounds 30]
+        [--hp-control random]
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main() -> None:
     ap.add_argument("--ratios", type=float, nargs="+", default=[1, 2, 3, 5, 10])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--hp-control", default="none", help="the control arm (none, random, frozen)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     print("| ratio | seed | DP-SGD sigma | release sigma | final acc | mean acc, last 5 | matched after round 2 | median cosine |")
@@ -74,7 +76,7 @@ def main() -> None:
     summary: dict[float, list[dict[str, float]]] = {}
     for ratio in args.ratios:
         for seed in args.seeds:
-            m = measure(ratio, seed, args.rounds)
+            m = measure(ratio, seed, args.rounds, hp_control=args.hp_control)
             summary.setdefault(ratio, []).append(m)
             print(f"| {ratio:g} | {seed} | {m['sigma']:.3f} | {m['release_sigma']:.2f} | {m['final']:.4f} | "
                   f"{m['last5']:.4f} | {m['matched']:.3f} | {m['cosine']:.3f} |", flush=True)

@@ -452,7 +452,9 @@ def summary_section(run: RunData) -> str:
     if hps:
         got = sum(len(_list(h.get("matched_classes"))) for h in hps)
         slots = sum(int(_num(h.get("num_classes")) or 0) for h in hps)
-        rows.append(("hyper-prototypes matched", f"{got} of {slots} class-rounds"))
+        gate = (" (the others' noisy counts did not clear the server's gate of 3 noise standard deviations)"
+                if 0 < got < slots and dp_enabled(run) else "")
+        rows.append(("hyper-prototypes matched", f"{got} of {slots} class-rounds{gate}"))
     if not run.chain.ok:
         banners = (f"<div class='bad' role='alert'><strong>Audit chain verification FAILED: "
                    f"{esc(run.chain.message)}.</strong> Everything below comes from an "

@@ -557,8 +557,12 @@ class Trainer:
         if not self.server.matched:
             return (f"hyper-prototypes: NO class was ever matched in {len(rounds)} rounds (no release cleared the count "
                     "gate): the clients trained without HP losses, i.e. this run is FedAvg plus the release's cost")
+        why = ""
+        if total < slots and self.cfg.dp != "off":
+            why = (f"; the others' noisy counts did not clear the gate (3 noise std, release noise multiplier "
+                   f"{self.privacy.s.release_noise_multiplier:.3g})" if self.privacy is not None else "")
         return (f"hyper-prototypes: {total}/{slots} class-rounds matched, {int(self.server.hp_matched.sum())}/"
-                f"{self.num_classes} classes ever matched")
+                f"{self.num_classes} classes ever matched{why}")
 
     def _aborted(self, round_id: int, cohort: list[int], reason: str, seconds: float) -> dict[str, Any]:
         rec = {"round": round_id, "aborted": reason, "accuracy": self.history[-1]["accuracy"] if self.history else None,
