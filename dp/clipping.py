@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,3 +206,110 @@ def clip_vector(v: np.ndarray | torch.Tensor, clip: float
         norm = float(np.linalg.norm(v))
     factor = min(1.0, clip / (norm + OPACUS_EPS))
     return v * factor, factor < 1.0
+
+
+# -- the residual release: what hyper-prototype matching reads ---------------------------------
+RESIDUAL_NORM_BOUND = math.sqrt(2.0)
+"""L2 bound of one sample's softmax residual r = softmax(z) - onehot(y), for any logits z.
+
+With p = softmax(z): |r|^2 = (1 - p_y)^2 + sum_{k != y} p_k^2 <= (1 - p_y)^2 + (sum_{k != y} p_k)^2
+= 2 (1 - p_y)^2 <= 2. The bound is approached (never reached) when p puts all its mass on one
+wrong class. It holds before any clipping, whatever the model."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResidualSums:
+    """Per-class sums of (clipped) softmax residuals of one client's batch.
+
+    residual (C x C): row c is sum over class-c samples of s_i (p_i - e_c), the summed
+    cross-entropy gradient w.r.t. the logits (the bias gradient of a linear head);
+    count (C): the summed count coordinate s_i * c; clipped: samples whose factor s_i was < 1.
+    """
+
+    residual: torch.Tensor
+    count: torch.Tensor
+    clipped: int
+
+    def flat(self) -> torch.Tensor:
+        """Both blocks as one vector, layout residual | count."""
+        return torch.cat([self.residual.reshape(-1), self.count.reshape(-1)])
+
+
+def residual_release_norm(count_coordinate: float | None) -> float:
+    """L2 norm bound of one sample's contribution to :func:`per_class_residual_sums` before
+    clipping: sqrt(2 + c^2) (:data:`RESIDUAL_NORM_BOUND` and the count coordinate c)."""
+    c = 0.0 if count_coordinate is None else float(count_coordinate)
+    return math.sqrt(RESIDUAL_NORM_BOUND ** 2 + c * c)
+
+
+@torch.no_grad()
+def per_class_residual_sums(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    clip: float,
+    count_coordinate: float | None = None,
+    into: ResidualSums | None = None,
+) -> ResidualSums:
+    """Per-class sums of the softmax residuals p_i - e_{y_i}, clipped per sample (client side).
+
+    logits: (B x C) of any model; y: labels (B, int64); clip: L2 norm per sample of the
+    residual and the count coordinate together. Each sample's residual has norm <=
+    :data:`RESIDUAL_NORM_BOUND`, so with ``clip >= residual_release_norm(count_coordinate)``
+    clipping never bites (the factor, Opacus's min(1, clip / (norm + 1e-6)), is >= 1 - 1e-6 /
+    clip), and the sums' add/remove-one-sample L2 sensitivity is ``clip`` either way.
+
+    For a linear head logits = W f + b, sample i's feature gradient is W^T r_i, so
+    ``residual @ W`` is the per-class feature-gradient sum (C x dim) without uploading it.
+
+    into: a release of the same shapes to which this batch's sums are added in place; only
+    the rows of classes in ``y`` are written.
+    """
+    if logits.dim() != 2 or y.dim() != 1 or logits.shape[0] != y.shape[0]:
+        raise ConfigError(f"need logits (B x C) and y (B), got {tuple(logits.shape)} and {tuple(y.shape)}")
+    if not clip > 0:
+        raise ConfigError(f"clip norm must be > 0, got {clip}")
+    n_cls = logits.shape[1]
+    if into is not None and into.residual.shape != (n_cls, n_cls):
+        raise ConfigError(f"into has shapes for C={into.residual.shape[0]}; these logits have C={n_cls}")
+    y = y.to(torch.long)
+    g = torch.softmax(logits, dim=1)
+    g[torch.arange(g.shape[0], device=g.device), y] -= 1.0
+    c = 0.0 if count_coordinate is None else float(count_coordinate)
+    norm = torch.sqrt(torch.linalg.vector_norm(g, dim=1).square() + c * c)
+    factor = torch.clamp(clip / (norm + OPACUS_EPS), max=1.0)
+    if into is None:
+        into = ResidualSums(g.new_zeros(n_cls, n_cls), g.new_zeros(n_cls), 0)
+    into.residual.index_add_(0, y, g * factor[:, None])
+    if count_coordinate is not None:
+        into.count.index_add_(0, y, factor * c)
+    return dataclasses.replace(into, clipped=into.clipped + int((factor < 1.0).sum()))
+
+
+@torch.no_grad()
+def per_class_weight_sums(
+    logits: torch.Tensor, f: torch.Tensor, y: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, int]:
+    """Per-class sums of clipped per-sample weight gradients of a linear head (client side).
+
+    Sample i's weight gradient is r_i f_i^T (r_i = p_i - e_{y_i}, C x dim) with Frobenius
+    norm |r_i| |f_i|; it is scaled by min(1, clip / (norm + 1e-6)) and summed into class
+    y_i's block. Returns (C x C x dim, samples scaled down); blocks of classes absent from
+    ``y`` are never written. L2 sensitivity under add/remove-one-sample: ``clip``.
+    """
+    if logits.dim() != 2 or f.dim() != 2 or y.dim() != 1 or not logits.shape[0] == f.shape[0] == y.shape[0]:
+        raise ConfigError(f"need logits (B x C), f (B x dim), y (B), got {tuple(logits.shape)}, "
+                          f"{tuple(f.shape)}, {tuple(y.shape)}")
+    if not clip > 0:
+        raise ConfigError(f"clip norm must be > 0, got {clip}")
+    n_cls, dim = logits.shape[1], f.shape[1]
+    y = y.to(torch.long)
+    g = torch.softmax(logits, dim=1)
+    g[torch.arange(g.shape[0], device=g.device), y] -= 1.0
+    norm = torch.linalg.vector_norm(g, dim=1) * torch.linalg.vector_norm(f, dim=1)
+    factor = torch.clamp(clip / (norm + OPACUS_EPS), max=1.0)
+    gs = g * factor[:, None]
+    counts = torch.bincount(y, minlength=n_cls)
+    present = torch.nonzero(counts).squeeze(1)
+    weight = f.new_zeros(n_cls, n_cls, dim)
+    _add_present(weight, gs, f, y, counts, present)
+    return weight, int((factor < 1.0).sum())

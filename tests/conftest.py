@@ -6,6 +6,11 @@
   reproducible), trained once per test session; each module gets its own copy of the run
   folder (``plain_run``), so a module that writes audit results into it changes no other
   module's view.
+* ``finished_meta_run`` / ``meta_run``: the same run with ``--classifier meta``, for the
+  modules whose audits read the weight-gradient block (the inversion audit's class-mean
+  attack): FedHPro uploads that block only with the meta classifier. It is a second run
+  because the meta classifier of so small a run (5 meta steps) does not learn, so the
+  plain run stays the one that must learn above chance.
 * ``ray_session``: one local Ray instance (2 CPUs) for every test that needs Ray; executors
   join it and leave it running; it stops when the session ends.
 """
@@ -23,6 +28,7 @@ from secure_fed.config import TrainConfig
 
 PLAIN_RUN = dict(clients=4, cohort=4, rounds=2, batch_size=32, rounds_of_hp=3, meta_steps=5, meta_per_class=5,
                  secagg="secagg+", dropout=0.0, dp="off", target_epsilon=None, hardened=False, seed=1)
+META_RUN = {**PLAIN_RUN, "classifier": "meta"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,22 +36,42 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.markexpr = "not slow"
 
 
-@pytest.fixture(scope="session")
-def finished_plain_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared run folder (read it only; take ``plain_run`` to get a copy to write into)."""
+def _finish(tmp_path_factory: pytest.TempPathFactory, settings: dict[str, Any], run_id: str) -> Path:
     from secure_fed.run.trainer import Trainer
 
     out = tmp_path_factory.mktemp("shared-runs")
-    Trainer(TrainConfig(**PLAIN_RUN, out=str(out), run_id="plain"), progress=False, log=lambda s: None).run()
-    return out / "plain"
+    Trainer(TrainConfig(**settings, out=str(out), run_id=run_id), progress=False, log=lambda s: None).run()
+    return out / run_id
+
+
+def _copy(finished: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("runs") / finished.name
+    shutil.copytree(finished, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def finished_plain_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared run folder (read it only; take ``plain_run`` to get a copy to write into)."""
+    return _finish(tmp_path_factory, PLAIN_RUN, "plain")
 
 
 @pytest.fixture(scope="module")
 def plain_run(finished_plain_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This module's copy of the shared finished run."""
-    dest = tmp_path_factory.mktemp("runs") / "plain"
-    shutil.copytree(finished_plain_run, dest)
-    return dest
+    return _copy(finished_plain_run, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def finished_meta_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared ``--classifier meta`` run folder (read it only; ``meta_run`` is a copy)."""
+    return _finish(tmp_path_factory, META_RUN, "meta")
+
+
+@pytest.fixture(scope="module")
+def meta_run(finished_meta_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the shared finished ``--classifier meta`` run."""
+    return _copy(finished_meta_run, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -79,12 +79,13 @@ def _images(html: str) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def small_run(plain_run: Path) -> Path:
-    """This module's copy of the session's finished SecAgg+ run without DP, with its report."""
+def small_run(meta_run: Path) -> Path:
+    """This module's copy of the session's finished SecAgg+ run without DP, with its report
+    (--classifier meta: the weight block the inversion attack reads travels only then)."""
     from secure_fed.report.html import render_report
 
-    render_report(plain_run)
-    return plain_run
+    render_report(meta_run)
+    return meta_run
 
 
 def test_help_documents_every_flag_with_its_default() -> None:

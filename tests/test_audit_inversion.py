@@ -27,8 +27,9 @@ from secure_fed.fl.client import per_class_gradient_sums
 from secure_fed.run.trainer import Trainer
 
 C, DIM = 4, 6
+# --classifier meta: the weight-gradient block the class-mean attack reads travels only then
 SMALL = dict(clients=4, cohort=4, rounds=2, batch_size=32, rounds_of_hp=3, meta_steps=5, meta_per_class=5,
-             secagg="secagg+", dropout=0.0, dp="off", target_epsilon=None, hardened=False)
+             secagg="secagg+", dropout=0.0, dp="off", target_epsilon=None, hardened=False, classifier="meta")
 
 
 def _layout(dp: str = "off") -> VectorLayout:
@@ -134,11 +135,12 @@ def test_noise_energy_test_finds_the_label_set() -> None:
 
 
 # -- the audit on real runs ----------------------------------------------------------------------
-# plain_run (tests/conftest.py): the session's finished SecAgg+ run without DP, SMALL with seed 1
+# meta_run (tests/conftest.py): the session's finished SecAgg+ run without DP, --classifier meta:
+# SMALL with seed 1
 def test_the_shared_run_is_small_with_seed_1() -> None:
-    from tests.conftest import PLAIN_RUN
+    from tests.conftest import META_RUN
 
-    assert PLAIN_RUN == {**SMALL, "seed": 1}
+    assert META_RUN == {**SMALL, "seed": 1}
 
 
 
@@ -146,8 +148,8 @@ def _pooled(res: dict[str, Any], point: str, view: str) -> dict[str, Any]:
     return next(r for r in res["raw"]["points"] if r["point"] == point)["views"][view]["pooled"]
 
 
-def test_audit_recovers_first_round_uploads_but_not_clients_from_the_sum(plain_run: Path) -> None:
-    res = audit_inversion(plain_run, seed=0, progress=False)
+def test_audit_recovers_first_round_uploads_but_not_clients_from_the_sum(meta_run: Path) -> None:
+    res = audit_inversion(meta_run, seed=0, progress=False)
     json.dumps(res, allow_nan=False)
     assert res["name"] == "inversion" and res["passed"] is True
     up = _pooled(res, "first", "upload")
@@ -161,10 +163,10 @@ def test_audit_recovers_first_round_uploads_but_not_clients_from_the_sum(plain_r
     assert [p["title"] for p in res["plots"]] and all(s["x"] for p in res["plots"] for s in p["series"])
 
 
-def test_server_view_is_the_real_secure_sum_of_the_tapped_uploads(plain_run: Path) -> None:
-    cfg = TrainConfig.from_dict(json.loads((plain_run / "config.json").read_text()))
+def test_server_view_is_the_real_secure_sum_of_the_tapped_uploads(meta_run: Path) -> None:
+    cfg = TrainConfig.from_dict(json.loads((meta_run / "config.json").read_text()))
     trainer = _AuditTrainer(cfg, audit_seed=0)
-    trainer.resume_from(plain_run)
+    trainer.resume_from(meta_run)
     _, uploads, agg, reason = _replay_round(trainer, trainer.start_round, seed=0)
     assert reason is None and agg is not None and agg.meta["aggregator"] == "secagg+"
     assert sorted(uploads) == [0, 1, 2, 3]
@@ -173,9 +175,9 @@ def test_server_view_is_the_real_secure_sum_of_the_tapped_uploads(plain_run: Pat
     assert all(not np.allclose(agg.vector, u) for u in uploads.values())
 
 
-def test_same_seed_same_result(plain_run: Path) -> None:
-    a = audit_inversion(plain_run, seed=3, points="final", progress=False)
-    b = audit_inversion(plain_run, seed=3, points=["final"], progress=False)
+def test_same_seed_same_result(meta_run: Path) -> None:
+    a = audit_inversion(meta_run, seed=3, points="final", progress=False)
+    b = audit_inversion(meta_run, seed=3, points=["final"], progress=False)
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
@@ -191,15 +193,15 @@ def test_dp_noise_degrades_even_the_population_mean(tmp_path: Path) -> None:
     assert _pooled(res, "first", "upload")["small_count_hit_rate"] < 0.5
 
 
-def test_bad_inputs(tmp_path: Path, plain_run: Path) -> None:
+def test_bad_inputs(tmp_path: Path, meta_run: Path) -> None:
     with pytest.raises(ConfigError, match="config.json"):
         audit_inversion(tmp_path)
     with pytest.raises(ConfigError, match="the inversion audit has no option 'bogus'"):
-        run_audits(plain_run, "inversion", options={"inversion": {"bogus": 1}}, progress=False)
+        run_audits(meta_run, "inversion", options={"inversion": {"bogus": 1}}, progress=False)
     with pytest.raises(ConfigError, match="--inversion-points"):
-        audit_inversion(plain_run, points="middle")
+        audit_inversion(meta_run, points="middle")
     with pytest.raises(ConfigError, match="--inversion-max-advantage"):
-        audit_inversion(plain_run, max_advantage=-1)
+        audit_inversion(meta_run, max_advantage=-1)
     (tmp_path / "config.json").write_text(json.dumps(TrainConfig(dp="off", target_epsilon=None).to_dict()))
     with pytest.raises(ConfigError, match="checkpoint.pt"):
         audit_inversion(tmp_path)
@@ -210,3 +212,17 @@ def test_not_applicable_to_fedavg(tmp_path: Path) -> None:
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     res = audit_inversion(tmp_path)
     assert res["passed"] is None and res["summary"]["applicable"] is False
+
+
+def test_without_the_weight_block_no_class_mean_is_recovered() -> None:
+    """--classifier fedavg uploads U (C x C) and no weight block: the attack gets counts and
+    the label set, but no class-mean feature."""
+    counts = [1, 7, 0, 31]
+    f, y = _data(0, counts)
+    w, b = torch.zeros(C, DIM, dtype=torch.float64), torch.zeros(C, dtype=torch.float64)
+    _, _, gb = per_class_gradient_sums(f, y, w, b)
+    lay = VectorLayout.build([("cls_grad_b", (C, C), 1e3), ("holders", (C,), 1.0)])
+    vec = lay.flatten({"cls_grad_b": gb.numpy(), "holders": (np.array(counts) > 0).astype(float)})
+    inv = invert(lay, vec, _knowledge(w, b))
+    assert np.count_nonzero(inv.means) == 0
+    assert [round(c) for c in inv.counts] == counts

@@ -185,7 +185,8 @@ def test_budget_split_moves_noise_from_dpsgd_to_the_release(tmp_path: Path) -> N
                      run_id="split")
     fixed.run()
     assert fixed.privacy is not None
-    assert fixed.privacy.noise.share_std() == pytest.approx(4.5 * fixed.cfg.clip)
+    # the release's noise is 4.5 times its own sensitivity (its natural bound, not --clip)
+    assert fixed.privacy.noise.share_std() == pytest.approx(4.5 * fixed.spec.release_sensitivity)
     rec = next(read_audit(tmp_path / "split" / "audit.jsonl"))
     assert rec["dp"]["release_noise_multiplier"] == pytest.approx(4.5)
     by_label: dict[str, set[float]] = {}

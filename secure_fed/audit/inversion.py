@@ -149,7 +149,10 @@ def invert(layout: VectorLayout, vector: np.ndarray, k: AttackerKnowledge) -> In
     w = np.asarray(k.weight, dtype=np.float64)
     b = np.asarray(k.bias, dtype=np.float64)
     num_classes, dim = w.shape
-    g_w = np.asarray(layout.view(vector, "cls_grad_w"), dtype=np.float64)  # C x C x dim
+    # The weight block travels only with --classifier meta; without it nothing here gives
+    # the class means (they stay zero) and only counts and the label set are attacked.
+    g_w = (np.asarray(layout.view(vector, "cls_grad_w"), dtype=np.float64) if "cls_grad_w" in layout.names()
+           else np.zeros((num_classes, num_classes, dim)))  # C x C x dim
     g_b = np.asarray(layout.view(vector, "cls_grad_b"), dtype=np.float64)  # C x C
     present, score = _presence(layout, vector, k, num_classes)
     means = np.zeros((num_classes, dim))

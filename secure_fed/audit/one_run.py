@@ -70,12 +70,14 @@ from secure_fed.aggregation.secagg import LayoutCodec
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
 from secure_fed.privacy.noise import (
+    WEIGHT_RELEASE_BLOCKS,
     ClientNoise,
     PrivacySettings,
     RunPrivacy,
     noised_blocks,
     release_multiplier,
 )
+from secure_fed.privacy.upload import UploadSpec
 from secure_fed.run.rundir import JOURNAL, load_config, load_json, read_audit, read_journal
 
 NAME = "one_run"
@@ -437,8 +439,14 @@ def run_release_specs(run_dir: Path) -> tuple[list[ReleaseSpec], list[Event], Tr
     layout_doc = load_json(run_dir / "layout.json")
     layout = VectorLayout.build([(b["name"], tuple(b["shape"]), b["bound"]) for b in layout_doc])
     names = noised_blocks(layout, cfg.dp)
+    clip = cfg.clip
     if cfg.algorithm != "fedhpro" and cfg.dp == "sample":
         names = ()  # FedAvg under sample DP releases only the DP-SGD delta: no release noise
+    elif cfg.splits_budget:
+        # FedHPro's per-class release (its own sensitivity); the meta classifier's weight
+        # block is a second mechanism with its own event, not audited here.
+        names = tuple(n for n in names if n not in WEIGHT_RELEASE_BLOCKS)
+        clip = UploadSpec(cfg.dp, cfg.clip).release_sensitivity
     blocks = tuple((n, layout.block(n).shape, float(layout.block(n).bound or 0.0)) for n in names)
     z = raw.get("noise_multiplier_used")
     journal = {int(e["round"]): e["events"] for e in read_journal(run_dir / JOURNAL)} if (run_dir / JOURNAL).exists() else {}
@@ -458,7 +466,7 @@ def run_release_specs(run_dir: Path) -> tuple[list[ReleaseSpec], list[Event], Tr
                 raise ConfigError(f"RUN_DIR: round {rec.get('round')} of {run_dir.name} records no noise multiplier")
             z_release = release_multiplier(float(z_dp), cfg.release_ratio())
         specs.append(ReleaseSpec(
-            cfg.mechanism, cfg.noise_placement, cfg.dp, float(z_release), cfg.clip, cfg.delta,
+            cfg.mechanism, cfg.noise_placement, cfg.dp, float(z_release), clip, cfg.delta,
             threshold, cfg.cohort, len(summed), cfg.bits, cfg.secagg != "off", blocks))
         rel = [event_from_dict(e) for e in journal.get(int(rec["round"]), [])
                if e.get("label") in ("per_class_release", "client_update")]

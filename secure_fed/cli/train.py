@@ -17,6 +17,7 @@ from secure_fed.config import (
     CLASSIFIERS,
     DEFAULT_RELEASE_NOISE_RATIO,
     DP_MODES,
+    HP_CONTROLS,
     MECHANISMS,
     PARTITIONS,
     PLACEMENTS,
@@ -49,9 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--feature-dim", type=int, default=d.feature_dim, help="feature dimension of the model (default: the model's own)")
 
     g = p.add_argument_group("FedHPro")
-    g.add_argument("--length-of-hp", type=int, default=d.length_of_hp, help="hyper-prototypes per class (L)")
-    g.add_argument("--rounds-of-hp", type=int, default=d.rounds_of_hp, help="server SGD steps of gradient matching per round")
-    g.add_argument("--hp-lr", type=float, default=d.hp_lr, help="server learning rate of gradient matching and meta classifier training")
+    g.add_argument("--length-of-hp", type=int, default=d.length_of_hp, help="hyper-prototypes per class (L); they start as i.i.d. N(0, 1) draws (the paper's init) from --seed")
+    g.add_argument("--rounds-of-hp", type=int, default=d.rounds_of_hp, help="server steps of gradient matching per round: plain full-batch SGD (no momentum) on P minimizing sum over matched classes of 1 - cos(U_c W, g_c(P))")
+    g.add_argument("--hp-lr", type=float, default=d.hp_lr, help="server learning rate of gradient matching (plain SGD) and of meta classifier training")
+    g.add_argument("--hp-control", choices=HP_CONTROLS, default=d.hp_control,
+                   help="control arm: none (FedHPro); random: never match, clients train toward the fixed random N(0, 1) anchors "
+                        "from round 2; frozen: each class is matched once, its first round through the gate, then kept. The release is "
+                        "uploaded and charged in every arm, so only the server's use of it differs")
     g.add_argument("--meta-per-class", type=int, default=d.meta_per_class, help="meta prototypes per class")
     g.add_argument("--meta-steps", type=int, default=d.meta_steps, help="SGD steps training the meta classifier")
     g.add_argument("--tau", type=float, default=d.tau, help="HPCL temperature")

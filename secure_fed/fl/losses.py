@@ -22,7 +22,7 @@ from torch import Tensor
 
 from crypto.errors import ConfigError
 
-__all__ = ["client_margin", "hpal_loss", "hpcl_loss", "normalized_hp_means"]
+__all__ = ["client_margin", "hpal_loss", "hpal_loss_masked", "hpcl_loss", "hpcl_loss_masked", "normalized_hp_means"]
 
 
 def _check_batch(features: Tensor, labels: Tensor, hp_means: Tensor) -> None:
@@ -114,3 +114,46 @@ def hpal_loss(features: Tensor, labels: Tensor, hp_means: Tensor) -> Tensor:
     _check_batch(features, labels, hp_means)
     target = F.normalize(hp_means, dim=-1)[labels]
     return F.smooth_l1_loss(F.normalize(features, dim=-1), target, reduction="mean", beta=1.0)
+
+
+def _check_active(active: Tensor, hp_means: Tensor) -> Tensor:
+    if active.shape != (hp_means.shape[0],):
+        raise ConfigError(f"active must be a bool tensor of shape ({hp_means.shape[0]},), got {tuple(active.shape)}")
+    return active.to(device=hp_means.device, dtype=torch.bool)
+
+
+def hpcl_loss_masked(
+    features: Tensor, labels: Tensor, hp_means: Tensor, active: Tensor, tau: float = 0.05, margin: float = 0.0
+) -> Tensor:
+    """:func:`hpcl_loss` over the classes whose hyper-prototypes were matched (``active``, C).
+
+    Anchors of inactive classes leave the InfoNCE denominator and samples of inactive
+    classes contribute 0 (the sum is still divided by the whole batch size B), so an
+    unmatched anchor never pulls or pushes a feature. With every class active this equals
+    :func:`hpcl_loss`; with none it is 0. Client side.
+    """
+    _check_batch(features, labels, hp_means)
+    active = _check_active(active, hp_means)
+    if not (math.isfinite(tau) and tau > 0):
+        raise ConfigError(f"tau must be a positive finite number, got {tau}")
+    if not math.isfinite(margin):
+        raise ConfigError(f"margin must be finite, got {margin}")
+    if not bool(active.any()):
+        return features.sum() * 0.0
+    logits = F.normalize(features, dim=-1) @ F.normalize(hp_means, dim=-1).T / tau
+    positive = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+    log_denominator = torch.logsumexp(logits.masked_fill(~active, float("-inf")), dim=1)
+    if margin > 0.0:
+        log_denominator = torch.logaddexp(log_denominator, log_denominator.new_tensor(math.log(margin)))
+    per_sample = log_denominator - positive
+    return torch.where(active[labels], per_sample, torch.zeros_like(per_sample)).mean()
+
+
+def hpal_loss_masked(features: Tensor, labels: Tensor, hp_means: Tensor, active: Tensor) -> Tensor:
+    """:func:`hpal_loss` with samples of inactive classes (``active``, C) contributing 0
+    (still averaged over the whole batch and the coordinates). Client side."""
+    _check_batch(features, labels, hp_means)
+    active = _check_active(active, hp_means)
+    target = F.normalize(hp_means, dim=-1)[labels]
+    per_entry = F.smooth_l1_loss(F.normalize(features, dim=-1), target, reduction="none", beta=1.0)
+    return (per_entry * active[labels].to(per_entry.dtype)[:, None]).mean()

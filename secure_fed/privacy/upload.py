@@ -4,8 +4,9 @@ The :class:`UploadSpec` is public and identical for every client of a run. It de
 (DESIGN.md section 6) which blocks may travel:
 
 * ``dp="off"``: exact per-class gradient sums, class-holder indicators, n_k * delta and n_k.
-* ``dp="sample"``: the per-class release (gradients plus a constant count coordinate per
-  sample, clipped jointly to ``clip`` and noised) and the DP-SGD model delta, averaged with
+* ``dp="sample"``: the per-class release (softmax residuals plus a constant count
+  coordinate per sample, within :data:`RESIDUAL_SENSITIVITY` without clipping, and noised;
+  with the meta classifier also the weight gradients, clipped to ``clip``, noised apart) and the DP-SGD model delta, averaged with
   uniform weights over the survivors. No n_k, no exact counts, no holder indicators.
 * ``dp="client"``: every block inside one vector clipped to ``clip`` and noised
   (DP-FedAvg style); per-class sums are divided by the client's sample count first so no
@@ -19,8 +20,10 @@ never privacy (clamping is a contraction, so sensitivities do not grow).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from dp.clipping import RESIDUAL_NORM_BOUND
 from secure_fed.errors import ConfigError
 
 DP_MODES = ("off", "sample", "client")
@@ -29,7 +32,12 @@ PLAIN_VALUE_BOUND = 10.0
 DELTA_BOUND = 1.0
 """Bound of one parameter's change in one round of local training."""
 COUNT_SHARE = 0.5
-"""The count coordinate as a fraction of the clip norm (sample unit)."""
+"""The count coordinate as a fraction of the per-class release's L2 sensitivity (sample unit)."""
+RESIDUAL_SENSITIVITY = RESIDUAL_NORM_BOUND / math.sqrt(1.0 - COUNT_SHARE ** 2)
+"""L2 sensitivity of FedHPro's per-class release (sample unit): one sample adds its softmax
+residual (norm <= sqrt(2), no clipping needed) and the count coordinate
+COUNT_SHARE * RESIDUAL_SENSITIVITY, so its contribution has norm
+<= sqrt(2 + COUNT_SHARE^2 S^2) = S with S = sqrt(2) / sqrt(1 - COUNT_SHARE^2) (= 1.633)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,21 @@ class UploadSpec:
     @property
     def count_coordinate(self) -> float:
         """Value of the constant count coordinate each sample adds (sample unit)."""
-        return COUNT_SHARE * self.clip
+        return COUNT_SHARE * self.release_sensitivity
+
+    @property
+    def release_sensitivity(self) -> float:
+        """L2 sensitivity of the per-class residual release (sample unit), independent of
+        ``--clip``: see :data:`RESIDUAL_SENSITIVITY`."""
+        return RESIDUAL_SENSITIVITY
+
+    def residual_bound(self) -> float:
+        """Bound of one entry of the per-class residual block U (C x C): every entry of a
+        sample's residual is in [-1, 1], so a client's sum is within its sample count (client
+        unit: divided by n_k, then the whole vector clipped to ``clip``)."""
+        if self.dp == "client":
+            return min(1.0, self.clip)
+        return float(self.train_size)
 
     def per_class_bound(self) -> float:
         """Bound of one entry of a per-class gradient block."""

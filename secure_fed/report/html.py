@@ -80,7 +80,14 @@ def summary_section(run: RunData) -> str:
         ("final accuracy", None if final is None
          else f"{final['accuracy']:.4f} (round {final.get('round')})"),
     ]
-    banners = "".join(stop_banner(s) for s in run.stops)
+    banners = "".join(stop_banner(s) for s in run.stops) + hp_banner(run)
+    hps = [_dict(r.get("hp")) for r in run.rounds if r.get("hp")]
+    if hps:
+        got = sum(len(_list(h.get("matched_classes"))) for h in hps)
+        slots = sum(int(_num(h.get("num_classes")) or 0) for h in hps)
+        gate = (" (the others' noisy counts did not clear the server's gate of 3 noise standard deviations)"
+                if 0 < got < slots and dp_enabled(run) else "")
+        rows.append(("hyper-prototypes matched", f"{got} of {slots} class-rounds{gate}"))
     if not run.chain.ok:
         banners = (f"<div class='bad' role='alert'><strong>Audit chain verification FAILED: "
                    f"{esc(run.chain.message)}.</strong> Everything below comes from an "
@@ -394,7 +401,8 @@ def plots_section(run: RunData) -> str:
 
 
 ROUND_COLUMNS = ("round", "aggregator", "cohort", "summed", "dropped", "t", "epsilon",
-                 "accuracy", "loss", "up / client", "up total", "down total", "events",
+                 "accuracy", "loss", "hp matched", "matching loss before / after", "hp movement",
+                 "up / client", "up total", "down total", "events",
                  "seconds", "aggregate SHA-256")
 
 
@@ -402,6 +410,37 @@ def _bytes_total(rec: dict[str, Any], way: str) -> int | None:
     vals = [_num(_dict(v).get(way)) for v in _dict(rec.get("bytes")).values()]
     nums = [v for v in vals if v is not None]
     return int(sum(nums)) if nums else None
+
+
+def hp_cells(rec: dict[str, Any]) -> list[str]:
+    """FedHPro's matching in a round: matched k/C (and which), the mean matching loss
+    1 - cos over the matched classes before and after, and the relative movement of P."""
+    hp = _dict(rec.get("hp"))
+    if not hp:
+        return ["&ndash;"] * 3
+    matched = _list(hp.get("matched_classes"))
+    k = f"{len(matched)}/{fmt(hp.get('num_classes'))}"
+    if matched:
+        k += f" <span class='note'>({ids(matched)})</span>"
+    if hp.get("control") not in (None, "none"):
+        k += f" <span class='note'>control {esc(hp.get('control'))}</span>"
+    loss = (f"{fmt(_num(hp.get('matching_loss_before')))} / {fmt(_num(hp.get('matching_loss_after')))}"
+            if matched else "&ndash;")
+    return [k, loss, fmt(_num(hp.get("hp_movement")))]
+
+
+def hp_banner(run: RunData) -> str:
+    """A FedHPro run in which no class was ever matched says so at the top."""
+    hps = [_dict(r.get("hp")) for r in run.rounds if r.get("hp")]
+    if not hps or any(_list(h.get("matched_classes")) for h in hps):
+        return ""
+    control = hps[-1].get("control")
+    why = ("the control arm 'random' never matches: the clients trained toward fixed random anchors"
+           if control == "random" else
+           "no class's release cleared the server's count gate, so no hyper-prototype was learned "
+           "and the clients trained without HP losses")
+    return (f"<div class='warn' role='status'><strong>No class was ever matched in {len(hps)} "
+            f"rounds:</strong> {esc(why)}.</div>")
 
 
 def round_row(rec: dict[str, Any]) -> str:
@@ -412,7 +451,7 @@ def round_row(rec: dict[str, Any]) -> str:
         fmt(rec.get("round")), fmt(rec.get("aggregator")),
         fmt(len(_list(rec.get("cohort"))) if "cohort" in rec else None), fmt(summed(rec)),
         ids(rec.get("dropped")), fmt(rec.get("threshold")), eps,
-        fmt(_num(rec.get("accuracy"))), fmt(_num(rec.get("loss"))),
+        fmt(_num(rec.get("accuracy"))), fmt(_num(rec.get("loss"))), *hp_cells(rec),
         fmt_bytes(rec.get("bytes_up_per_client")), fmt_bytes(_bytes_total(rec, "up")),
         fmt_bytes(_bytes_total(rec, "down")),
         fmt(len(_list(rec.get("events"))) if "events" in rec else None),
@@ -432,6 +471,8 @@ def rounds_section(run: RunData) -> str:
     if not rows:
         return _section("rounds", "Rounds", "<p class='missing'>No rounds recorded.</p>")
     legend = ("<p class='note'>summed: clients whose inputs are in the sum (last stage); "
+              "hp matched: FedHPro classes whose release cleared the gate and were matched "
+              "that round; matching loss: mean 1 - cos over them; hp movement: |P_new - P_old| / |P_old|; "
               "epsilon: max over clients per accountant; events: privacy ledger events added "
               "that round; up/down total: all clients, all stages.</p>")
     table = f"<div class='scroll'><table class='grid'><tr>{head}</tr>{''.join(rows)}</table></div>"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
+from secure_fed.fl.fedhpro import HpRound
+
 
 class RoundRecord(TypedDict):
     """One round of the run. An aborted round (too few survivors: nothing revealed) has
@@ -26,6 +28,7 @@ class RoundRecord(TypedDict):
     seconds: float
     aborted: NotRequired[str]
     personalized_accuracy: NotRequired[float]  # final round only
+    hp: NotRequired[HpRound]  # FedHPro: the round's hyper-prototype matching
 
 
 class StopRecord(TypedDict):
@@ -36,4 +39,25 @@ class StopRecord(TypedDict):
     epsilon: dict[str, Any] | None  # spent per accountant when it stopped
 
 
-__all__ = ["RoundRecord", "StopRecord"]
+def round_line(rec: RoundRecord, rounds: int, secure: bool) -> str:
+    """The console line of a round of a ``rounds``-round run (``secure``: under SecAgg, with
+    the survivors)."""
+    r = rec["round"]
+    if rec.get("aborted"):
+        return f"round {r:>3}/{rounds}  ABORTED ({rec['aborted']}): no update, nothing revealed"
+    line = f"round {r:>3}/{rounds}  acc {rec['accuracy']:.4f}  loss {rec['loss']:.4f}"
+    if rec.get("epsilon") is not None:
+        line += f"  eps {rec['epsilon']:.3f}"
+    if secure:
+        line += f"  survivors {rec['survivors']}/{rec['cohort']}"
+    if (up := rec["bytes_up_per_client"]) is not None:
+        line += f"  up {up / 1024:.1f} KiB/client"
+    line += f"  {rec['seconds']:.2f}s"
+    if "personalized_accuracy" in rec:
+        line += f"  personalized {rec['personalized_accuracy']:.4f}"
+    if "hp" in rec:
+        line += f"  hp {len(rec['hp']['matched_classes'])}/{rec['hp']['num_classes']}"
+    return line
+
+
+__all__ = ["HpRound", "RoundRecord", "StopRecord", "round_line"]

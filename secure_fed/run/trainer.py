@@ -68,7 +68,7 @@ from secure_fed.fl.program import (
 from secure_fed.fl.server import Broadcast, FedServer
 from secure_fed.privacy.noise import PrivacySettings, RunPrivacy, SgdPlan, share_factor
 from secure_fed.privacy.upload import UploadSpec
-from secure_fed.run.records import RoundRecord, StopRecord
+from secure_fed.run.records import RoundRecord, StopRecord, round_line
 from secure_fed.run.rundir import (
     JOURNAL,
     AuditLog,
@@ -149,6 +149,8 @@ class Trainer:
                 cfg.dp, cfg.noise_placement, cfg.mechanism, cfg.clip, cfg.noise_multiplier or 1.0,
                 cfg.delta, cfg.release_rate, cfg.accountant, secure=cfg.secagg != "off",
                 release_noise_ratio=cfg.release_ratio(),
+                release_sensitivity=self.spec.release_sensitivity if cfg.splits_budget else None,
+                weight_release=cfg.splits_budget and cfg.classifier == "meta",
             )
             self.privacy = RunPrivacy(settings, self.layout, self.threshold, has_release=cfg.algorithm == "fedhpro")
         self._custom_aggregator = aggregator is not None
@@ -311,7 +313,8 @@ class Trainer:
                 "class_histogram": self.histogram.tolist(),
             },
         )
-        write_json(self.run_dir / "layout.json", self.layout.describe())
+        write_json(self.run_dir / "layout.json",
+                   self.privacy.noise.layout_doc() if self.privacy is not None else self.layout.describe())
 
     def _checkpoint(self, round_id: int) -> None:
         if self.run_dir is None:
@@ -353,6 +356,7 @@ class Trainer:
             "rounds": self.history,
             "final": self.history[-1] if self.history else None,
             "stopped": self.stopped,
+            **({"hp_summary": summary} if (summary := self.hp_summary()) is not None else {}),
         }
 
     # -- privacy ----------------------------------------------------------------------------
@@ -488,12 +492,14 @@ class Trainer:
         }
         if final and side["pers"]:
             rec["personalized_accuracy"] = float(np.mean(list(side["pers"].values())))
+        if isinstance(self.server, FedHProServer) and self.server.hp_round is not None:
+            rec["hp"] = self.server.hp_round  # matched classes, matching loss, movement
         self.history.append(rec)
         if self.audit is not None:
-            self.audit.append(self._audit_record(round_id, cohort, agg, stats, events, eps, acc, loss, {
+            self.audit.append({**self._audit_record(round_id, cohort, agg, stats, events, eps, acc, loss, {
                 "clients_and_aggregation": t_server - t_clients, "server_update": t_eval - t_server,
                 "evaluation": t_end - t_eval, "total": t_end - t0,
-            }))
+            }), **({"hp": rec["hp"]} if "hp" in rec else {})})
         return rec
 
     def _split_note(self) -> str:
@@ -535,6 +541,13 @@ class Trainer:
             "aggregate_sha256": agg.digest(), "server": stats, "accuracy": acc, "loss": loss, "timings": timings,
         }
 
+    def hp_summary(self) -> str | None:
+        """FedHPro: the run's matching in one sentence (None for other algorithms)."""
+        if not isinstance(self.server, FedHProServer):
+            return None
+        release = self.privacy.s.release_noise_multiplier if self.privacy is not None else None
+        return self.server.summary([r["hp"] for r in self.history if "hp" in r], release)
+
     def _aborted(self, round_id: int, cohort: list[int], reason: str, seconds: float) -> RoundRecord:
         rec: RoundRecord = {"round": round_id, "aborted": reason, "accuracy": self.history[-1]["accuracy"] if self.history else None,
                "loss": None, "train_loss": None, "epsilon": self.history[-1].get("epsilon") if self.history else None,
@@ -545,22 +558,6 @@ class Trainer:
                                "aggregator": self.aggregator.name, "dp": self._dp_record(), "events": [],
                                "epsilon": self.epsilons(), "accuracy": rec["accuracy"], "timings": {"total": seconds}})
         return rec
-
-    def _line(self, rec: RoundRecord) -> str:
-        r = rec["round"]
-        if rec.get("aborted"):
-            return f"round {r:>3}/{self.cfg.rounds}  ABORTED ({rec['aborted']}): no update, nothing revealed"
-        line = f"round {r:>3}/{self.cfg.rounds}  acc {rec['accuracy']:.4f}  loss {rec['loss']:.4f}"
-        if rec.get("epsilon") is not None:
-            line += f"  eps {rec['epsilon']:.3f}"
-        if self.cfg.secagg != "off":
-            line += f"  survivors {rec['survivors']}/{rec['cohort']}"
-        if (up := rec["bytes_up_per_client"]) is not None:
-            line += f"  up {up / 1024:.1f} KiB/client"
-        line += f"  {rec['seconds']:.2f}s"
-        if "personalized_accuracy" in rec:
-            line += f"  personalized {rec['personalized_accuracy']:.4f}"
-        return line
 
     def run(self, until: int | None = None) -> dict[str, Any]:
         """Run the remaining rounds (up to round ``until`` if given) and write the outputs."""
@@ -585,8 +582,10 @@ class Trainer:
                 self._checkpoint(r - 1)
                 break
             self._checkpoint(r)
-            self.log(self._line(rec))
+            self.log(round_line(rec, self.cfg.rounds, self.cfg.secagg != "off"))
         bar.close()
+        if (last == self.cfg.rounds or self.stopped is not None) and (summary := self.hp_summary()) is not None:
+            self.log(summary)
         self.start_round = last + 1
         if self.run_dir is not None:
             save_torch(self.run_dir / "model.pt", self.server.model.state_dict())
