@@ -82,6 +82,12 @@ def leak_bound(n: int, k: int, t: int, corrupt: float) -> float:
     return min(1.0, factor * binom_at_least(k, corrupt, 2 * t - k - 1))
 
 
+def tolerated_colluders(k: int, t: int) -> int:
+    """Largest number c of colluding neighbours per client that (k, t) tolerates against an
+    active server: the largest c with c < 2t - k - 1 (-1 when even c = 0 is not safe)."""
+    return 2 * t - k - 2
+
+
 @dataclass(frozen=True, slots=True)
 class GraphParams:
     """A (k, t) choice and the failure probabilities it guarantees (upper bounds)."""

@@ -24,6 +24,7 @@ from crypto.signing import SigningKeyPair
 from protocol.client import SecAggClient
 from protocol.config import ProtocolConfig
 from protocol.dropout import DropoutSchedule
+from protocol.policy import ClientPolicy
 from protocol.runner import (
     ClientPool,
     LocalClientPool,
@@ -71,11 +72,15 @@ def simulation_identities(ids: tuple[int, ...], seed: int) -> dict[int, SigningK
 
 def simulation_client(config: ProtocolConfig, seed: int, u: int,
                       identity: SigningKeyPair | None,
-                      identity_keys: Mapping[int, bytes] | None) -> SecAggClient:
-    """Simulated client u of ``config`` (client side): its input is produced lazily."""
+                      identity_keys: Mapping[int, bytes] | None,
+                      policy: ClientPolicy | None = None) -> SecAggClient:
+    """Simulated client u of ``config`` (client side): its input is produced lazily.
+    ``policy`` None: :meth:`ClientPolicy.permissive` (a simulation runs the config its
+    caller chose, unauthenticated ones included)."""
     rng = KeystreamRNG.from_seed(seed, "keys").spawn(f"client/{u}")
     return SecAggClient(u, config, partial(simulated_input, u, config.length, config.bits, seed),
-                        identity, identity_keys, rng)
+                        identity, identity_keys, rng,
+                        policy=ClientPolicy.permissive() if policy is None else policy)
 
 
 def local_pool(config: ProtocolConfig, seed: int
