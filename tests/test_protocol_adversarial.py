@@ -73,6 +73,7 @@ def test_mask_isolation_unauthenticated_refused_before_unmasking() -> None:
 
 SPLIT_GRID = [
     (5, "complete", 4),
+    (10, "complete", 9),  # round_params(10, 0.1, max_colluders=1): the proposed default
     (10, "harary", 8),
     (12, "harary", 4),
     (16, "harary", 6),
@@ -126,12 +127,12 @@ def test_split_view_with_up_to_c_colluders_recovers_nothing(n: int, graph: str, 
 
 @pytest.mark.parametrize("n,graph,k,t", [(5, "complete", 4, 3), (5, "complete", 4, 4),
                                          (12, "harary", 4, 3), (16, "harary", 6, 4),
-                                         (10, "harary", 8, 5)])
+                                         (10, "harary", 8, 5), (10, "complete", 9, 6)])
 def test_split_view_with_c_plus_one_colluders_recovers_the_input(n: int, graph: str, k: int,
                                                                  t: int) -> None:
     """The bound is tight: with 2t - k - 1 colluding neighbours (one more than tolerated) a
     split view that every honest client accepts recovers the target's exact input."""
-    c = tolerated_colluders(k, t) + 1
+    c = tolerated_colluders(k, t) + 1  # (10, harary, 8, 5), today's digits run: c + 1 = 1
     attack, plan, target = _split_attack(n, graph, k, t, c)
     assert plan is not None
     run_split(attack, plan)
