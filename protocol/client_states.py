@@ -15,8 +15,8 @@ from typing import ClassVar
 import numpy as np
 
 from crypto.aead import open_sealed, seal
-from crypto.agreement import KeyPair, Label, derive_key, generate_keypair
-from crypto.errors import DecryptionError, SharingError, SignatureError
+from crypto.agreement import KeyPair, Label, check_public_key, derive_key, generate_keypair
+from crypto.errors import CryptoError, DecryptionError, SharingError, SignatureError
 from crypto.rng import KeystreamRNG, random_bytes
 from crypto.shamir import Share, share_from_bytes, share_secrets, share_to_bytes
 from crypto.signing import SigningKeyPair, sign, verify
@@ -24,6 +24,7 @@ from protocol.config import ProtocolConfig
 from protocol.errors import (
     AuthenticationFailure,
     ConsistencyViolation,
+    InvalidPublicKey,
     ProtocolAbort,
     ProtocolError,
     ReplayError,
@@ -150,6 +151,13 @@ class ShareKeysState(ClientState):
                            *advertise_fields(cfg, v, e.c_pk, e.s_pk))
                 except (SignatureError, KeyError):
                     raise AuthenticationFailure("a key advertisement did not verify") from None
+        try:  # before any share is sealed to c_pk or any mask derived from s_pk
+            for e in peers.values():
+                check_public_key(e.c_pk)
+                check_public_key(e.s_pk)
+        except CryptoError:
+            raise InvalidPublicKey("a neighbour advertised a low-order or non-canonical "
+                                   "X25519 key") from None
         return peers
 
     def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:

@@ -74,6 +74,7 @@ class Attack:
     revealed: dict[int, UnmaskShares] = field(default_factory=dict)
     refused: dict[int, type[Exception]] = field(default_factory=dict)  # client -> error type
     refused_stage: dict[int, str] = field(default_factory=dict)
+    started: set[int] = field(default_factory=set)  # clients that advertised keys
     s_sk: dict[int, bytes] = field(default_factory=dict)  # colluders' masking private keys
     held: dict[int, Mapping[int, Share]] = field(default_factory=dict)  # colluders' shares
 
@@ -102,6 +103,7 @@ class Attack:
                 continue
             data = self._talk(u, "advertise", c.start)
             if data is not None:
+                self.started.add(u)
                 msg = decode(data)
                 assert isinstance(msg, AdvertiseKeys)
                 self.adverts[u] = msg
@@ -115,7 +117,7 @@ class Attack:
     def share(self) -> None:
         assert self.broadcast is not None
         data = self.broadcast.encode()
-        for u in self.alive(self.adverts) + sorted(self.colluders & set(self.adverts)):
+        for u in self.alive(self.started) + sorted(self.colluders & self.started):
             up = self._talk(u, "share", lambda u=u: self.clients[u].receive(data))
             if up is not None:
                 msg = decode(up)

@@ -11,8 +11,22 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.errors import ConsistencyViolation, ProtocolError
+from crypto.agreement import generate_keypair
+from crypto.rng import KeystreamRNG
+from crypto.signing import sign
+from protocol.errors import (
+    AuthenticationFailure,
+    ConsistencyViolation,
+    InvalidPublicKey,
+    PolicyViolation,
+    ProtocolError,
+)
+from protocol.messages import AdvertiseKeys
 from protocol.params import choose_graph_params, tolerated_colluders
+from protocol.policy import ClientPolicy
+from protocol.runner import make_identities
+from protocol.server import SecAggServer
+from protocol.session import advertise_fields
 from tests.adversary import (
     Attack,
     SplitPlan,
@@ -139,3 +153,123 @@ def test_split_view_with_c_plus_one_colluders_recovers_the_input(n: int, graph: 
     assert not attack.refused  # every honest client accepted its view
     attack.check_reveals()  # honest clients followed the rules...
     assert attack.recovered(target)  # ...and still the input leaks: c is the bound
+
+
+# -- freshness, key substitution, low-order and non-canonical keys --------------------------
+def _honest_neighbours(attack: Attack, v: int) -> list[int]:
+    return [w for w in sorted(attack.graph.neighbors_of(v)) if w not in attack.colluders]
+
+
+def test_same_round_replay_of_an_old_advertisement_is_refused() -> None:
+    """Attempt 1 of round 5 (nonce N1) collected client 1's signed keys; attempt 2 of the
+    same round id (fresh nonce N2) replays them without contacting client 1. Every honest
+    neighbour refuses before sealing a share to the stale key, and so does an honest
+    server; with the nonce reused, the same replay verifies (what the nonce is for)."""
+    ident = make_identities(range(6), KeystreamRNG.from_seed(9, "ids"))
+    n1, n2 = bytes(range(16)), bytes(range(1, 17))
+    old = make_attack(6, 4, nonce=n1, identities=ident)
+    old.advertise()
+    stale = old.adverts[1]
+
+    def replay(adverts: dict[int, AdvertiseKeys]) -> None:
+        adverts[1] = stale
+
+    new = make_attack(6, 4, nonce=n2, identities=ident, seed=4)
+    new.advertise(rewrite=replay, skip=frozenset({1}))
+    new.share()
+    for v in _honest_neighbours(new, 1):
+        if v != 1:
+            assert new.refused.get(v) is AuthenticationFailure and v not in new.shares
+    new.mask()
+    assert not new.recovered(0)
+    server = SecAggServer(new.config, {u: k.public for u, k in ident.items()})
+    with pytest.raises(AuthenticationFailure):
+        server.receive(stale.encode())
+
+    same = make_attack(6, 4, nonce=n1, identities=ident, seed=4)
+    same.advertise(rewrite=replay, skip=frozenset({1}))
+    same.share()
+    assert not same.refused and len(same.shares) == 5  # a reused nonce lets it through
+
+
+def test_key_substitution_refused_when_authenticated() -> None:
+    """The server swaps client 2's keys for its own (it knows their private halves) to
+    read the shares sealed to 2: every honest client refuses before sealing anything."""
+    attack = make_attack(5, 3)
+    mine_c, mine_s = generate_keypair(bytes([7]) * 32), generate_keypair(bytes([8]) * 32)
+
+    def substitute(adverts: dict[int, AdvertiseKeys]) -> None:
+        a = adverts[2]
+        adverts[2] = AdvertiseKeys(a.round_id, 2, mine_c.public, mine_s.public, a.signature)
+
+    attack.advertise(rewrite=substitute)
+    attack.share()
+    assert {v: attack.refused.get(v) for v in (0, 1, 3, 4)} == dict.fromkeys(
+        (0, 1, 3, 4), AuthenticationFailure)
+    assert set(attack.shares) <= {2}  # nothing was sealed to the substituted key
+    attack.mask()
+    assert not attack.recovered(0)
+
+
+def test_key_substitution_is_the_passive_model_and_the_default_policy_refuses_it() -> None:
+    """Without authentication nothing can tell a substituted key (the passive-server
+    model); a client with the default policy refuses such a round before making keys."""
+    attack = make_attack(5, 3, authenticated=False)
+    sub = generate_keypair(bytes([7]) * 32)
+
+    def substitute(adverts: dict[int, AdvertiseKeys]) -> None:
+        adverts[2] = AdvertiseKeys(adverts[2].round_id, 2, sub.public, adverts[2].s_pk)
+
+    attack.advertise(rewrite=substitute)
+    attack.share()
+    assert set(attack.refused) == {2}  # only 2 sees its own keys altered...
+    assert set(attack.shares) == {0, 1, 3, 4}  # ...the others seal shares to the substitute
+    strict = make_attack(5, 3, authenticated=False, policy=ClientPolicy())
+    strict.advertise()
+    assert set(strict.refused.values()) == {PolicyViolation} and not strict.adverts
+
+
+@pytest.mark.parametrize("bad", [
+    bytes(32),  # u = 0
+    (1).to_bytes(32, "little"),  # u = 1
+    (325606250916557431795983626356110631294008115727848805560023387167927233504
+     ).to_bytes(32, "little"),  # a point of order 8
+    ((2**255 - 19) + 1).to_bytes(32, "little"),  # u = p + 1: non-canonical encoding of 1
+])
+def test_low_order_key_from_a_colluder_refused_before_any_share(bad: bytes) -> None:
+    """Colluder 4 advertises a low-order masking key, correctly signed. Its neighbours
+    refuse at the key broadcast, before any encrypted share leaves them."""
+    attack = make_attack(5, 3, colluders=frozenset({4}))
+
+    def low(adverts: dict[int, AdvertiseKeys]) -> None:
+        a = adverts[4]
+        sig = sign(attack.identities[4].private,
+                   *advertise_fields(attack.config, 4, a.c_pk, bad))
+        adverts[4] = AdvertiseKeys(a.round_id, 4, a.c_pk, bad, sig)
+
+    attack.advertise(rewrite=low)
+    attack.share()
+    for v in (0, 1, 2, 3):
+        assert attack.refused.get(v) is InvalidPublicKey and v not in attack.shares
+    server = SecAggServer(attack.config, {u: k.public for u, k in attack.identities.items()})
+    with pytest.raises(InvalidPublicKey):
+        server.receive(attack.adverts[4].encode())
+
+
+def test_high_bit_copy_of_a_key_is_a_duplicate() -> None:
+    """Colluder 4 re-advertises honest client 2's masking key with the high bit set (the
+    same X25519 key): refused as a repeated key, not accepted as a fresh one."""
+    attack = make_attack(5, 3, colluders=frozenset({4}))
+
+    def copy(adverts: dict[int, AdvertiseKeys]) -> None:
+        a, theirs = adverts[4], adverts[2].s_pk
+        twin = theirs[:31] + bytes([theirs[31] | 0x80])
+        sig = sign(attack.identities[4].private,
+                   *advertise_fields(attack.config, 4, a.c_pk, twin))
+        adverts[4] = AdvertiseKeys(a.round_id, 4, a.c_pk, twin, sig)
+
+    attack.advertise(rewrite=copy)
+    attack.share()
+    assert all(attack.refused.get(v) is not None and issubclass(attack.refused[v], ProtocolError)
+               for v in (0, 1, 2, 3))
+    assert set(attack.shares) <= {4}
