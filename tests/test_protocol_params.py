@@ -19,6 +19,7 @@ from protocol.params import (
     leak_bound,
     round_params,
 )
+from protocol.simulator import simulate
 
 
 def _exact_cdf_below(k: int, p: Fraction, t: int) -> Fraction:
@@ -170,3 +171,15 @@ def test_round_params_leak_bound_with_a_corrupt_fraction() -> None:
     p = round_params(100, 0.2, 2, corrupt=0.01)
     assert 0 < p.leak_probability == pytest.approx(leak_bound(100, p.k, p.t, 0.01))
     assert round_params(100, 0.2, 2).leak_probability == 0.0
+
+
+def test_simulate_chooses_k_and_t_with_round_params_when_not_given() -> None:
+    sim = simulate(20, 3, graph="harary", dropout=0.1, max_colluders=1, halting_bits=4, seed=2)
+    p = round_params(20, 0.1, 1, graph="harary", halting_bits=4)
+    assert sim.ok and sim.params == p and p.graph == "harary"
+    assert sim.result.survivors  # the round ran on that (k, t)
+    auto = simulate(20, 3, graph="harary", dropout=0.1, halting_bits=4, seed=2)
+    assert auto.ok and auto.params is not None and auto.params.colluders == 0
+    with pytest.raises(ConfigError, match="tolerates fewer than 1 colluders"):
+        simulate(12, 3, graph="harary", neighbors=4, threshold=3, max_colluders=1,
+                 dropout=0.1, halting_bits=0)
