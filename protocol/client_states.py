@@ -15,8 +15,8 @@ from typing import ClassVar
 import numpy as np
 
 from crypto.aead import open_sealed, seal
-from crypto.agreement import KeyPair, Label, derive_key, generate_keypair
-from crypto.errors import DecryptionError, SharingError, SignatureError
+from crypto.agreement import KeyPair, Label, check_public_key, derive_key, generate_keypair
+from crypto.errors import CryptoError, DecryptionError, SharingError, SignatureError
 from crypto.rng import KeystreamRNG, random_bytes
 from crypto.shamir import Share, share_from_bytes, share_secrets, share_to_bytes
 from crypto.signing import SigningKeyPair, sign, verify
@@ -24,6 +24,7 @@ from protocol.config import ProtocolConfig
 from protocol.errors import (
     AuthenticationFailure,
     ConsistencyViolation,
+    InvalidPublicKey,
     ProtocolAbort,
     ProtocolError,
     ReplayError,
@@ -150,6 +151,13 @@ class ShareKeysState(ClientState):
                            *advertise_fields(cfg, v, e.c_pk, e.s_pk))
                 except (SignatureError, KeyError):
                     raise AuthenticationFailure("a key advertisement did not verify") from None
+        try:  # before any share is sealed to c_pk or any mask derived from s_pk
+            for e in peers.values():
+                check_public_key(e.c_pk)
+                check_public_key(e.s_pk)
+        except CryptoError:
+            raise InvalidPublicKey("a neighbour advertised a low-order or non-canonical "
+                                   "X25519 key") from None
         return peers
 
     def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
@@ -225,13 +233,27 @@ class MaskedInputState(ClientState):
         return nxt, reply
 
 
-def _check_survivors(ctx: ClientContext, survivors: tuple[int, ...]) -> None:
-    if ctx.client_id not in survivors:
+def _check_survivors(ctx: ClientContext, survivors: tuple[int, ...],
+                     held: Mapping[int, Share]) -> None:
+    """The checks of Bonawitz et al.'s ConsistencyCheck (Fig. 4) on the survivor set U3.
+
+    Besides the set naming this client, lying in the cohort and holding t clients: every
+    surviving *neighbour* must be one whose encrypted share this client received and
+    masked with (``held``; U3 within U2). Without that, a server that forwarded only t - 1
+    shares could declare those peers dropped and other neighbours survivors: holders would
+    then reveal this client's b and the dropped peers' mask keys, and strip every mask from
+    its masked input. An honest server never lists a neighbour whose share it withheld.
+    """
+    u = ctx.client_id
+    if u not in survivors:
         raise ConsistencyViolation("survivor set omits this client, which sent its input")
     if not set(survivors) <= set(ctx.config.cohort):
         raise ConsistencyViolation("survivor set names clients outside the cohort")
     if len(survivors) < ctx.config.threshold:
         raise ProtocolAbort(f"survivor set of {len(survivors)} is smaller than t")
+    if any(v not in held for v in ctx.neighbors().intersection(survivors)):
+        raise ConsistencyViolation("survivor set lists a neighbour whose share this client "
+                                   "never received")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +270,7 @@ class ConsistencyCheckState(ClientState):
         _check_session(self.session, msg.session_id)
         if msg.recipient != ctx.client_id:
             raise ProtocolError("consistency request addressed to another client")
-        _check_survivors(ctx, msg.survivors)
+        _check_survivors(ctx, msg.survivors, self.held)
         sig = sign(ctx.identity.private, *consistency_fields(self.session, msg.survivors))
         nxt = UnmaskingState(self.session, self.held, msg.survivors)
         return nxt, ConsistencySignature(self.session, ctx.client_id, sig)
@@ -266,7 +288,8 @@ class UnmaskingState(ClientState):
 
     def _check_signatures(self, ctx: ClientContext, msg: UnmaskRequest) -> None:
         """At least t of this client's holders must have signed exactly this survivor set:
-        itself (it signed ``self.signed``, equal to the request's set) and t - 1 neighbours,
+        itself (it signed ``self.signed``, equal to the request's set) and t - 1 peers whose
+        share it received and masked with (only those count: Bonawitz et al. Fig. 4),
         whose signatures are checked in id order; any failure among those is a
         ConsistencyViolation. Checking t (not all) is enough: two sets each confirmed by t
         of the k + 1 holders would need 2t > k + 1 signers, so some honest holder would
@@ -275,10 +298,11 @@ class UnmaskingState(ClientState):
         sigs = dict(msg.signatures)
         if not set(sigs) <= set(msg.survivors):
             raise ConsistencyViolation("consistency signatures from non-survivors")
-        signers = [v for v in sorted(ctx.neighbors()) if v in sigs]
+        u = ctx.client_id
+        signers = [v for v in sorted(self.held) if v != u and v in sigs]
         # this client itself confirmed the set (checked against what it signed above)
         if len(signers) + 1 < ctx.config.threshold:
-            raise ProtocolAbort("fewer than t neighbours confirmed the survivor set")
+            raise ProtocolAbort("fewer than t share holders confirmed the survivor set")
         fields = consistency_fields(self.session, msg.survivors)
         for v in signers[: ctx.config.threshold - 1]:
             try:
@@ -293,9 +317,11 @@ class UnmaskingState(ClientState):
             raise ProtocolError("unmask request addressed to another client")
         if self.signed is not None and msg.survivors != self.signed:
             raise ConsistencyViolation("unmask request's survivor set differs from the signed one")
-        _check_survivors(ctx, msg.survivors)
+        _check_survivors(ctx, msg.survivors, self.held)
         if ctx.config.authenticated:
             self._check_signatures(ctx, msg)
+        # one share per owner this client exchanged shares with (``held``: itself and the
+        # peers whose share it received), of b if the owner survived, else of s_sk
         alive = set(msg.survivors)
         self_sh = tuple((o, Share(s.index, (s.values[1],)))
                         for o, s in sorted(self.held.items()) if o in alive)

@@ -17,6 +17,7 @@ from typing import ClassVar, TypeAlias
 import numpy as np
 
 from crypto.aead import TAG_BYTES
+from crypto.agreement import canonical_publics
 from crypto.errors import SharingError
 from crypto.shamir import Share, share_from_bytes, share_to_bytes
 from crypto.signing import SIGNATURE_BYTES
@@ -184,9 +185,10 @@ class AdvertiseBroadcast:
         return rows[:, :_KEY_RECORD].tobytes()
 
     def public_keys_unique(self) -> bool:
-        """Whether all 2n advertised public keys are distinct."""
+        """Whether all 2n advertised public keys are distinct as X25519 keys: compared in
+        canonical form, so a copy with the high bit set or u + p is a duplicate."""
         rows = np.frombuffer(self.records, dtype=np.uint8).reshape(-1, self.width)
-        keys = np.ascontiguousarray(rows[:, 4:_KEY_RECORD]).reshape(-1, KEY_BYTES)
+        keys = canonical_publics(rows[:, 4:_KEY_RECORD].reshape(-1, KEY_BYTES))
         return int(np.unique(keys.view(f"V{KEY_BYTES}")).size) == keys.shape[0]
 
     def encode(self) -> bytes:

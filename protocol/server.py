@@ -23,13 +23,15 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from crypto.errors import ConfigError, SharingError, SignatureError
+from crypto.agreement import check_public_key
+from crypto.errors import ConfigError, CryptoError, SharingError, SignatureError
 from crypto.prg import dtype_for_bits, expand_sum_into
 from crypto.shamir import Share, common_index_sets, interpolate_at_zero
 from crypto.signing import verify
 from protocol.config import ProtocolConfig
 from protocol.errors import (
     AuthenticationFailure,
+    InvalidPublicKey,
     MalformedMessage,
     ProtocolAbort,
     ProtocolError,
@@ -270,6 +272,12 @@ class SecAggServer:
                        *advertise_fields(self.config, msg.sender, msg.c_pk, msg.s_pk))
             except (SignatureError, KeyError):
                 raise AuthenticationFailure("a key advertisement did not verify") from None
+        try:
+            check_public_key(msg.c_pk)
+            check_public_key(msg.s_pk)
+        except CryptoError:
+            raise InvalidPublicKey(f"client {msg.sender} advertised a low-order or "
+                                   "non-canonical X25519 key") from None
         self._keys[msg.sender] = msg
 
     def _on_share(self, msg: Message) -> None:
