@@ -27,3 +27,8 @@ class ReplayError(ProtocolError):
 
 class AuthenticationFailure(ProtocolAbort):
     """A signature or share ciphertext did not verify; deliberately says no more than that."""
+
+
+class RevealMissing(ProtocolAbort):
+    """A committed client did not reveal its graph randomness: the round aborts (a restart
+    is a fresh round with fresh keys and commitments)."""
