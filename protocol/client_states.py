@@ -204,7 +204,7 @@ class GraphState(ClientState):
         if commitment_root(cfg.digest(), msg.ids, msg.reveals) != self.commit_root:
             raise ConsistencyViolation("the reveals do not open the commitments of the root "
                                        "this client checked")
-        seed = graph_seed(self.root, msg.reveals)
+        seed = graph_seed(msg.ids, msg.reveals)
         committed = tuple(ids.tolist())
         graph = build_graph(cfg, committed, seed)
         nb = sorted(graph.neighbors_of(u))

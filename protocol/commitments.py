@@ -17,7 +17,7 @@ for why it stops a server from choosing a SecAgg+ neighbourhood is in :mod:`prot
   (client side). Pure in its input bytes and memoised on them: a simulation of n clients
   in one process computes it once per distinct input rather than n times (n^2 hashes).
   A memo hit compares the full input bytes, so no verification is skipped.
-* :func:`graph_seed` -- seed = SHA-256(tag || round root || all reveals).
+* :func:`graph_seed` -- seed = SHA-256(tag || committed ids || all reveals).
 """
 
 from __future__ import annotations
@@ -155,6 +155,8 @@ def commitment_root(binding: bytes, ids: bytes, reveals: bytes) -> bytes:
     return root
 
 
-def graph_seed(root: bytes, reveals: bytes) -> bytes:
-    """32-byte seed of the ring ordering: SHA-256 over the round root and every reveal."""
-    return hashlib.sha256(_SEED_TAG + root + len(reveals).to_bytes(8, "big") + reveals).digest()
+def graph_seed(ids: bytes, reveals: bytes) -> bytes:
+    """32-byte seed of the ring ordering: SHA-256 over the committed ids and every reveal
+    (both as in :func:`commitment_root`). Nothing the server writes enters it: with the
+    clients' randomness fixed, the graph is the same whatever the config says."""
+    return hashlib.sha256(_SEED_TAG + len(ids).to_bytes(8, "big") + ids + reveals).digest()

@@ -22,26 +22,27 @@ Why the server cannot choose the ordering (the seed comes from :mod:`protocol.co
 4. *Derive.* The server sends every client all (id, r_u) -- 20 bytes per committed client,
    the same message for all -- and then, per client, only its neighbours' key leaves and
    O(log m) paths. The client recomputes every C_u, rebuilds the commitment tree and
-   refuses unless R matches the root it checked before revealing; then seed =
-   H(R || all r_u), the ring ordering follows from the seed, and the client verifies its
-   neighbours' key leaves (and signatures) against R before it shares anything.
+   refuses unless it matches the root it checked before revealing; then seed =
+   H(committed ids || all r_u), the ring ordering follows from the seed, and the client
+   verifies its neighbours' key leaves (and signatures) against R before it shares
+   anything.
 
 Argument. R fixes every commitment, the colluders' included, before any honest r_u is
 known; C_u is hiding, so the colluders' choices are independent of the honest r_u, and
-binding, so after R nothing can change but whether a round aborts. The honest r_u are
-uniform, so seed = H(R || reveals) is unpredictable to the server and the colluders when
-they commit (random-oracle model), and each client's neighbours are a uniformly random
-k-subset of the committed set whatever the server wrote in the config (round id, public
-seed, cohort). Re-drawing colluders' keys after seeing honest keys (rushing) does not
-help: their commitments are fixed before any reveal. A server that shows different
-clients different roots (a split view) still cannot bias anyone: each honest client's
-seed contains its own r_u, unknown to the server when it fixed that client's view, so
-that client's neighbourhood -- the only clients it gives shares to -- is uniform in its
-own view; a split view can only make the masks fail to cancel (the sum is wrong or the
-round aborts), not concentrate colluders around a target. What the server still
-controls is the committed set itself: it can claim that honest clients never advertised,
-raising the colluders' fraction among the m committed clients (as it could claim
-dropouts before); a client's policy should bound m from below.
+binding, so after R nothing can change but whether the round aborts. The honest r_u are
+uniform, so the seed is unpredictable to the server and the colluders when they commit
+(random-oracle model), and each client's neighbours are a uniformly random k-subset of
+the committed set. Nothing else the server writes (round id, public seed, length, bits,
+t) enters the seed: with the clients' randomness fixed, the graph does not move.
+Re-drawing colluders' keys or commitments after seeing the honest ones (rushing) does
+not help: no seed can be evaluated before the honest reveals. A server that shows
+different clients different roots (a split view) cannot bias anyone either: each honest
+client's seed contains its own r_u, unknown to the server when it fixed that client's
+view, so that client's neighbourhood -- the only clients it gives shares to -- is uniform
+in its own view; what else a split view can do is the consistency round's business.
+What the server still controls is the committed set: it can claim that honest clients
+never advertised, raising the colluders' fraction among the m committed clients (as it
+could claim dropouts before); a client's policy should bound m from below.
 
 Cost. The commit and key-distribution messages are O(log m) and O(k log m) per client.
 The reveal list is O(m) at 20 bytes per client, one message shared by all: a client

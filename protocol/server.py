@@ -410,7 +410,7 @@ class SecAggServer:
         self.survivors["reveal"] = self._committed
         reveals = b"".join(self._reveals[u] for u in self._committed)
         ids = np.asarray(self._committed, dtype=">u4").tobytes()
-        self._seed = graph_seed(self._root, reveals)
+        self._seed = graph_seed(ids, reveals)
         self.graph = build_graph(self.config, self._committed, self._seed)
         self.session = session_id(self.config, self._root + self._seed)
         data = RevealBroadcast(self.config.round_id, ids, reveals).encode()
