@@ -59,7 +59,7 @@ import numpy as np
 
 from crypto.rng import KeystreamRNG
 from protocol.config import ProtocolConfig
-from protocol.errors import ProtocolError
+from protocol.errors import ConsistencyViolation, ProtocolError
 
 
 class Graph:
@@ -126,27 +126,35 @@ _GRAPHS: OrderedDict[tuple[bytes, str, int, bytes, bytes], Graph] = OrderedDict(
 _GRAPHS_KEPT = 8
 
 
-def build_graph(config: ProtocolConfig, committed: tuple[int, ...] | None = None,
+def build_graph(config: ProtocolConfig, committed: tuple[int, ...] | bytes | None = None,
                 seed: bytes = b"") -> Graph:
     """The round's masking graph over the committed ids (both sides; cached).
 
-    ``committed``: the ids in the round's commitment tree, increasing (default: the whole
-    cohort, for the complete graph, which needs no seed). ``seed``: from
-    :func:`protocol.commitments.graph_seed`, known only after every reveal; a Harary graph
-    without one is refused. Cached on the exact inputs (config digest, seed, id bytes):
-    every client of a simulated round asks for the same graph.
+    ``committed``: the ids in the round's commitment tree, increasing, as a tuple or as
+    4-byte big-endian bytes (default: the whole cohort); ids outside the cohort raise
+    ConsistencyViolation. ``seed``: from :func:`protocol.commitments.graph_seed`, known
+    only after every reveal; a Harary graph without one is refused (the complete graph
+    needs none). Cached on the exact inputs (config digest, which covers the cohort, the
+    seed and the id bytes): every client of a simulated round asks for the same graph,
+    and a cache hit has passed the same checks on the same bytes.
     """
-    ids = config.cohort if committed is None else tuple(committed)
+    if committed is None:
+        committed = config.cohort
+    key_ids = (committed if isinstance(committed, bytes)
+               else np.asarray(committed, dtype=">u4").tobytes())
+    key = (config.digest(), config.graph, config.degree, seed, key_ids)
+    graph = _GRAPHS.get(key)
+    if graph is not None:
+        _GRAPHS.move_to_end(key)
+        return graph
+    ids = tuple(np.frombuffer(key_ids, dtype=">u4").astype(np.int64).tolist())
+    cohort = np.asarray(config.cohort, dtype=np.int64)
+    if ids and not bool(np.all(np.isin(np.asarray(ids, dtype=np.int64), cohort))):
+        raise ConsistencyViolation("committed ids outside the round's cohort")
     if config.graph != "complete" and config.degree < len(ids) - 1 and len(seed) != 32:
         raise ProtocolError("a Harary graph needs the 32-byte seed of the round's reveals")
-    key = (config.digest(), config.graph, config.degree, seed,
-           np.asarray(ids, dtype=">u4").tobytes())
-    graph = _GRAPHS.get(key)
-    if graph is None:
-        graph = _build(config.graph, ids, config.degree, seed)
-        _GRAPHS[key] = graph
-        while len(_GRAPHS) > _GRAPHS_KEPT:
-            _GRAPHS.popitem(last=False)
-    else:
-        _GRAPHS.move_to_end(key)
+    graph = _build(config.graph, ids, config.degree, seed)
+    _GRAPHS[key] = graph
+    while len(_GRAPHS) > _GRAPHS_KEPT:
+        _GRAPHS.popitem(last=False)
     return graph

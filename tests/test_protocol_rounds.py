@@ -98,7 +98,10 @@ def test_sum_is_exact_or_round_aborts(case: dict) -> None:
 @pytest.mark.parametrize("stage", [s for s in STAGES if s != "reveal"])
 @pytest.mark.parametrize("graph,k", [("complete", None), ("harary", 6)])
 def test_dropouts_at_every_stage(stage: str, graph: str, k: int | None) -> None:
-    sim = simulate(16, 33, 32, graph, k, None, 0.25, stage, seed=5)
+    # seed 6: the graph now comes from the clients' reveals, and under seed 5 it puts 3 of
+    # the 4 clients dropping at "masked" around one client, which halts (a legitimate
+    # abort, covered by test_sum_is_exact_or_round_aborts); this test wants recoveries
+    sim = simulate(16, 33, 32, graph, k, None, 0.25, stage, seed=6)
     assert sim.ok
     assert sim.result.dropped or stage in ("consistency", "unmask")
     if stage in ("advertise", "graph", "share"):  # early dropouts never break recovery
