@@ -26,7 +26,7 @@ from protocol.commitments import HASH_BYTES, REVEAL_BYTES
 from protocol.config import MAX_CLIENT_ID, MAX_LENGTH
 from protocol.errors import MalformedMessage
 from protocol.vectors import entry_bytes, unpack
-from protocol.wire import Reader, Writer, peek_tag
+from protocol.wire import HEADER_BYTES, Reader, Writer, peek_tag
 
 KEY_BYTES = 32
 SESSION_BYTES = 32
@@ -294,12 +294,23 @@ class NeighborKeys:
         _check_id(self.recipient)
         _check_sorted(tuple(e.client_id for e in self.entries))
 
+    @staticmethod
+    def record(entry: NeighborKey) -> bytes:
+        """The encoded bytes of one entry, as :meth:`encode` writes them."""
+        w = Writer(0).u32(entry.client_id).blob(entry.c_pk).blob(entry.s_pk)
+        return w.blob(entry.signature).blob(b"".join(entry.path)).finish()[HEADER_BYTES:]
+
+    @classmethod
+    def encode_records(cls, round_id: int, recipient: int, records: list[bytes]) -> bytes:
+        """Encoding of a message whose entries are already encoded with :meth:`record`
+        (ids increasing; server side: a client's record is the same in every message
+        that carries it, so the server encodes each once instead of once per holder)."""
+        w = Writer(cls.TAG).u64(round_id).u32(recipient).u32(len(records))
+        return w.finish() + b"".join(records)
+
     def encode(self) -> bytes:
-        w = Writer(self.TAG).u64(self.round_id).u32(self.recipient).u32(len(self.entries))
-        for e in self.entries:
-            w.u32(e.client_id).blob(e.c_pk).blob(e.s_pk).blob(e.signature)
-            w.blob(b"".join(e.path))
-        return w.finish()
+        return self.encode_records(self.round_id, self.recipient,
+                                   [self.record(e) for e in self.entries])
 
     @classmethod
     def decode(cls, data: bytes) -> NeighborKeys:

@@ -421,14 +421,14 @@ class SecAggServer:
         """Each client that confirmed the seed gets its neighbours' key leaves and paths."""
         live = self._require("graph", self._confirmed)
         assert self.graph is not None and self._key_tree is not None
-        index = {u: i for i, u in enumerate(self._committed)}
         keys, tree, rid = self._keys, self._key_tree, self.config.round_id
+        records = {v: NeighborKeys.record(NeighborKey(v, keys[v].c_pk, keys[v].s_pk,
+                                                      keys[v].signature, tree.path(i)))
+                   for i, v in enumerate(self._committed)}  # each encoded once
         out = {}
         for u in live:
-            entries = tuple(NeighborKey(v, keys[v].c_pk, keys[v].s_pk, keys[v].signature,
-                                        tree.path(index[v]))
-                            for v in sorted(self.graph.neighbors_of(u)))
-            out[u] = NeighborKeys(rid, u, entries).encode()
+            nb = sorted(self.graph.neighbors_of(u))
+            out[u] = NeighborKeys.encode_records(rid, u, [records[v] for v in nb])
         self.stage = Stage.SHARE
         return out
 

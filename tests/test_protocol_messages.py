@@ -151,3 +151,11 @@ def test_fuzz_mutated_valid_messages(msg: m.Message, edits: list[tuple[int, int]
 def test_survivor_ids_must_be_increasing_client_ids(ids: tuple) -> None:
     with pytest.raises(MalformedMessage):
         m.ConsistencyRequest(SID, 1, ids)
+
+
+def test_neighbor_keys_from_pre_encoded_records_equal_the_message_encoding() -> None:
+    entries = (m.NeighborKey(2, b"a" * 32, b"b" * 32, b"s" * 64, (b"h" * 32, b"i" * 32)),
+               m.NeighborKey(7, b"c" * 32, b"d" * 32, b"", ()))
+    msg = m.NeighborKeys(3, 1, entries)
+    fast = m.NeighborKeys.encode_records(3, 1, [m.NeighborKeys.record(e) for e in entries])
+    assert fast == msg.encode() and m.decode(fast) == msg
