@@ -28,10 +28,10 @@ from protocol.client_states import (
     ClientContext,
     ClientState,
     MaskedInputState,
+    ShareKeysState,
 )
 from protocol.config import ProtocolConfig
 from protocol.errors import ProtocolError
-from protocol.graph import build_graph
 from protocol.messages import decode
 from protocol.policy import DEFAULT_POLICY, ClientPolicy
 
@@ -79,8 +79,7 @@ class SecAggClient:
         initial = _EMPTY[config.bits > 32] if callable(value) else _check_input(value, config)
         # identity_keys is shared read-only by every client of a host (not copied per client)
         keys = identity_keys if identity_keys is not None else {}
-        self._ctx = ClientContext(client_id, config, build_graph(config), initial, identity,
-                                  keys, rng)
+        self._ctx = ClientContext(client_id, config, None, initial, identity, keys, rng)
         self._state: ClientState = AdvertiseKeysState()
         self._started = False
         self.policy = DEFAULT_POLICY if policy is None else policy
@@ -130,6 +129,8 @@ class SecAggClient:
         nxt, reply = state.advance(self._ctx, msg)
         encoded = reply.encode()
         self._state = nxt
+        if isinstance(nxt, ShareKeysState):  # the reveals fixed the graph: now part of ctx
+            self._ctx = dataclasses.replace(self._ctx, graph=nxt.graph)
         if masking:  # the input is in the masked vector now; nothing needs it any more
             self._ctx = dataclasses.replace(self._ctx, value=_EMPTY[self._ctx.config.bits > 32])
         return encoded

@@ -20,6 +20,16 @@ from crypto.errors import CryptoError, DecryptionError, SharingError, SignatureE
 from crypto.rng import KeystreamRNG, random_bytes
 from crypto.shamir import Share, share_from_bytes, share_secrets, share_to_bytes
 from crypto.signing import SigningKeyPair, sign, verify
+from protocol.commitments import (
+    REVEAL_BYTES,
+    commit_leaf,
+    commitment,
+    commitment_root,
+    graph_seed,
+    key_leaf,
+    root_from_path,
+    round_root,
+)
 from protocol.config import ProtocolConfig
 from protocol.errors import (
     AuthenticationFailure,
@@ -29,7 +39,7 @@ from protocol.errors import (
     ProtocolError,
     ReplayError,
 )
-from protocol.graph import Graph
+from protocol.graph import Graph, build_graph
 from protocol.masking import (
     apply_mask,
     pairwise_seeds,
@@ -38,13 +48,17 @@ from protocol.masking import (
     shared_secrets,
 )
 from protocol.messages import (
-    AdvertiseBroadcast,
-    AdvertisedKey,
     AdvertiseKeys,
+    CommitProof,
     ConsistencyRequest,
     ConsistencySignature,
+    GraphConfirm,
     MaskedInput,
     Message,
+    NeighborKey,
+    NeighborKeys,
+    Reveal,
+    RevealBroadcast,
     ShareKeys,
     ShareKeysBroadcast,
     UnmaskRequest,
@@ -68,7 +82,7 @@ class ClientContext:
 
     client_id: int
     config: ProtocolConfig
-    graph: Graph
+    graph: Graph | None  # None until the reveals fix a Harary graph (see protocol.graph)
     value: np.ndarray  # the client's input in Z_{2^bits}; never leaves the client unmasked
     identity: SigningKeyPair | None
     identity_keys: Mapping[int, bytes]
@@ -79,6 +93,8 @@ class ClientContext:
         return self.rng.bytes(n) if self.rng is not None else random_bytes(n)
 
     def neighbors(self) -> frozenset[int]:
+        if self.graph is None:
+            raise ProtocolError("the masking graph is not known before every reveal")
         return self.graph.neighbors_of(self.client_id)
 
 
@@ -104,67 +120,157 @@ class ClientState:
 
 @dataclass(frozen=True, slots=True)
 class AdvertiseKeysState(ClientState):
-    """Round 0: nothing received yet; :meth:`start` makes and advertises the key pairs."""
+    """Round 0: nothing received yet; :meth:`start` makes and advertises the key pairs and
+    a commitment to fresh graph randomness r_u."""
 
     name: ClassVar[str] = "AdvertiseKeys"
 
     def start(self, ctx: ClientContext) -> tuple[ClientState, Message]:
         c, s = generate_keypair(ctx.random(32)), generate_keypair(ctx.random(32))
         cfg, u = ctx.config, ctx.client_id
+        r = ctx.random(REVEAL_BYTES)
+        com = commitment(cfg.digest(), u, r)
         sig = b""
         if cfg.authenticated:
             if ctx.identity is None:
                 raise ProtocolError("authenticated mode needs the client's Ed25519 identity")
-            sig = sign(ctx.identity.private, *advertise_fields(cfg, u, c.public, s.public))
-        return ShareKeysState(c, s), AdvertiseKeys(cfg.round_id, u, c.public, s.public, sig)
+            sig = sign(ctx.identity.private, *advertise_fields(cfg, u, c.public, s.public, com))
+        nxt = RevealState(c, s, r, com, sig)
+        return nxt, AdvertiseKeys(cfg.round_id, u, c.public, s.public, com, sig)
+
+
+@dataclass(frozen=True, slots=True)
+class RevealState(ClientState):
+    """Round 1: on the commitment proof, check this client's own leaves are in both trees
+    (so the round root fixes them), then reveal r_u."""
+
+    accepts: ClassVar[tuple[type, ...]] = (CommitProof,)
+    name: ClassVar[str] = "Reveal"
+    c: KeyPair
+    s: KeyPair
+    r: bytes
+    com: bytes
+    sig: bytes
+
+    def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
+        assert isinstance(msg, CommitProof)
+        cfg, u = ctx.config, ctx.client_id
+        if msg.round_id != cfg.round_id:
+            raise ReplayError("commitment proof from another round")
+        if msg.recipient != u:
+            raise ProtocolError("commitment proof addressed to another client")
+        if msg.size > cfg.n:
+            raise ConsistencyViolation("commitment tree larger than the cohort")
+        if msg.size < cfg.threshold:
+            raise ProtocolAbort(f"only {msg.size} clients committed, fewer than t")
+        own_c = root_from_path(commit_leaf(u, self.com), msg.index, msg.size, msg.commit_path)
+        own_k = root_from_path(key_leaf(u, self.c.public, self.s.public, self.sig), msg.index,
+                               msg.size, msg.key_path)
+        if own_c != msg.commit_root or own_k != msg.key_root:
+            raise ConsistencyViolation("the round root omits or alters this client's entry")
+        root = round_root(msg.commit_root, msg.key_root, msg.size)
+        nxt = GraphState(self.c, self.s, self.r, msg.index, msg.size, msg.commit_root,
+                         msg.key_root, root)
+        return nxt, Reveal(cfg.round_id, u, self.r)
+
+
+@dataclass(frozen=True, slots=True)
+class GraphState(ClientState):
+    """Round 2: on every reveal, check they open exactly the commitments fixed by the root
+    this client checked, derive the graph seed and this client's neighbours."""
+
+    accepts: ClassVar[tuple[type, ...]] = (RevealBroadcast,)
+    name: ClassVar[str] = "Graph"
+    c: KeyPair
+    s: KeyPair
+    r: bytes
+    index: int
+    size: int
+    commit_root: bytes
+    key_root: bytes
+    root: bytes
+
+    def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
+        assert isinstance(msg, RevealBroadcast)
+        cfg, u = ctx.config, ctx.client_id
+        if msg.round_id != cfg.round_id:
+            raise ReplayError("reveal broadcast from another round")
+        ids = msg.id_array()
+        if ids.size != self.size:
+            raise ConsistencyViolation("the reveal list does not cover every committed client")
+        if int(ids[self.index]) != u or msg.reveal_at(self.index) != self.r:
+            raise ConsistencyViolation("the reveal list omits or alters this client's reveal")
+        if commitment_root(cfg.digest(), msg.ids, msg.reveals) != self.commit_root:
+            raise ConsistencyViolation("the reveals do not open the commitments of the root "
+                                       "this client checked")
+        seed = graph_seed(msg.ids, msg.reveals)
+        graph = build_graph(cfg, msg.ids, seed)  # refuses ids outside the cohort
+        nb = sorted(graph.neighbors_of(u))
+        pos = np.searchsorted(ids, nb)
+        peers = {v: (int(i), commitment(cfg.digest(), v, msg.reveal_at(int(i))))
+                 for v, i in zip(nb, pos, strict=True)}
+        nxt = ShareKeysState(self.c, self.s, self.key_root, self.size, self.root + seed,
+                             graph, peers)
+        return nxt, GraphConfirm(cfg.round_id, u, seed)
 
 
 @dataclass(frozen=True, slots=True)
 class ShareKeysState(ClientState):
-    """Round 1: on the key broadcast, share s_sk and b_u among neighbours, sealed."""
+    """Round 3: on its neighbours' key leaves, verify each against the key root (and its
+    signature), then share s_sk and b_u among those neighbours, sealed."""
 
-    accepts: ClassVar[tuple[type, ...]] = (AdvertiseBroadcast,)
+    accepts: ClassVar[tuple[type, ...]] = (NeighborKeys,)
     name: ClassVar[str] = "ShareKeys"
     c: KeyPair
     s: KeyPair
+    key_root: bytes
+    size: int
+    binding: bytes  # round root || graph seed: the session id's key input
+    graph: Graph
+    peer_leaves: Mapping[int, tuple[int, bytes]]  # neighbour -> (leaf index, its C_v)
 
-    def _validate(self, ctx: ClientContext, msg: AdvertiseBroadcast) -> dict[int, AdvertisedKey]:
+    def _validate(self, ctx: ClientContext, msg: NeighborKeys) -> dict[int, NeighborKey]:
         cfg, u = ctx.config, ctx.client_id
         if msg.round_id != cfg.round_id:
-            raise ReplayError("key broadcast from another round")
-        if not bool(np.all(np.isin(msg.ids, np.asarray(cfg.cohort, dtype=np.int64)))):
-            raise ProtocolError("key broadcast names clients outside the cohort")
-        mine = msg.get(u)
-        if mine is None or (mine.c_pk, mine.s_pk) != (self.c.public, self.s.public):
-            raise ProtocolError("key broadcast omits or alters this client's own keys")
-        if not msg.public_keys_unique():
-            raise ProtocolError("key broadcast repeats a public key")
-        if msg.ids.size < cfg.threshold:
-            raise ProtocolAbort(f"only {msg.ids.size} clients advertised keys, fewer than t")
-        peers = {v: e for v in sorted(ctx.neighbors()) if (e := msg.get(v)) is not None}
-        if len(peers) + 1 < cfg.threshold:
-            raise ProtocolAbort("fewer than t share holders among this client's neighbours")
-        if cfg.authenticated:
-            for v, e in peers.items():
-                try:
-                    verify(ctx.identity_keys[v], e.signature,
-                           *advertise_fields(cfg, v, e.c_pk, e.s_pk))
-                except (SignatureError, KeyError):
-                    raise AuthenticationFailure("a key advertisement did not verify") from None
+            raise ReplayError("neighbour keys from another round")
+        if msg.recipient != u:
+            raise ProtocolError("neighbour keys addressed to another client")
+        if [e.client_id for e in msg.entries] != sorted(self.peer_leaves):
+            raise ConsistencyViolation("neighbour keys must be exactly this client's neighbours")
+        for e in msg.entries:
+            idx, _ = self.peer_leaves[e.client_id]
+            leaf = key_leaf(e.client_id, e.c_pk, e.s_pk, e.signature)
+            if root_from_path(leaf, idx, self.size, e.path) != self.key_root:
+                raise AuthenticationFailure("a neighbour's key is not in the committed tree")
         try:  # before any share is sealed to c_pk or any mask derived from s_pk
-            for e in peers.values():
+            for e in msg.entries:
                 check_public_key(e.c_pk)
                 check_public_key(e.s_pk)
         except CryptoError:
             raise InvalidPublicKey("a neighbour advertised a low-order or non-canonical "
                                    "X25519 key") from None
-        return peers
+        # every key is canonical now (the check above), so equal keys are equal bytes
+        keys = [self.c.public, self.s.public]
+        keys += [k for e in msg.entries for k in (e.c_pk, e.s_pk)]
+        if len(set(keys)) != len(keys):
+            raise ProtocolError("neighbour keys repeat a public key")
+        if len(msg.entries) + 1 < cfg.threshold:
+            raise ProtocolAbort("fewer than t share holders among this client's neighbours")
+        if cfg.authenticated:
+            for e in msg.entries:
+                com = self.peer_leaves[e.client_id][1]
+                try:
+                    verify(ctx.identity_keys[e.client_id], e.signature,
+                           *advertise_fields(cfg, e.client_id, e.c_pk, e.s_pk, com))
+                except (SignatureError, KeyError):
+                    raise AuthenticationFailure("a key advertisement did not verify") from None
+        return {e.client_id: e for e in msg.entries}
 
     def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
-        assert isinstance(msg, AdvertiseBroadcast)
+        assert isinstance(msg, NeighborKeys)
         peers = self._validate(ctx, msg)
         u, t = ctx.client_id, ctx.config.threshold
-        session = session_id(ctx.config, msg.key_records())
+        session = session_id(ctx.config, self.binding)
         b_seed = ctx.random(32)
         holders = sorted([*peers, u])
         shares = share_secrets([self.s.private, b_seed], t, [h + 1 for h in holders], ctx.rng)

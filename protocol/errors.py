@@ -37,3 +37,8 @@ class PolicyViolation(ProtocolError):
 class InvalidPublicKey(AuthenticationFailure):
     """An advertised X25519 key is of low order or not canonically encoded; refused before
     any share is sent."""
+
+
+class RevealMissing(ProtocolAbort):
+    """A committed client did not reveal its graph randomness: the round aborts (a restart
+    is a fresh round with fresh keys and commitments)."""

@@ -29,14 +29,16 @@ def _exact_cdf_below(k: int, p: Fraction, t: int) -> Fraction:
 @pytest.mark.parametrize("n,k", [(10, 2), (11, 4), (12, 5), (50, 10), (101, 20)])
 def test_harary_graph_is_k_regular_symmetric_and_public(n: int, k: int) -> None:
     cfg = ProtocolConfig(3, tuple(range(n)), 4, 32, k // 2 + 1 + 1, "harary", k)
-    g = build_graph(cfg)
+    seed = bytes(32)
+    g = build_graph(cfg, cfg.cohort, seed)
     for u in range(n):
         nb = g.neighbors_of(u)
         assert len(nb) == k and u not in nb
         assert all(u in g.neighbors_of(v) for v in nb)
-    same = build_graph(ProtocolConfig(3, tuple(range(n)), 4, 32, k // 2 + 2, "harary", k))
+    same = build_graph(ProtocolConfig(4, tuple(range(n)), 4, 32, k // 2 + 2, "harary", k),
+                       cfg.cohort, seed)  # the seed decides, not the config's round id
     assert [same.neighbors_of(u) for u in range(n)] == [g.neighbors_of(u) for u in range(n)]
-    other = build_graph(ProtocolConfig(4, tuple(range(n)), 4, 32, k // 2 + 2, "harary", k))
+    other = build_graph(cfg, cfg.cohort, b"\1" * 32)
     assert [other.neighbors_of(u) for u in range(n)] != [g.neighbors_of(u) for u in range(n)]
 
 
@@ -88,7 +90,7 @@ def test_monte_carlo_halting_rate_below_the_bound() -> None:
     n, dropout = 100, 0.2
     p = choose_graph_params(n, dropout=dropout, halting_bits=4)
     cfg = ProtocolConfig(0, tuple(range(n)), 1, 32, p.t, "harary", p.k)
-    g = build_graph(cfg)
+    g = build_graph(cfg, cfg.cohort, bytes(32))
     sets = [g.neighbors_of(u) for u in range(n)]
     rng = KeystreamRNG.from_seed(11, "monte-carlo")
     trials, halts, per_client, per_total = 3000, 0, 0, 0
