@@ -11,6 +11,14 @@ Strategies (plans) are plain data: which shares each client is forwarded, and wh
 survivor set each client is shown. :func:`mask_isolation_plan` is item 1 of the threat
 model (forward t - 1 shares to the target, then declare those peers dropped);
 :func:`split_view_plan` gives holders of the target's shares two different survivor sets.
+
+The round starts with the commit-reveal stages that fix the SecAgg+ graph
+(:mod:`protocol.graph`): :meth:`Attack.advertise` plays them -- honestly, or editing the
+advertisements it commits to, showing some clients another key tree, or opening a
+commitment for a client it skipped -- and only then is the graph known, so a plan is
+made on :func:`advertised`'s graph. Keys reach a client in NeighborKeys (its neighbours'
+key leaves with their Merkle paths): :meth:`Attack.share` can rewrite them, which for a
+key that is not in the committed tree means a path that does not lead to the root.
 """
 
 from __future__ import annotations
@@ -26,18 +34,22 @@ from crypto.rng import KeystreamRNG
 from crypto.shamir import Share
 from crypto.signing import SigningKeyPair, sign
 from protocol.client import SecAggClient
-from protocol.client_states import ConsistencyCheckState, MaskedInputState
+from protocol.client_states import ConsistencyCheckState, MaskedInputState, RevealState
+from protocol.commitments import MerkleTree, commit_leaf, graph_seed, key_leaf, round_root
 from protocol.config import ProtocolConfig
 from protocol.errors import ProtocolAbort, ProtocolError
 from protocol.graph import Graph, build_graph
 from protocol.masking import apply_mask, pairwise_seeds, pairwise_sign, self_mask_seed
 from protocol.messages import (
-    AdvertiseBroadcast,
-    AdvertisedKey,
     AdvertiseKeys,
+    CommitProof,
     ConsistencyRequest,
     ConsistencySignature,
     MaskedInput,
+    NeighborKey,
+    NeighborKeys,
+    Reveal,
+    RevealBroadcast,
     ShareKeys,
     ShareKeysBroadcast,
     UnmaskRequest,
@@ -54,6 +66,20 @@ from protocol.vectors import reduce_in_place
 Views = Mapping[int, tuple[int, ...]]  # honest client -> survivor set it is shown
 
 
+KeyRewrite = Callable[[dict[int, AdvertiseKeys]], None]
+NeighborRewrite = Callable[[int, list[NeighborKey]], list[NeighborKey]]
+
+
+@dataclass
+class _View:
+    """One key tree the attacker shows some clients (an honest server shows one)."""
+
+    adverts: dict[int, AdvertiseKeys]
+    tree: MerkleTree
+    root: bytes
+    session: bytes = b""
+
+
 @dataclass
 class Attack:
     """One round between real clients and a malicious server (the attacker)."""
@@ -63,10 +89,12 @@ class Attack:
     identities: dict[int, SigningKeyPair]
     inputs: dict[int, np.ndarray]
     colluders: frozenset[int]
-    graph: Graph
-    session: bytes = b""
-    adverts: dict[int, AdvertiseKeys] = field(default_factory=dict)
-    broadcast: AdvertiseBroadcast | None = None
+    graph: Graph | None = None  # fixed by the reveals, in :meth:`advertise`
+    session: bytes = b""  # the session of the main view (every client, unless split)
+    adverts: dict[int, AdvertiseKeys] = field(default_factory=dict)  # main view
+    committed: tuple[int, ...] = ()
+    views: dict[int, _View] = field(default_factory=dict)  # client -> the key tree it sees
+    reveals: dict[int, bytes] = field(default_factory=dict)
     shares: dict[int, ShareKeys] = field(default_factory=dict)
     forwarded: dict[int, tuple[int, ...]] = field(default_factory=dict)  # rcpt -> senders
     masked: dict[int, np.ndarray] = field(default_factory=dict)
@@ -95,9 +123,23 @@ class Attack:
             self.refused_stage[u] = stage
             return None
 
+    def _session(self, u: int) -> bytes:
+        view = self.views.get(u)
+        return self.session if view is None else view.session
+
     # -- stages --------------------------------------------------------------------
-    def advertise(self, rewrite: Callable[[dict[int, AdvertiseKeys]], None] | None = None,
-                  skip: frozenset[int] = frozenset()) -> None:
+    def advertise(self, rewrite: KeyRewrite | None = None, skip: frozenset[int] = frozenset(),
+                  honest_view: frozenset[int] = frozenset(),
+                  reveals: Mapping[int, bytes] | None = None) -> None:
+        """Advertise, commit, reveal and graph stages; afterwards ``graph`` and
+        ``session`` are fixed. ``skip``: clients never contacted; ``rewrite``: the
+        attacker edits the advertisements (it may add one for a skipped client) before
+        committing to them; ``honest_view``: clients shown the commitment proof of a key
+        tree over the unedited advertisements (a split view of the key root: the
+        commitment root is the same for all); ``reveals``: the r_u the attacker plays for
+        skipped clients (known from an earlier attempt). A colluder whose own client
+        refuses the proof (its keys were edited) reveals through the attacker."""
+        original: dict[int, AdvertiseKeys] = {}
         for u, c in self.clients.items():
             if u in skip:
                 continue
@@ -106,19 +148,68 @@ class Attack:
                 self.started.add(u)
                 msg = decode(data)
                 assert isinstance(msg, AdvertiseKeys)
-                self.adverts[u] = msg
+                original[u] = msg
+        self.adverts = dict(original)
         if rewrite is not None:
             rewrite(self.adverts)
-        entries = tuple(AdvertisedKey(u, a.c_pk, a.s_pk, a.signature)
-                        for u, a in sorted(self.adverts.items()))
-        self.broadcast = AdvertiseBroadcast.from_entries(self.config.round_id, entries)
-        self.session = session_id(self.config, self.broadcast.key_records())
+        if len(self.adverts) < self.config.threshold:
+            return
+        self.committed = tuple(sorted(self.adverts))
+        ctree = MerkleTree([commit_leaf(u, self.adverts[u].commitment) for u in self.committed])
+        main = self._view(self.adverts, ctree)
+        honest = self._view({**self.adverts, **{u: original[u] for u in honest_view}}, ctree)
+        rid, m = self.config.round_id, len(self.committed)
+        # commit: each client gets the roots of its view and its own two paths
+        for i, u in enumerate(self.committed):
+            view = honest if u in honest_view else main
+            self.views[u] = view
+            if u not in self.started:
+                continue
+            down = CommitProof(rid, u, m, i, ctree.root, view.tree.root, ctree.path(i),
+                               view.tree.path(i)).encode()
+            up = self._talk(u, "commit", lambda u=u, d=down: self.clients[u].receive(d))
+            if up is not None:
+                msg = decode(up)
+                assert isinstance(msg, Reveal)
+                self.reveals[u] = msg.reveal
+            elif u in self.colluders:  # the attacker opens its colluder's commitment itself
+                state = self.clients[u].state
+                assert isinstance(state, RevealState)
+                self.reveals[u] = state.r
+        self.reveals.update(reveals or {})
+        if any(u not in self.reveals for u in self.committed):
+            return  # an honest server aborts here; the attacker cannot open the rest
+        ids = np.asarray(self.committed, dtype=">u4").tobytes()
+        all_r = b"".join(self.reveals[u] for u in self.committed)
+        seed = graph_seed(ids, all_r)
+        self.graph = build_graph(self.config, self.committed, seed)
+        for view in (main, honest):
+            view.session = session_id(self.config, view.root + seed)
+        self.session = main.session
+        down = RevealBroadcast(rid, ids, all_r).encode()
+        for u in self.committed:
+            if u in self.started and u not in self.refused:
+                self._talk(u, "graph", lambda u=u: self.clients[u].receive(down))
 
-    def share(self) -> None:
-        assert self.broadcast is not None
-        data = self.broadcast.encode()
+    def _view(self, adverts: Mapping[int, AdvertiseKeys], ctree: MerkleTree) -> _View:
+        ktree = MerkleTree([key_leaf(u, adverts[u].c_pk, adverts[u].s_pk, adverts[u].signature)
+                            for u in self.committed])
+        return _View(dict(adverts), ktree, round_root(ctree.root, ktree.root, ctree.size))
+
+    def share(self, rewrite: NeighborRewrite | None = None) -> None:
+        """Send each live client its neighbours' key leaves and paths (from the key tree
+        of its view; ``rewrite`` edits a recipient's entries) and collect the shares."""
+        assert self.graph is not None
+        index = {u: i for i, u in enumerate(self.committed)}
         for u in self.alive(self.started) + sorted(self.colluders & self.started):
-            up = self._talk(u, "share", lambda u=u: self.clients[u].receive(data))
+            view = self.views[u]
+            entries = [NeighborKey(v, view.adverts[v].c_pk, view.adverts[v].s_pk,
+                                   view.adverts[v].signature, view.tree.path(index[v]))
+                       for v in sorted(self.graph.neighbors_of(u))]
+            if rewrite is not None:
+                entries = rewrite(u, entries)
+            data = NeighborKeys(self.config.round_id, u, tuple(entries)).encode()
+            up = self._talk(u, "share", lambda u=u, d=data: self.clients[u].receive(d))
             if up is not None:
                 msg = decode(up)
                 assert isinstance(msg, ShareKeys)
@@ -138,7 +229,7 @@ class Attack:
             cts = sorted(c for c in inbox.get(v, []) if forward is None or v not in forward
                          or c[0] in forward[v])
             self.forwarded[v] = tuple(s for s, _ in cts)
-            down = ShareKeysBroadcast(self.session, v, tuple(cts)).encode()
+            down = ShareKeysBroadcast(self._session(v), v, tuple(cts)).encode()
             if v in self.refused:
                 continue
             up = self._talk(v, "masked", lambda v=v, d=down: self.clients[v].receive(d))
@@ -159,7 +250,7 @@ class Attack:
         for v, survivors in sorted(views.items()):
             if v in self.colluders or v in self.refused or v not in self.masked:
                 continue
-            down = ConsistencyRequest(self.session, v, survivors).encode()
+            down = ConsistencyRequest(self._session(v), v, survivors).encode()
             up = self._talk(v, "consistency", lambda v=v, d=down: self.clients[v].receive(d))
             if up is not None:
                 msg = decode(up)
@@ -176,7 +267,7 @@ class Attack:
                     s = self._signature(w, survivors)
                     if s is not None and w != v:
                         sigs.append((w, s))
-            down = UnmaskRequest(self.session, v, survivors, tuple(sigs)).encode()
+            down = UnmaskRequest(self._session(v), v, survivors, tuple(sigs)).encode()
             up = self._talk(v, "unmask", lambda v=v, d=down: self.clients[v].receive(d))
             if up is not None:
                 msg = decode(up)
@@ -184,7 +275,8 @@ class Attack:
                 self.revealed[v] = msg
 
     def run(self, views: Views, forward: Mapping[int, frozenset[int]] | None = None) -> None:
-        """Share, mask, consistency (authenticated) and unmask stages after ``advertise``."""
+        """Share, mask, consistency (authenticated) and unmask stages after ``advertise``
+        (which ran the commit, reveal and graph stages honestly or as told)."""
         self.share()
         self.mask(forward)
         if self.config.authenticated:
@@ -277,7 +369,15 @@ def make_attack(n: int, t: int, graph: str = "complete", k: int | None = None,
     clients = {u: SecAggClient(u, cfg, inputs[u], ident[u] if authenticated else None,
                                pub if authenticated else None, rng.spawn(f"c{u}"), policy=pol)
                for u in ids}
-    return Attack(cfg, clients, ident, inputs, frozenset(colluders), build_graph(cfg))
+    return Attack(cfg, clients, ident, inputs, frozenset(colluders))
+
+
+def advertised(attack: Attack) -> Graph:
+    """Run the attack's advertise, commit, reveal and graph stages honestly and return
+    the masking graph the reveals fixed -- the graph every plan is made on."""
+    attack.advertise()
+    assert attack.graph is not None, "the commit-reveal stages did not finish"
+    return attack.graph
 
 
 # -- plans ------------------------------------------------------------------------------
@@ -309,7 +409,7 @@ def mask_isolation_plan(graph: Graph, cohort: tuple[int, ...], t: int, target: i
 
 
 def run_isolation(attack: Attack, plan: IsolationPlan) -> None:
-    attack.advertise()
+    """After :func:`advertised` (the plan needs the graph the reveals fixed)."""
     forward = {plan.target: plan.peers}
     views = {v: plan.survivors for v in plan.survivors}
     attack.run(views, forward)
@@ -381,7 +481,7 @@ def _confirmed(graph: Graph, side: Mapping[int, int], colluders: frozenset[int],
 
 
 def run_split(attack: Attack, plan: SplitPlan) -> None:
-    attack.advertise()
+    """After :func:`advertised`."""
     attack.run(plan.views(attack.honest))
 
 

@@ -35,6 +35,7 @@ from protocol.commitments import (
 from protocol.config import ProtocolConfig
 from protocol.errors import AuthenticationFailure, ConsistencyViolation, ProtocolError
 from protocol.graph import build_graph, random_order
+from protocol.policy import ClientPolicy
 from protocol.server import SecAggServer
 from protocol.simulator import simulate
 from tests.protocol_helpers import Round, make_round
@@ -79,9 +80,13 @@ def test_commitment_root_recomputes_the_tree() -> None:
 def _neighbourhood_after_reveals(cfg: ProtocolConfig, client_seed: int) -> frozenset[int]:
     """Run advertise, commit and reveal with the real client and server code (bytes) and
     return the target's neighbourhood as its client derived it. The clients' randomness
-    is a function of ``client_seed`` alone, not of the config."""
+    is a function of ``client_seed`` alone, not of the config. The configs are
+    unauthenticated (signatures play no part in the seed), so the clients get a
+    permissive policy: the default one would refuse them before any graph exists."""
     rng = KeystreamRNG.from_seed(client_seed, "fixed-clients")
-    clients = {u: SecAggClient(u, cfg, np.zeros(cfg.length, np.uint32), rng=rng.spawn(f"c{u}"))
+    pol = ClientPolicy.permissive()
+    clients = {u: SecAggClient(u, cfg, np.zeros(cfg.length, np.uint32), rng=rng.spawn(f"c{u}"),
+                               policy=pol)
                for u in cfg.cohort}
     server = SecAggServer(cfg)
     up = {u: c.start() for u, c in clients.items()}
