@@ -101,7 +101,9 @@ def random_order(ids: tuple[int, ...], seed: bytes) -> list[int]:
 
 
 def harary_sets(order: list[int], k: int) -> dict[int, frozenset[int]]:
-    """Neighbour sets of the Harary graph H(k, n) on the cycle ``order`` (k-regular)."""
+    """Neighbour sets of the Harary graph H(k, n) on the cycle ``order`` (k-regular for
+    even k or even n; odd k on odd n: each client joins both positions n // 2 away, so
+    k + 1 neighbours). Always symmetric: u is v's neighbour exactly when v is u's."""
     n = len(order)
     offsets = list(range(1, k // 2 + 1))
     sets: dict[int, set[int]] = {u: set() for u in order}
@@ -110,8 +112,10 @@ def harary_sets(order: list[int], k: int) -> dict[int, frozenset[int]]:
             v = order[(i + d) % n]
             sets[u].add(v)
             sets[v].add(u)
-        if k % 2 == 1:
-            sets[u].add(order[(i + n // 2) % n])
+        if k % 2 == 1:  # on odd n, i + n // 2 is not where i is reached from: add both ends
+            v = order[(i + n // 2) % n]
+            sets[u].add(v)
+            sets[v].add(u)
     return {u: frozenset(s) for u, s in sets.items()}
 
 

@@ -42,6 +42,20 @@ def test_harary_graph_is_k_regular_symmetric_and_public(n: int, k: int) -> None:
     assert [other.neighbors_of(u) for u in range(n)] != [g.neighbors_of(u) for u in range(n)]
 
 
+@pytest.mark.parametrize("m,k", [(5, 3), (9, 3), (11, 5), (41, 7)])
+def test_harary_odd_degree_on_an_odd_committed_set_is_symmetric(m: int, k: int) -> None:
+    """Odd k needs an even cohort, but the graph is built over the clients that committed
+    (one may not advertise): on an odd set every client gets k + 1 neighbours, and each
+    neighbour relation goes both ways (a client must accept every share sent to it)."""
+    cfg = ProtocolConfig(3, tuple(range(m + 1)), 4, 32, (k + 1) // 2 + 1, "harary", k)
+    committed = tuple(range(1, m + 1))
+    g = build_graph(cfg, committed, bytes(32))
+    for u in committed:
+        nb = g.neighbors_of(u)
+        assert len(nb) == k + 1 and u not in nb
+        assert all(u in g.neighbors_of(v) for v in nb)
+
+
 def test_harary_odd_degree_needs_even_cohort() -> None:
     with pytest.raises(ConfigError, match="use k=6"):
         ProtocolConfig(0, tuple(range(11)), 4, 32, 4, "harary", 5)
