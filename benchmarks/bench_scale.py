@@ -5,7 +5,9 @@ Workload (issue 7): n = 10,000 clients, L = 10^5 entries in Z_{2^32}, SecAgg+ wi
 clients dropping just before the masked input (the case that makes the server recover
 their pairwise masks), authenticated mode. Each worker count runs in a fresh process
 (its own local Ray instance limited to that many CPUs), so peak-memory figures are per
-run. Reported per run: wall seconds of the whole command (Ray start included) and of the
+run. Reported per run: the bytes down per client of the key distribution (the commit
+proof, O(log n); the reveal list shared by all, 20 bytes per client; the neighbours' keys
+with Merkle paths, O(k log n)), wall seconds of the whole command (Ray start included) and of the
 round (actors started, round, plaintext check), whether the unmasked sum equals the
 plaintext sum, the driver's peak memory (the driver is the server: it holds no client):
 private heap sampled every 0.2 s, and ``ru_maxrss``, which also counts touched pages of
@@ -41,6 +43,7 @@ from secure_fed.executor import make_executor  # noqa: E402
 from secure_fed.run.rundir import write_json  # noqa: E402
 
 GIB = 1 << 30
+KEY_STAGES = ("advertise", "reveal", "graph")  # what replaced the broadcast of all n keys
 
 
 class MemorySampler:
@@ -112,6 +115,8 @@ def run_one(workers: int, clients: int, length: int, dropout: float, seed: int) 
         "server_seconds": sum(s.server_seconds for s in res.stages),
         "worker_peak_rss_bytes": worker_rss, "worker_cpu_seconds": worker_cpu,
         "server_cpu_seconds": _cpu_self() - cpu0, "table": format_table(res),
+        "key_download_per_client": {s.stage: s.total_down / clients for s in res.stages
+                                    if s.stage in KEY_STAGES},
     }
 
 
@@ -157,6 +162,10 @@ def _markdown(recs: list[dict], argv: list[str]) -> str:
         lines += ["", f"speedup 1 -> 2 workers (round seconds): "
                       f"{by[1]['round_seconds'] / by[2]['round_seconds']:.2f}x"]
     for r in recs:
+        down = r["key_download_per_client"]
+        lines += ["", f"key distribution, bytes down per client ({r['workers']} worker(s)): "
+                      + ", ".join(f"{s} {down[s]:,.0f}" for s in KEY_STAGES if s in down)
+                      + " (commit proof, the shared reveal list, the neighbours' keys)"]
         lines += ["", f"stages, {r['workers']} worker(s):", "", r["table"]]
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -72,6 +73,55 @@ def shared_secret(private: bytes, peer_public: bytes) -> bytes:
         raise CryptoError("key agreement failed") from None
     if out == bytes(KEY_BYTES):
         raise CryptoError("key agreement failed")
+    return out
+
+
+_P = 2**255 - 19
+_U_MASK = (1 << 255) - 1
+# u-coordinates (canonical, < p) of the Curve25519 points of order 1, 2, 4 and 8 (the list
+# libsodium blocks). Written by hand because `cryptography` (OpenSSL) parses every 32-byte
+# string as a public key and refuses a low-order one only inside ``exchange`` (its result
+# is all zeros); a client must refuse such a key when it is *advertised*, before it sends
+# any encrypted share, and the masking key s_pk is not used in an exchange until then.
+# tests/test_crypto_primitives.py checks that OpenSSL's exchange refuses every one of them.
+LOW_ORDER_U: frozenset[int] = frozenset({
+    0, 1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    _P - 1,
+})
+
+
+def canonical_public(public: bytes) -> bytes:
+    """The canonical encoding of an X25519 public key: the high bit cleared and the
+    u-coordinate reduced mod p (RFC 7748 section 5 masks the bit; OpenSSL reduces). Two
+    encodings with the same canonical form give the same shared secrets."""
+    if len(public) != KEY_BYTES:
+        raise CryptoError("public key must be 32 bytes")
+    return ((int.from_bytes(public, "little") & _U_MASK) % _P).to_bytes(KEY_BYTES, "little")
+
+
+def check_public_key(public: bytes) -> None:
+    """Refuse an X25519 public key that is not canonically encoded (high bit set, or
+    u >= p) or is of low order (every agreement with it is predictable); raises
+    :class:`CryptoError` without saying which."""
+    if len(public) != KEY_BYTES:
+        raise CryptoError("invalid public key")
+    u = int.from_bytes(public, "little")
+    if u >= _P or u in LOW_ORDER_U:  # u >= p covers the high bit (2^255 > p)
+        raise CryptoError("invalid public key")
+
+
+def canonical_publics(keys: np.ndarray) -> np.ndarray:
+    """:func:`canonical_public` of each row of an (m, 32) uint8 array (a copy).
+
+    Vectorized for the duplicate-key check over n advertised keys: clears the high bit of
+    every key, then reduces the rare rows still >= p one by one."""
+    out = np.array(keys, dtype=np.uint8, copy=True).reshape(-1, KEY_BYTES)
+    out[:, 31] &= 0x7F
+    big = (out[:, 31] == 0x7F) & np.all(out[:, 1:31] == 0xFF, axis=1) & (out[:, 0] >= 0xED)
+    for i in np.flatnonzero(big):
+        out[i] = np.frombuffer(canonical_public(out[i].tobytes()), dtype=np.uint8)
     return out
 
 

@@ -28,11 +28,12 @@ from protocol.client_states import (
     ClientContext,
     ClientState,
     MaskedInputState,
+    ShareKeysState,
 )
 from protocol.config import ProtocolConfig
 from protocol.errors import ProtocolError
-from protocol.graph import build_graph
 from protocol.messages import decode
+from protocol.policy import DEFAULT_POLICY, ClientPolicy
 
 
 def _check_input(value: np.ndarray, config: ProtocolConfig) -> np.ndarray:
@@ -54,7 +55,7 @@ _EMPTY = (np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.uint64))  # no inpu
 class SecAggClient:
     """One client of one round (client side). Its input never leaves it unmasked."""
 
-    __slots__ = ("_ctx", "_state", "_started", "_source")
+    __slots__ = ("_ctx", "_state", "_started", "_source", "policy")
 
     def __init__(
         self,
@@ -64,7 +65,11 @@ class SecAggClient:
         identity: SigningKeyPair | None = None,
         identity_keys: Mapping[int, bytes] | None = None,
         rng: KeystreamRNG | None = None,
+        *,
+        policy: ClientPolicy | None = None,
     ) -> None:
+        """``policy``: the weakest config this client accepts, checked in :meth:`start`
+        (None: :data:`protocol.policy.DEFAULT_POLICY`, authenticated rounds only)."""
         pos = bisect.bisect_left(config.cohort, client_id)  # the cohort is sorted
         if pos == config.n or config.cohort[pos] != client_id:
             raise ConfigError(f"client {client_id} is not in the round's cohort")
@@ -74,10 +79,10 @@ class SecAggClient:
         initial = _EMPTY[config.bits > 32] if callable(value) else _check_input(value, config)
         # identity_keys is shared read-only by every client of a host (not copied per client)
         keys = identity_keys if identity_keys is not None else {}
-        self._ctx = ClientContext(client_id, config, build_graph(config), initial, identity,
-                                  keys, rng)
+        self._ctx = ClientContext(client_id, config, None, initial, identity, keys, rng)
         self._state: ClientState = AdvertiseKeysState()
         self._started = False
+        self.policy = DEFAULT_POLICY if policy is None else policy
 
     @property
     def client_id(self) -> int:
@@ -102,10 +107,12 @@ class SecAggClient:
             self._source = None
 
     def start(self) -> bytes:
-        """Round 0: generate key pairs; returns the encoded AdvertiseKeys message."""
+        """Round 0: check the config against the client's policy (PolicyViolation, before
+        any key exists), generate key pairs; returns the encoded AdvertiseKeys message."""
         state = self._state
         if self._started or not isinstance(state, AdvertiseKeysState):
             raise ProtocolError("the client has already advertised its keys")
+        self.policy.check(self._ctx.config)
         nxt, reply = state.start(self._ctx)
         self._state, self._started = nxt, True
         return reply.encode()
@@ -122,6 +129,8 @@ class SecAggClient:
         nxt, reply = state.advance(self._ctx, msg)
         encoded = reply.encode()
         self._state = nxt
+        if isinstance(nxt, ShareKeysState):  # the reveals fixed the graph: now part of ctx
+            self._ctx = dataclasses.replace(self._ctx, graph=nxt.graph)
         if masking:  # the input is in the masked vector now; nothing needs it any more
             self._ctx = dataclasses.replace(self._ctx, value=_EMPTY[self._ctx.config.bits > 32])
         return encoded

@@ -15,20 +15,31 @@ from typing import ClassVar
 import numpy as np
 
 from crypto.aead import open_sealed, seal
-from crypto.agreement import KeyPair, Label, derive_key, generate_keypair
-from crypto.errors import DecryptionError, SharingError, SignatureError
+from crypto.agreement import KeyPair, Label, check_public_key, derive_key, generate_keypair
+from crypto.errors import CryptoError, DecryptionError, SharingError, SignatureError
 from crypto.rng import KeystreamRNG, random_bytes
 from crypto.shamir import Share, share_from_bytes, share_secrets, share_to_bytes
 from crypto.signing import SigningKeyPair, sign, verify
+from protocol.commitments import (
+    REVEAL_BYTES,
+    commit_leaf,
+    commitment,
+    commitment_root,
+    graph_seed,
+    key_leaf,
+    root_from_path,
+    round_root,
+)
 from protocol.config import ProtocolConfig
 from protocol.errors import (
     AuthenticationFailure,
     ConsistencyViolation,
+    InvalidPublicKey,
     ProtocolAbort,
     ProtocolError,
     ReplayError,
 )
-from protocol.graph import Graph
+from protocol.graph import Graph, build_graph
 from protocol.masking import (
     apply_mask,
     pairwise_seeds,
@@ -37,13 +48,17 @@ from protocol.masking import (
     shared_secrets,
 )
 from protocol.messages import (
-    AdvertiseBroadcast,
-    AdvertisedKey,
     AdvertiseKeys,
+    CommitProof,
     ConsistencyRequest,
     ConsistencySignature,
+    GraphConfirm,
     MaskedInput,
     Message,
+    NeighborKey,
+    NeighborKeys,
+    Reveal,
+    RevealBroadcast,
     ShareKeys,
     ShareKeysBroadcast,
     UnmaskRequest,
@@ -67,7 +82,7 @@ class ClientContext:
 
     client_id: int
     config: ProtocolConfig
-    graph: Graph
+    graph: Graph | None  # None until the reveals fix a Harary graph (see protocol.graph)
     value: np.ndarray  # the client's input in Z_{2^bits}; never leaves the client unmasked
     identity: SigningKeyPair | None
     identity_keys: Mapping[int, bytes]
@@ -78,6 +93,8 @@ class ClientContext:
         return self.rng.bytes(n) if self.rng is not None else random_bytes(n)
 
     def neighbors(self) -> frozenset[int]:
+        if self.graph is None:
+            raise ProtocolError("the masking graph is not known before every reveal")
         return self.graph.neighbors_of(self.client_id)
 
 
@@ -103,60 +120,157 @@ class ClientState:
 
 @dataclass(frozen=True, slots=True)
 class AdvertiseKeysState(ClientState):
-    """Round 0: nothing received yet; :meth:`start` makes and advertises the key pairs."""
+    """Round 0: nothing received yet; :meth:`start` makes and advertises the key pairs and
+    a commitment to fresh graph randomness r_u."""
 
     name: ClassVar[str] = "AdvertiseKeys"
 
     def start(self, ctx: ClientContext) -> tuple[ClientState, Message]:
         c, s = generate_keypair(ctx.random(32)), generate_keypair(ctx.random(32))
         cfg, u = ctx.config, ctx.client_id
+        r = ctx.random(REVEAL_BYTES)
+        com = commitment(cfg.digest(), u, r)
         sig = b""
         if cfg.authenticated:
             if ctx.identity is None:
                 raise ProtocolError("authenticated mode needs the client's Ed25519 identity")
-            sig = sign(ctx.identity.private, *advertise_fields(cfg, u, c.public, s.public))
-        return ShareKeysState(c, s), AdvertiseKeys(cfg.round_id, u, c.public, s.public, sig)
+            sig = sign(ctx.identity.private, *advertise_fields(cfg, u, c.public, s.public, com))
+        nxt = RevealState(c, s, r, com, sig)
+        return nxt, AdvertiseKeys(cfg.round_id, u, c.public, s.public, com, sig)
+
+
+@dataclass(frozen=True, slots=True)
+class RevealState(ClientState):
+    """Round 1: on the commitment proof, check this client's own leaves are in both trees
+    (so the round root fixes them), then reveal r_u."""
+
+    accepts: ClassVar[tuple[type, ...]] = (CommitProof,)
+    name: ClassVar[str] = "Reveal"
+    c: KeyPair
+    s: KeyPair
+    r: bytes
+    com: bytes
+    sig: bytes
+
+    def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
+        assert isinstance(msg, CommitProof)
+        cfg, u = ctx.config, ctx.client_id
+        if msg.round_id != cfg.round_id:
+            raise ReplayError("commitment proof from another round")
+        if msg.recipient != u:
+            raise ProtocolError("commitment proof addressed to another client")
+        if msg.size > cfg.n:
+            raise ConsistencyViolation("commitment tree larger than the cohort")
+        if msg.size < cfg.threshold:
+            raise ProtocolAbort(f"only {msg.size} clients committed, fewer than t")
+        own_c = root_from_path(commit_leaf(u, self.com), msg.index, msg.size, msg.commit_path)
+        own_k = root_from_path(key_leaf(u, self.c.public, self.s.public, self.sig), msg.index,
+                               msg.size, msg.key_path)
+        if own_c != msg.commit_root or own_k != msg.key_root:
+            raise ConsistencyViolation("the round root omits or alters this client's entry")
+        root = round_root(msg.commit_root, msg.key_root, msg.size)
+        nxt = GraphState(self.c, self.s, self.r, msg.index, msg.size, msg.commit_root,
+                         msg.key_root, root)
+        return nxt, Reveal(cfg.round_id, u, self.r)
+
+
+@dataclass(frozen=True, slots=True)
+class GraphState(ClientState):
+    """Round 2: on every reveal, check they open exactly the commitments fixed by the root
+    this client checked, derive the graph seed and this client's neighbours."""
+
+    accepts: ClassVar[tuple[type, ...]] = (RevealBroadcast,)
+    name: ClassVar[str] = "Graph"
+    c: KeyPair
+    s: KeyPair
+    r: bytes
+    index: int
+    size: int
+    commit_root: bytes
+    key_root: bytes
+    root: bytes
+
+    def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
+        assert isinstance(msg, RevealBroadcast)
+        cfg, u = ctx.config, ctx.client_id
+        if msg.round_id != cfg.round_id:
+            raise ReplayError("reveal broadcast from another round")
+        ids = msg.id_array()
+        if ids.size != self.size:
+            raise ConsistencyViolation("the reveal list does not cover every committed client")
+        if int(ids[self.index]) != u or msg.reveal_at(self.index) != self.r:
+            raise ConsistencyViolation("the reveal list omits or alters this client's reveal")
+        if commitment_root(cfg.digest(), msg.ids, msg.reveals) != self.commit_root:
+            raise ConsistencyViolation("the reveals do not open the commitments of the root "
+                                       "this client checked")
+        seed = graph_seed(msg.ids, msg.reveals)
+        graph = build_graph(cfg, msg.ids, seed)  # refuses ids outside the cohort
+        nb = sorted(graph.neighbors_of(u))
+        pos = np.searchsorted(ids, nb)
+        peers = {v: (int(i), commitment(cfg.digest(), v, msg.reveal_at(int(i))))
+                 for v, i in zip(nb, pos, strict=True)}
+        nxt = ShareKeysState(self.c, self.s, self.key_root, self.size, self.root + seed,
+                             graph, peers)
+        return nxt, GraphConfirm(cfg.round_id, u, seed)
 
 
 @dataclass(frozen=True, slots=True)
 class ShareKeysState(ClientState):
-    """Round 1: on the key broadcast, share s_sk and b_u among neighbours, sealed."""
+    """Round 3: on its neighbours' key leaves, verify each against the key root (and its
+    signature), then share s_sk and b_u among those neighbours, sealed."""
 
-    accepts: ClassVar[tuple[type, ...]] = (AdvertiseBroadcast,)
+    accepts: ClassVar[tuple[type, ...]] = (NeighborKeys,)
     name: ClassVar[str] = "ShareKeys"
     c: KeyPair
     s: KeyPair
+    key_root: bytes
+    size: int
+    binding: bytes  # round root || graph seed: the session id's key input
+    graph: Graph
+    peer_leaves: Mapping[int, tuple[int, bytes]]  # neighbour -> (leaf index, its C_v)
 
-    def _validate(self, ctx: ClientContext, msg: AdvertiseBroadcast) -> dict[int, AdvertisedKey]:
+    def _validate(self, ctx: ClientContext, msg: NeighborKeys) -> dict[int, NeighborKey]:
         cfg, u = ctx.config, ctx.client_id
         if msg.round_id != cfg.round_id:
-            raise ReplayError("key broadcast from another round")
-        if not bool(np.all(np.isin(msg.ids, np.asarray(cfg.cohort, dtype=np.int64)))):
-            raise ProtocolError("key broadcast names clients outside the cohort")
-        mine = msg.get(u)
-        if mine is None or (mine.c_pk, mine.s_pk) != (self.c.public, self.s.public):
-            raise ProtocolError("key broadcast omits or alters this client's own keys")
-        if not msg.public_keys_unique():
-            raise ProtocolError("key broadcast repeats a public key")
-        if msg.ids.size < cfg.threshold:
-            raise ProtocolAbort(f"only {msg.ids.size} clients advertised keys, fewer than t")
-        peers = {v: e for v in sorted(ctx.neighbors()) if (e := msg.get(v)) is not None}
-        if len(peers) + 1 < cfg.threshold:
+            raise ReplayError("neighbour keys from another round")
+        if msg.recipient != u:
+            raise ProtocolError("neighbour keys addressed to another client")
+        if [e.client_id for e in msg.entries] != sorted(self.peer_leaves):
+            raise ConsistencyViolation("neighbour keys must be exactly this client's neighbours")
+        for e in msg.entries:
+            idx, _ = self.peer_leaves[e.client_id]
+            leaf = key_leaf(e.client_id, e.c_pk, e.s_pk, e.signature)
+            if root_from_path(leaf, idx, self.size, e.path) != self.key_root:
+                raise AuthenticationFailure("a neighbour's key is not in the committed tree")
+        try:  # before any share is sealed to c_pk or any mask derived from s_pk
+            for e in msg.entries:
+                check_public_key(e.c_pk)
+                check_public_key(e.s_pk)
+        except CryptoError:
+            raise InvalidPublicKey("a neighbour advertised a low-order or non-canonical "
+                                   "X25519 key") from None
+        # every key is canonical now (the check above), so equal keys are equal bytes
+        keys = [self.c.public, self.s.public]
+        keys += [k for e in msg.entries for k in (e.c_pk, e.s_pk)]
+        if len(set(keys)) != len(keys):
+            raise ProtocolError("neighbour keys repeat a public key")
+        if len(msg.entries) + 1 < cfg.threshold:
             raise ProtocolAbort("fewer than t share holders among this client's neighbours")
         if cfg.authenticated:
-            for v, e in peers.items():
+            for e in msg.entries:
+                com = self.peer_leaves[e.client_id][1]
                 try:
-                    verify(ctx.identity_keys[v], e.signature,
-                           *advertise_fields(cfg, v, e.c_pk, e.s_pk))
+                    verify(ctx.identity_keys[e.client_id], e.signature,
+                           *advertise_fields(cfg, e.client_id, e.c_pk, e.s_pk, com))
                 except (SignatureError, KeyError):
                     raise AuthenticationFailure("a key advertisement did not verify") from None
-        return peers
+        return {e.client_id: e for e in msg.entries}
 
     def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
-        assert isinstance(msg, AdvertiseBroadcast)
+        assert isinstance(msg, NeighborKeys)
         peers = self._validate(ctx, msg)
         u, t = ctx.client_id, ctx.config.threshold
-        session = session_id(ctx.config, msg.key_records())
+        session = session_id(ctx.config, self.binding)
         b_seed = ctx.random(32)
         holders = sorted([*peers, u])
         shares = share_secrets([self.s.private, b_seed], t, [h + 1 for h in holders], ctx.rng)
@@ -225,13 +339,27 @@ class MaskedInputState(ClientState):
         return nxt, reply
 
 
-def _check_survivors(ctx: ClientContext, survivors: tuple[int, ...]) -> None:
-    if ctx.client_id not in survivors:
+def _check_survivors(ctx: ClientContext, survivors: tuple[int, ...],
+                     held: Mapping[int, Share]) -> None:
+    """The checks of Bonawitz et al.'s ConsistencyCheck (Fig. 4) on the survivor set U3.
+
+    Besides the set naming this client, lying in the cohort and holding t clients: every
+    surviving *neighbour* must be one whose encrypted share this client received and
+    masked with (``held``; U3 within U2). Without that, a server that forwarded only t - 1
+    shares could declare those peers dropped and other neighbours survivors: holders would
+    then reveal this client's b and the dropped peers' mask keys, and strip every mask from
+    its masked input. An honest server never lists a neighbour whose share it withheld.
+    """
+    u = ctx.client_id
+    if u not in survivors:
         raise ConsistencyViolation("survivor set omits this client, which sent its input")
     if not set(survivors) <= set(ctx.config.cohort):
         raise ConsistencyViolation("survivor set names clients outside the cohort")
     if len(survivors) < ctx.config.threshold:
         raise ProtocolAbort(f"survivor set of {len(survivors)} is smaller than t")
+    if any(v not in held for v in ctx.neighbors().intersection(survivors)):
+        raise ConsistencyViolation("survivor set lists a neighbour whose share this client "
+                                   "never received")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +376,7 @@ class ConsistencyCheckState(ClientState):
         _check_session(self.session, msg.session_id)
         if msg.recipient != ctx.client_id:
             raise ProtocolError("consistency request addressed to another client")
-        _check_survivors(ctx, msg.survivors)
+        _check_survivors(ctx, msg.survivors, self.held)
         sig = sign(ctx.identity.private, *consistency_fields(self.session, msg.survivors))
         nxt = UnmaskingState(self.session, self.held, msg.survivors)
         return nxt, ConsistencySignature(self.session, ctx.client_id, sig)
@@ -266,7 +394,8 @@ class UnmaskingState(ClientState):
 
     def _check_signatures(self, ctx: ClientContext, msg: UnmaskRequest) -> None:
         """At least t of this client's holders must have signed exactly this survivor set:
-        itself (it signed ``self.signed``, equal to the request's set) and t - 1 neighbours,
+        itself (it signed ``self.signed``, equal to the request's set) and t - 1 peers whose
+        share it received and masked with (only those count: Bonawitz et al. Fig. 4),
         whose signatures are checked in id order; any failure among those is a
         ConsistencyViolation. Checking t (not all) is enough: two sets each confirmed by t
         of the k + 1 holders would need 2t > k + 1 signers, so some honest holder would
@@ -275,10 +404,11 @@ class UnmaskingState(ClientState):
         sigs = dict(msg.signatures)
         if not set(sigs) <= set(msg.survivors):
             raise ConsistencyViolation("consistency signatures from non-survivors")
-        signers = [v for v in sorted(ctx.neighbors()) if v in sigs]
+        u = ctx.client_id
+        signers = [v for v in sorted(self.held) if v != u and v in sigs]
         # this client itself confirmed the set (checked against what it signed above)
         if len(signers) + 1 < ctx.config.threshold:
-            raise ProtocolAbort("fewer than t neighbours confirmed the survivor set")
+            raise ProtocolAbort("fewer than t share holders confirmed the survivor set")
         fields = consistency_fields(self.session, msg.survivors)
         for v in signers[: ctx.config.threshold - 1]:
             try:
@@ -293,9 +423,11 @@ class UnmaskingState(ClientState):
             raise ProtocolError("unmask request addressed to another client")
         if self.signed is not None and msg.survivors != self.signed:
             raise ConsistencyViolation("unmask request's survivor set differs from the signed one")
-        _check_survivors(ctx, msg.survivors)
+        _check_survivors(ctx, msg.survivors, self.held)
         if ctx.config.authenticated:
             self._check_signatures(ctx, msg)
+        # one share per owner this client exchanged shares with (``held``: itself and the
+        # peers whose share it received), of b if the owner survived, else of s_sk
         alive = set(msg.survivors)
         self_sh = tuple((o, Share(s.index, (s.values[1],)))
                         for o, s in sorted(self.held.items()) if o in alive)

@@ -13,12 +13,20 @@ from typing import Literal
 
 from crypto.codec import FixedPointCodec
 from crypto.errors import ConfigError, EncodingOverflow
+from crypto.rng import random_bytes
 
 PROTOCOL_VERSION = 1
 MAX_CLIENT_ID = (1 << 32) - 2  # share index is id + 1, which must fit in 4 bytes
 MAX_LENGTH = 1 << 28  # entries per vector
 GraphKind = Literal["complete", "harary"]
 GRAPH_KINDS: tuple[str, ...] = ("complete", "harary")
+NONCE_BYTES = 16  # a fresh round nonce: 128 bits from the OS CSPRNG
+MAX_NONCE_BYTES = 64
+
+
+def fresh_nonce() -> bytes:
+    """A fresh 16-byte round nonce from the OS CSPRNG (whoever configures a round)."""
+    return random_bytes(NONCE_BYTES)
 
 
 def _check_cohort(cohort: tuple[int, ...]) -> None:
@@ -52,6 +60,7 @@ class ProtocolConfig:
     neighbors: int | None = None
     authenticated: bool = True
     public_seed: bytes = b""
+    nonce: bytes = b""
     _digest: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
@@ -65,6 +74,10 @@ class ProtocolConfig:
             raise ConfigError(f"bits must be an integer in 1..64, got {self.bits!r}")
         if self.graph not in GRAPH_KINDS:
             raise ConfigError(f"graph must be one of {GRAPH_KINDS}, got {self.graph!r}")
+        if not isinstance(self.nonce, bytes) or (
+                self.nonce and not NONCE_BYTES <= len(self.nonce) <= MAX_NONCE_BYTES):
+            raise ConfigError(f"nonce must be empty or {NONCE_BYTES}..{MAX_NONCE_BYTES} bytes "
+                              "(use protocol.config.fresh_nonce())")
         self._check_degree()
         k = self.degree
         if not (k + 1) / 2 < self.threshold <= k + 1:
@@ -113,6 +126,8 @@ class ProtocolConfig:
         h.update(self.graph.encode().ljust(16, b"\0"))
         h.update(len(self.public_seed).to_bytes(4, "big") + self.public_seed)
         h.update(b"".join(c.to_bytes(4, "big") for c in self.cohort))
+        if self.nonce:  # configs without a nonce keep the digest they always had
+            h.update(b"nonce" + len(self.nonce).to_bytes(4, "big") + self.nonce)
         return h.digest()
 
     def check_codec(self, codec: FixedPointCodec) -> None:

@@ -1,9 +1,11 @@
 """Dropout schedules for simulation: which clients go silent before which stage.
 
 A client listed at stage s sends nothing from stage s on (it never sends that stage's
-message). Stages in order: advertise (key advertisement), share (key shares), masked
-(masked input), consistency (signature on the survivor set; authenticated mode only),
-unmask (unmasking shares). Random schedules draw from a seeded KeystreamRNG, never numpy.
+message). Stages in order: advertise (keys and graph commitment), reveal (the committed
+graph randomness: a client silent here aborts the round, see :mod:`protocol.graph`),
+graph (confirming the graph seed), share (key shares), masked (masked input),
+consistency (signature on the survivor set; authenticated mode only), unmask
+(unmasking shares). Random schedules draw from a seeded KeystreamRNG, never numpy.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass, field
 from crypto.errors import ConfigError
 from crypto.rng import KeystreamRNG
 
-STAGES: tuple[str, ...] = ("advertise", "share", "masked", "consistency", "unmask")
+STAGES: tuple[str, ...] = ("advertise", "reveal", "graph", "share", "masked", "consistency",
+                          "unmask")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,3 +27,18 @@ class ReplayError(ProtocolError):
 
 class AuthenticationFailure(ProtocolAbort):
     """A signature or share ciphertext did not verify; deliberately says no more than that."""
+
+
+class PolicyViolation(ProtocolError):
+    """The round's config is below this client's policy; the client refused before any
+    secret left it (change the config, or the client's :class:`protocol.policy.ClientPolicy`)."""
+
+
+class InvalidPublicKey(AuthenticationFailure):
+    """An advertised X25519 key is of low order or not canonically encoded; refused before
+    any share is sent."""
+
+
+class RevealMissing(ProtocolAbort):
+    """A committed client did not reveal its graph randomness: the round aborts (a restart
+    is a fresh round with fresh keys and commitments)."""

@@ -1,9 +1,11 @@
 """Protocol messages: one frozen dataclass per round and direction, with a binary encoding.
 
-Client -> server: :class:`AdvertiseKeys`, :class:`ShareKeys`, :class:`MaskedInput`,
-:class:`ConsistencySignature`, :class:`UnmaskShares`. Server -> client:
-:class:`AdvertiseBroadcast`, :class:`ShareKeysBroadcast`, :class:`ConsistencyRequest`,
-:class:`UnmaskRequest`. ``encode()`` gives the versioned, length-prefixed bytes (see
+Client -> server: :class:`AdvertiseKeys`, :class:`Reveal`, :class:`GraphConfirm`,
+:class:`ShareKeys`, :class:`MaskedInput`, :class:`ConsistencySignature`,
+:class:`UnmaskShares`. Server -> client: :class:`CommitProof`, :class:`RevealBroadcast`,
+:class:`NeighborKeys`, :class:`ShareKeysBroadcast`, :class:`ConsistencyRequest`,
+:class:`UnmaskRequest`. No message carries all n advertised keys: a client gets its k
+neighbours' keys with Merkle paths (see :mod:`protocol.graph`). ``encode()`` gives the versioned, length-prefixed bytes (see
 :mod:`protocol.wire`); ``Class.decode(data)`` and :func:`decode` validate every field
 (sizes, id ordering, vector length and bit width) and raise only :class:`MalformedMessage`.
 Semantic checks against the round (which ids, which session) happen in the state machines.
@@ -11,7 +13,7 @@ Semantic checks against the round (which ids, which session) happen in the state
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
 import numpy as np
@@ -20,10 +22,11 @@ from crypto.aead import TAG_BYTES
 from crypto.errors import SharingError
 from crypto.shamir import Share, share_from_bytes, share_to_bytes
 from crypto.signing import SIGNATURE_BYTES
+from protocol.commitments import HASH_BYTES, REVEAL_BYTES
 from protocol.config import MAX_CLIENT_ID, MAX_LENGTH
 from protocol.errors import MalformedMessage
 from protocol.vectors import entry_bytes, unpack
-from protocol.wire import Reader, Writer, peek_tag
+from protocol.wire import HEADER_BYTES, Reader, Writer, peek_tag
 
 KEY_BYTES = 32
 SESSION_BYTES = 32
@@ -79,38 +82,42 @@ def _read_pairs(r: Reader, size: int) -> IdPairs:
 
 @dataclass(frozen=True, slots=True)
 class AdvertiseKeys:
-    """Client -> server, round 0: the client's two X25519 public keys, optionally signed."""
+    """Client -> server, round 0: the client's two X25519 public keys and its commitment
+    C_u to fresh graph randomness (:mod:`protocol.commitments`), optionally signed."""
 
     TAG: ClassVar[int] = 1
     round_id: int
     sender: int
     c_pk: bytes
     s_pk: bytes
+    commitment: bytes
     signature: bytes = b""
 
     def __post_init__(self) -> None:
         _check_id(self.sender)
         _check_len(self.c_pk, KEY_BYTES, "c_pk")
         _check_len(self.s_pk, KEY_BYTES, "s_pk")
+        _check_len(self.commitment, HASH_BYTES, "commitment")
         if len(self.signature) not in (0, SIGNATURE_BYTES):
             raise MalformedMessage("signature must be empty or 64 bytes")
 
     def encode(self) -> bytes:
         w = Writer(self.TAG).u64(self.round_id).u32(self.sender)
-        return w.blob(self.c_pk).blob(self.s_pk).blob(self.signature).finish()
+        w.blob(self.c_pk).blob(self.s_pk).blob(self.commitment)
+        return w.blob(self.signature).finish()
 
     @classmethod
     def decode(cls, data: bytes) -> AdvertiseKeys:
         r = Reader(data, cls.TAG)
         out = cls(r.u64(), r.u32(), r.blob(exact=KEY_BYTES), r.blob(exact=KEY_BYTES),
-                  r.blob(max_len=SIGNATURE_BYTES))
+                  r.blob(exact=HASH_BYTES), r.blob(max_len=SIGNATURE_BYTES))
         r.end()
         return out
 
 
 @dataclass(frozen=True, slots=True)
 class AdvertisedKey:
-    """One client's entry of :class:`AdvertiseBroadcast` (not a message by itself)."""
+    """One client's advertised keys as a record (not a message by itself)."""
 
     client_id: int
     c_pk: bytes
@@ -118,90 +125,203 @@ class AdvertisedKey:
     signature: bytes
 
     def __post_init__(self) -> None:
-        AdvertiseKeys(0, self.client_id, self.c_pk, self.s_pk, self.signature)
+        AdvertiseKeys(0, self.client_id, self.c_pk, self.s_pk, bytes(HASH_BYTES),
+                      self.signature)
 
 
-_KEY_RECORD = 4 + 2 * KEY_BYTES  # id || c_pk || s_pk
+def _check_path(path: tuple[bytes, ...]) -> None:
+    if len(path) > 64 or any(not isinstance(h, bytes) or len(h) != HASH_BYTES for h in path):
+        raise MalformedMessage("a Merkle path is at most 64 hashes of 32 bytes")
+
+
+def _read_path(r: Reader) -> tuple[bytes, ...]:
+    blob = r.blob(max_len=64 * HASH_BYTES)
+    if len(blob) % HASH_BYTES:
+        raise MalformedMessage("a Merkle path must be whole 32-byte hashes")
+    return tuple(blob[i : i + HASH_BYTES] for i in range(0, len(blob), HASH_BYTES))
 
 
 @dataclass(frozen=True, slots=True)
-class AdvertiseBroadcast:
-    """Server -> every client, end of round 0: all advertised keys as fixed-width records.
+class CommitProof:
+    """Server -> one client, end of round 0: the round's two Merkle roots over the m
+    clients that advertised (commitments and keys, in id order) and this client's own
+    leaf index and paths, which it checks before it reveals (O(log m) bytes)."""
 
-    ``records``: per client, sorted by id, id (4 bytes) || c_pk || s_pk || signature (64
-    bytes, only if ``signed``). Fixed width lets a client validate and index n records with
-    numpy instead of parsing n entries, and hash them straight into the session id.
-    """
-
-    TAG: ClassVar[int] = 2
+    TAG: ClassVar[int] = 10
     round_id: int
-    signed: bool
-    records: bytes
-    _ids: np.ndarray = field(init=False, repr=False, compare=False)
+    recipient: int
+    size: int
+    index: int
+    commit_root: bytes
+    key_root: bytes
+    commit_path: tuple[bytes, ...]
+    key_path: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
-        width = self.width
-        if not isinstance(self.records, bytes) or len(self.records) % width:
-            raise MalformedMessage("key records must be a whole number of fixed-width records")
-        rows = np.frombuffer(self.records, dtype=np.uint8).reshape(-1, width)
-        ids = rows[:, :4].copy().view(">u4").reshape(-1).astype(np.int64)
-        if ids.size > 1 and not bool(np.all(ids[1:] > ids[:-1])):
-            raise MalformedMessage("key records must be sorted by strictly increasing id")
-        if ids.size and int(ids[-1]) > MAX_CLIENT_ID:
-            raise MalformedMessage("client id out of range")
-        object.__setattr__(self, "_ids", ids)
-
-    @property
-    def width(self) -> int:
-        return _KEY_RECORD + (SIGNATURE_BYTES if self.signed else 0)
-
-    @classmethod
-    def from_entries(cls, round_id: int, entries: tuple[AdvertisedKey, ...]
-                     ) -> AdvertiseBroadcast:
-        signed = bool(entries) and bool(entries[0].signature)
-        if any(bool(e.signature) != signed for e in entries):
-            raise MalformedMessage("entries must be all signed or all unsigned")
-        recs = b"".join(e.client_id.to_bytes(4, "big") + e.c_pk + e.s_pk + e.signature
-                        for e in entries)
-        return cls(round_id, signed, recs)
-
-    @property
-    def ids(self) -> np.ndarray:
-        """Client ids of the records (int64, increasing)."""
-        return self._ids
-
-    def get(self, client_id: int) -> AdvertisedKey | None:
-        """The record of ``client_id``, or None."""
-        pos = int(np.searchsorted(self._ids, client_id))
-        if pos >= self._ids.size or int(self._ids[pos]) != client_id:
-            return None
-        rec = self.records[pos * self.width : (pos + 1) * self.width]
-        return AdvertisedKey(client_id, rec[4:36], rec[36:68], rec[68:])
-
-    def key_records(self) -> bytes:
-        """id || c_pk || s_pk of every record, signatures stripped (session-id input)."""
-        rows = np.frombuffer(self.records, dtype=np.uint8).reshape(-1, self.width)
-        return rows[:, :_KEY_RECORD].tobytes()
-
-    def public_keys_unique(self) -> bool:
-        """Whether all 2n advertised public keys are distinct."""
-        rows = np.frombuffer(self.records, dtype=np.uint8).reshape(-1, self.width)
-        keys = np.ascontiguousarray(rows[:, 4:_KEY_RECORD]).reshape(-1, KEY_BYTES)
-        return int(np.unique(keys.view(f"V{KEY_BYTES}")).size) == keys.shape[0]
+        _check_id(self.recipient)
+        if not 0 <= self.index < self.size <= MAX_CLIENT_ID + 1:
+            raise MalformedMessage("leaf index must be below the tree size")
+        _check_len(self.commit_root, HASH_BYTES, "commitment root")
+        _check_len(self.key_root, HASH_BYTES, "key root")
+        _check_path(self.commit_path)
+        _check_path(self.key_path)
 
     def encode(self) -> bytes:
-        w = Writer(self.TAG).u64(self.round_id).u8(int(self.signed))
-        return w.blob(self.records).finish()
+        w = Writer(self.TAG).u64(self.round_id).u32(self.recipient).u32(self.size)
+        w.u32(self.index).blob(self.commit_root).blob(self.key_root)
+        return w.blob(b"".join(self.commit_path)).blob(b"".join(self.key_path)).finish()
 
     @classmethod
-    def decode(cls, data: bytes) -> AdvertiseBroadcast:
+    def decode(cls, data: bytes) -> CommitProof:
         r = Reader(data, cls.TAG)
-        round_id, signed = r.u64(), r.u8()
-        if signed > 1:
-            raise MalformedMessage("signed flag must be 0 or 1")
-        out = cls(round_id, bool(signed), r.blob())
+        out = cls(r.u64(), r.u32(), r.u32(), r.u32(), r.blob(exact=HASH_BYTES),
+                  r.blob(exact=HASH_BYTES), _read_path(r), _read_path(r))
         r.end()
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Reveal:
+    """Client -> server, round 1: r_u, the randomness behind the client's commitment."""
+
+    TAG: ClassVar[int] = 11
+    round_id: int
+    sender: int
+    reveal: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.sender)
+        _check_len(self.reveal, REVEAL_BYTES, "reveal")
+
+    def encode(self) -> bytes:
+        return Writer(self.TAG).u64(self.round_id).u32(self.sender).blob(self.reveal).finish()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Reveal:
+        r = Reader(data, cls.TAG)
+        out = cls(r.u64(), r.u32(), r.blob(exact=REVEAL_BYTES))
+        r.end()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RevealBroadcast:
+    """Server -> every client, end of round 1: the committed ids (increasing) and their
+    reveals, 16 bytes each in id order -- one message shared by all, 20 bytes a client."""
+
+    TAG: ClassVar[int] = 12
+    round_id: int
+    ids: bytes  # 4-byte big-endian ids, strictly increasing
+    reveals: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.ids) % 4 or len(self.reveals) != len(self.ids) // 4 * REVEAL_BYTES:
+            raise MalformedMessage("one 16-byte reveal per 4-byte id")
+        arr = self.id_array()
+        if arr.size > 1 and not bool(np.all(arr[1:] > arr[:-1])):
+            raise MalformedMessage("committed ids must be strictly increasing")
+        if arr.size and int(arr[-1]) > MAX_CLIENT_ID:
+            raise MalformedMessage("client id out of range")
+
+    def id_array(self) -> np.ndarray:
+        return np.frombuffer(self.ids, dtype=">u4").astype(np.int64)
+
+    def reveal_at(self, index: int) -> bytes:
+        return self.reveals[index * REVEAL_BYTES : (index + 1) * REVEAL_BYTES]
+
+    def encode(self) -> bytes:
+        return Writer(self.TAG).u64(self.round_id).blob(self.ids).blob(self.reveals).finish()
+
+    @classmethod
+    def decode(cls, data: bytes) -> RevealBroadcast:
+        r = Reader(data, cls.TAG)
+        out = cls(r.u64(), r.blob(), r.blob())
+        r.end()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class GraphConfirm:
+    """Client -> server, round 2: the graph seed the client derived from the reveals (the
+    server checks it equals its own: a client shown another reveal list is caught here)."""
+
+    TAG: ClassVar[int] = 13
+    round_id: int
+    sender: int
+    seed: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.sender)
+        _check_len(self.seed, HASH_BYTES, "graph seed")
+
+    def encode(self) -> bytes:
+        return Writer(self.TAG).u64(self.round_id).u32(self.sender).blob(self.seed).finish()
+
+    @classmethod
+    def decode(cls, data: bytes) -> GraphConfirm:
+        r = Reader(data, cls.TAG)
+        out = cls(r.u64(), r.u32(), r.blob(exact=HASH_BYTES))
+        r.end()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class NeighborKey:
+    """One neighbour's key leaf and its path in the key tree (part of NeighborKeys)."""
+
+    client_id: int
+    c_pk: bytes
+    s_pk: bytes
+    signature: bytes
+    path: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        AdvertisedKey(self.client_id, self.c_pk, self.s_pk, self.signature)
+        _check_path(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class NeighborKeys:
+    """Server -> one client, end of round 2: its graph neighbours' key leaves with their
+    Merkle paths, ids increasing (O(k log m) bytes; a client never gets other keys)."""
+
+    TAG: ClassVar[int] = 14
+    round_id: int
+    recipient: int
+    entries: tuple[NeighborKey, ...]
+
+    def __post_init__(self) -> None:
+        _check_id(self.recipient)
+        _check_sorted(tuple(e.client_id for e in self.entries))
+
+    @staticmethod
+    def record(entry: NeighborKey) -> bytes:
+        """The encoded bytes of one entry, as :meth:`encode` writes them."""
+        w = Writer(0).u32(entry.client_id).blob(entry.c_pk).blob(entry.s_pk)
+        return w.blob(entry.signature).blob(b"".join(entry.path)).finish()[HEADER_BYTES:]
+
+    @classmethod
+    def encode_records(cls, round_id: int, recipient: int, records: list[bytes]) -> bytes:
+        """Encoding of a message whose entries are already encoded with :meth:`record`
+        (ids increasing; server side: a client's record is the same in every message
+        that carries it, so the server encodes each once instead of once per holder)."""
+        w = Writer(cls.TAG).u64(round_id).u32(recipient).u32(len(records))
+        return w.finish() + b"".join(records)
+
+    def encode(self) -> bytes:
+        return self.encode_records(self.round_id, self.recipient,
+                                   [self.record(e) for e in self.entries])
+
+    @classmethod
+    def decode(cls, data: bytes) -> NeighborKeys:
+        r = Reader(data, cls.TAG)
+        round_id, rcpt = r.u64(), r.u32()
+        n = r.count(4 + 3 * 4 + 2 * KEY_BYTES + 4)
+        entries = tuple(NeighborKey(r.u32(), r.blob(exact=KEY_BYTES), r.blob(exact=KEY_BYTES),
+                                    r.blob(max_len=SIGNATURE_BYTES), _read_path(r))
+                        for _ in range(n))
+        r.end()
+        return cls(round_id, rcpt, entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,11 +546,13 @@ class UnmaskShares:
 
 
 Message: TypeAlias = (
-    AdvertiseKeys | AdvertiseBroadcast | ShareKeys | ShareKeysBroadcast | MaskedInput
+    AdvertiseKeys | CommitProof | Reveal | RevealBroadcast | GraphConfirm
+    | NeighborKeys | ShareKeys | ShareKeysBroadcast | MaskedInput
     | ConsistencyRequest | ConsistencySignature | UnmaskRequest | UnmaskShares
 )
 MESSAGE_TYPES: tuple[type[Message], ...] = (
-    AdvertiseKeys, AdvertiseBroadcast, ShareKeys, ShareKeysBroadcast, MaskedInput,
+    AdvertiseKeys, CommitProof, Reveal, RevealBroadcast, GraphConfirm,
+    NeighborKeys, ShareKeys, ShareKeysBroadcast, MaskedInput,
     ConsistencyRequest, ConsistencySignature, UnmaskRequest, UnmaskShares,
 )
 _BY_TAG: dict[int, type[Message]] = {cls.TAG: cls for cls in MESSAGE_TYPES}

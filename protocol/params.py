@@ -82,6 +82,12 @@ def leak_bound(n: int, k: int, t: int, corrupt: float) -> float:
     return min(1.0, factor * binom_at_least(k, corrupt, 2 * t - k - 1))
 
 
+def tolerated_colluders(k: int, t: int) -> int:
+    """Largest number c of colluding neighbours per client that (k, t) tolerates against an
+    active server: the largest c with c < 2t - k - 1 (-1 when even c = 0 is not safe)."""
+    return 2 * t - k - 2
+
+
 @dataclass(frozen=True, slots=True)
 class GraphParams:
     """A (k, t) choice and the failure probabilities it guarantees (upper bounds)."""
@@ -125,3 +131,157 @@ def choose_graph_params(n: int, dropout: float = 0.2, corrupt: float = 0.0,
         f"no (k, t) meets P_halt <= 2^-{halting_bits} and P_leak <= 2^-{security_bits} for "
         f"n={n}, dropout={dropout}, corrupt={corrupt}: lower the targets, the expected "
         "dropout or the corrupt fraction, or enlarge the cohort")
+
+
+# -- thresholds from a stated adversary ---------------------------------------------------
+GRAPH_CHOICES: tuple[str, ...] = ("auto", "complete", "harary")
+
+
+def smallest_threshold(k: int, colluders: int, authenticated: bool) -> int:
+    """Smallest t that keeps every input hidden from the server plus ``colluders`` colluding
+    neighbours of a client, for k neighbours (may exceed k + 1: then no t works).
+
+    Always t > (k + 1) / 2. Active server (authenticated rounds): c < 2t - k - 1, i.e.
+    2t >= c + k + 2. Passive server (unauthenticated rounds, where nothing stops an active
+    server from impersonating clients, so only the passive guarantee is stated): c < t.
+    """
+    t = (k + 1) // 2 + 1
+    if authenticated:
+        t = max(t, (colluders + k + 3) // 2)
+    return max(t, colluders + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundParams:
+    """The (k, t) of a round and the guarantee they deliver against the stated adversary.
+
+    ``model``: ``active`` (authenticated: the server may deviate; inputs stay hidden unless
+    more than ``colluders`` of a client's neighbours collude with it, c < 2t - k - 1) or
+    ``passive`` (unauthenticated: the server follows the protocol; hidden unless t of a
+    client's neighbours collude). ``halting_probability``: upper bound on the round halting
+    with each client dropping independently with probability ``dropout``.
+    ``leak_probability``: upper bound on some client having more than ``colluders``
+    corrupt neighbours when each client is corrupt independently with probability
+    ``corrupt`` (0 when ``corrupt`` is 0: the guarantee is then the worst-case one).
+    """
+
+    n: int
+    graph: str
+    k: int
+    t: int
+    colluders: int
+    model: str
+    dropout: float
+    halting_probability: float
+    corrupt: float
+    leak_probability: float
+
+    @property
+    def authenticated(self) -> bool:
+        return self.model == "active"
+
+    @property
+    def tolerated(self) -> int:
+        """Colluding neighbours per client that (k, t) actually tolerates (>= the stated
+        ``colluders``): 2t - k - 2 against an active server, t - 1 against a passive one."""
+        return tolerated_colluders(self.k, self.t) if self.authenticated else self.t - 1
+
+    def describe(self) -> str:
+        """One line stating the delivered guarantee (for logs, the CLI and reports)."""
+        c = self.tolerated
+        who = f"{c} colluding neighbour{'s' if c != 1 else ''} per client"
+        bound = (f"at most {who} (c < 2t - k - 1 = {2 * self.t - self.k - 1})"
+                 if self.model == "active" else f"at most {who} (fewer than t = {self.t})")
+        graph = "SecAgg (complete graph)" if self.graph == "complete" else "SecAgg+ (Harary)"
+        return (f"{graph}, n={self.n}, k={self.k}, t={self.t}: inputs hidden from an "
+                f"{self.model} server with {bound}; halts with probability <= "
+                f"{self.halting_probability:.3g} at {self.dropout:.0%} dropout")
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-data record (config.json, audit records)."""
+        return {"n": self.n, "graph": self.graph, "k": self.k, "t": self.t,
+                "max_colluders": self.colluders, "tolerated_colluders": self.tolerated,
+                "model": self.model,
+                "dropout": self.dropout, "halting_probability": self.halting_probability,
+                "corrupt": self.corrupt, "leak_probability": self.leak_probability,
+                "guarantee": self.describe()}
+
+
+def _leak(n: int, k: int, t: int, corrupt: float, authenticated: bool) -> float:
+    if corrupt == 0.0:
+        return 0.0
+    if authenticated:
+        return leak_bound(n, k, t, corrupt)
+    factor = 1 if k >= n - 1 else n
+    return min(1.0, factor * binom_at_least(k, corrupt, t))
+
+
+def _candidates(n: int, graph: str, neighbors: int | None) -> list[int]:
+    if graph == "complete":
+        return [n - 1]
+    if neighbors is not None:
+        if not 1 <= neighbors <= n - 1 or (neighbors % 2 == 1 and n % 2 == 1):
+            raise ConfigError(f"neighbors must be in 1..{n - 1} (even for an odd cohort), "
+                              f"got {neighbors}")
+        return [neighbors]
+    return [*range(2, n - 1, 2), n - 1] if graph == "auto" else list(range(2, n - 1, 2))
+
+
+def round_params(n: int, dropout: float, max_colluders: int, authenticated: bool = True, *,
+                 graph: str = "auto", neighbors: int | None = None,
+                 halting_bits: float = 20.0, corrupt: float = 0.0) -> RoundParams:
+    """(k, t) for a cohort of n from a stated adversary and dropout target (server side,
+    or whoever configures the round).
+
+    ``max_colluders`` c: colluding clients among any client's neighbours that the round
+    must tolerate (authenticated: against an active server, c < 2t - k - 1; otherwise the
+    passive guarantee c < t). ``dropout``: each client's probability of dropping over the
+    round; the round must halt with probability <= 2^-halting_bits. ``graph``: ``auto``
+    (the smallest even Harary degree that meets both, else the complete graph),
+    ``complete`` or ``harary`` (optionally with a fixed ``neighbors`` k). ``corrupt``: an
+    optional per-client corruption probability, only for the recorded leak bound. Takes
+    the smallest t meeting the colluder bound for each k (larger t only halts more) and
+    the smallest k meeting the halting target. Raises :class:`ConfigError` naming what to
+    change when nothing meets both.
+    """
+    if n < 3:
+        raise ConfigError(f"need a cohort of at least 3 clients, got {n}")
+    if not 0.0 <= dropout < 1.0 or not 0.0 <= corrupt < 1.0:
+        raise ConfigError("dropout and corrupt must be probabilities in [0, 1)")
+    if isinstance(max_colluders, bool) or not isinstance(max_colluders, int) or max_colluders < 0:
+        raise ConfigError(f"max_colluders must be an integer >= 0, got {max_colluders!r}")
+    if graph not in GRAPH_CHOICES:
+        raise ConfigError(f"graph must be one of {GRAPH_CHOICES}, got {graph!r}")
+    model = "active" if authenticated else "passive"
+    best: tuple[float, int, int] | None = None  # (halting, k, t) of the best candidate
+    for k in _candidates(n, graph, neighbors):
+        t = smallest_threshold(k, max_colluders, authenticated)
+        if t > k + 1:
+            continue
+        halt = halting_bound(n, k, t, dropout)
+        if best is None or halt < best[0]:
+            best = (halt, k, t)
+        if halt <= 2.0 ** -halting_bits:
+            kind = "complete" if k == n - 1 else "harary"
+            return RoundParams(n, kind, k, t, max_colluders, model, dropout, halt, corrupt,
+                               _leak(n, k, t, corrupt, authenticated))
+    raise ConfigError(_refusal(n, dropout, max_colluders, authenticated, graph, halting_bits,
+                               best))
+
+
+def _refusal(n: int, dropout: float, c: int, authenticated: bool, graph: str,
+             halting_bits: float, best: tuple[float, int, int] | None) -> str:
+    what = "active" if authenticated else "passive"
+    head = (f"no (k, t) tolerates {c} colluders against an {what} server and halts with "
+            f"probability <= 2^-{halting_bits:g} at {dropout:.0%} dropout for n={n}")
+    if best is None:
+        need = c + 1  # t = k + 1 = n (every holder needed) tolerates c < n either way
+        return (f"{head}: {c} colluders need a cohort of at least {need} clients; lower "
+                "--max-colluders or enlarge the cohort")
+    halt, k, t = best
+    hint = f"the best is k={k}, t={t}, halting with probability <= {halt:.3g}"
+    fix = "lower --max-colluders, enlarge the cohort, lower the expected dropout or loosen "
+    fix += "the halting target (halting_bits)"
+    if graph != "auto":
+        fix += ", or let the graph be chosen (graph='auto')"
+    return f"{head} ({hint}): {fix}"

@@ -33,6 +33,7 @@ from protocol.client import SecAggClient
 from protocol.config import ProtocolConfig
 from protocol.dropout import STAGES, DropoutSchedule
 from protocol.errors import AuthenticationFailure, ProtocolAbort
+from protocol.policy import ClientPolicy
 from protocol.server import SecAggServer
 
 Inputs = Mapping[int, np.ndarray] | Callable[[int], np.ndarray]
@@ -198,6 +199,7 @@ def run_secure_round(
     progress: Progress | None = None,
     trace_memory: bool = False,
     server_workers: int = 1,
+    policy: ClientPolicy | None = None,
 ) -> RoundResult:
     """Run one SecAgg/SecAgg+ round in process; every message travels as bytes.
 
@@ -209,14 +211,19 @@ def run_secure_round(
     than t clients survive a stage. A client that refuses to continue with ProtocolAbort
     (it has fewer than t live share holders) is treated as dropped and listed in
     ``RoundResult.refused``; any other ProtocolError propagates. ``server_workers``: the
-    server's unmasking processes (:class:`SecAggServer`'s ``workers``).
+    server's unmasking processes (:class:`SecAggServer`'s ``workers``). ``policy``: the
+    clients' :class:`ClientPolicy`; None means :meth:`ClientPolicy.permissive`, because
+    here the caller writes the config *and* runs the clients (a simulation or an
+    in-process round), so there is no one else's config for them to refuse.
     """
+    pol = ClientPolicy.permissive() if policy is None else policy
     if config.authenticated and identities is None:
         identities = make_identities(config.cohort, rng)
     ident = dict(identities or {})
     pub = {u: k.public for u, k in ident.items()}
     clients = {u: SecAggClient(u, config, partial(_input_of, inputs, u), ident.get(u), pub,
-                               rng.spawn(f"client/{u}") if rng is not None else None)
+                               rng.spawn(f"client/{u}") if rng is not None else None,
+                               policy=pol)
                for u in config.cohort}
     return run_round(LocalClientPool(clients), config, dropouts,
                      pub if config.authenticated else None, progress, trace_memory, server_workers)

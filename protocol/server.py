@@ -23,19 +23,30 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from crypto.errors import ConfigError, SharingError, SignatureError
+from crypto.agreement import check_public_key
+from crypto.errors import ConfigError, CryptoError, SharingError, SignatureError
 from crypto.prg import dtype_for_bits, expand_sum_into
 from crypto.shamir import Share, common_index_sets, interpolate_at_zero
 from crypto.signing import verify
+from protocol.commitments import (
+    MerkleTree,
+    commit_leaf,
+    commitment,
+    graph_seed,
+    key_leaf,
+    round_root,
+)
 from protocol.config import ProtocolConfig
 from protocol.errors import (
     AuthenticationFailure,
+    InvalidPublicKey,
     MalformedMessage,
     ProtocolAbort,
     ProtocolError,
     ReplayError,
+    RevealMissing,
 )
-from protocol.graph import build_graph
+from protocol.graph import Graph, build_graph
 from protocol.masking import (
     PairwiseJob,
     add_pairwise_masks,
@@ -44,13 +55,17 @@ from protocol.masking import (
 )
 from protocol.messages import (
     CIPHERTEXT_BYTES,
-    AdvertiseBroadcast,
-    AdvertisedKey,
     AdvertiseKeys,
+    CommitProof,
     ConsistencyRequest,
     ConsistencySignature,
+    GraphConfirm,
     MaskedInput,
     Message,
+    NeighborKey,
+    NeighborKeys,
+    Reveal,
+    RevealBroadcast,
     ShareKeys,
     ShareKeysBroadcast,
     UnmaskRequest,
@@ -65,6 +80,8 @@ class Stage(enum.Enum):
     """Server stages, in order; each collects one client message type."""
 
     ADVERTISE = "advertise"
+    REVEAL = "reveal"
+    GRAPH = "graph"
     SHARE = "share"
     MASKED = "masked"
     CONSISTENCY = "consistency"
@@ -74,7 +91,8 @@ class Stage(enum.Enum):
 
 
 _EXPECTS: dict[Stage, type] = {
-    Stage.ADVERTISE: AdvertiseKeys, Stage.SHARE: ShareKeys, Stage.MASKED: MaskedInput,
+    Stage.ADVERTISE: AdvertiseKeys, Stage.REVEAL: Reveal, Stage.GRAPH: GraphConfirm,
+    Stage.SHARE: ShareKeys, Stage.MASKED: MaskedInput,
     Stage.CONSISTENCY: ConsistencySignature, Stage.UNMASK: UnmaskShares,
 }
 
@@ -214,12 +232,18 @@ class SecAggServer:
                               f"process only), got {workers!r}")
         self.config = config
         self.workers = workers
-        self.graph = build_graph(config)
+        self.graph: Graph | None = None  # fixed by the reveals (see protocol.graph)
         self._ids = frozenset(config.cohort)
         self._identity_keys = dict(identity_keys or {})
         self.stage = Stage.ADVERTISE
         self.session = b""
         self._keys: dict[int, AdvertiseKeys] = {}
+        self._committed: tuple[int, ...] = ()
+        self._key_tree: MerkleTree | None = None
+        self._root = b""
+        self._reveals: dict[int, bytes] = {}
+        self._seed = b""
+        self._confirmed: set[int] = set()
         self._inbox: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         self._u2: set[int] = set()
         self._peers: dict[int, frozenset[int]] = {}  # v -> senders in v's share broadcast
@@ -242,10 +266,13 @@ class SecAggServer:
         if expected is None or not isinstance(msg, expected):
             raise ProtocolError(f"{type(msg).__name__} is not valid in server stage "
                                 f"{self.stage.value}")
-        if isinstance(msg, AdvertiseBroadcast) or (
-                not isinstance(msg, AdvertiseKeys) and msg.session_id != self.session):
+        if isinstance(msg, AdvertiseKeys | Reveal | GraphConfirm):
+            if msg.round_id != self.config.round_id:
+                raise ReplayError("message from another round")
+        elif getattr(msg, "session_id", None) != self.session:  # every other client message
             raise ReplayError("message bound to another session")
-        handler = {Stage.ADVERTISE: self._on_advertise, Stage.SHARE: self._on_share,
+        handler = {Stage.ADVERTISE: self._on_advertise, Stage.REVEAL: self._on_reveal,
+                   Stage.GRAPH: self._on_confirm, Stage.SHARE: self._on_share,
                    Stage.MASKED: self._on_masked, Stage.CONSISTENCY: self._on_signature,
                    Stage.UNMASK: self._on_unmask}[self.stage]
         handler(msg)
@@ -261,21 +288,43 @@ class SecAggServer:
 
     def _on_advertise(self, msg: Message) -> None:
         assert isinstance(msg, AdvertiseKeys)
-        if msg.round_id != self.config.round_id:
-            raise ReplayError("key advertisement from another round")
         self._check_sender(msg.sender, self._ids, self._keys)
         if self.config.authenticated:
             try:
                 verify(self._identity_keys[msg.sender], msg.signature,
-                       *advertise_fields(self.config, msg.sender, msg.c_pk, msg.s_pk))
+                       *advertise_fields(self.config, msg.sender, msg.c_pk, msg.s_pk,
+                                         msg.commitment))
             except (SignatureError, KeyError):
                 raise AuthenticationFailure("a key advertisement did not verify") from None
+        try:
+            check_public_key(msg.c_pk)
+            check_public_key(msg.s_pk)
+        except CryptoError:
+            raise InvalidPublicKey(f"client {msg.sender} advertised a low-order or "
+                                   "non-canonical X25519 key") from None
         self._keys[msg.sender] = msg
+
+    def _on_reveal(self, msg: Message) -> None:
+        assert isinstance(msg, Reveal)
+        self._check_sender(msg.sender, self._keys, self._reveals)
+        if commitment(self.config.digest(), msg.sender, msg.reveal) != \
+                self._keys[msg.sender].commitment:
+            raise AuthenticationFailure("a reveal does not open its commitment")
+        self._reveals[msg.sender] = msg.reveal
+
+    def _on_confirm(self, msg: Message) -> None:
+        assert isinstance(msg, GraphConfirm)
+        self._check_sender(msg.sender, self._keys, self._confirmed)
+        if msg.seed != self._seed:
+            raise ProtocolError(f"client {msg.sender} derived another graph seed: it was "
+                                "shown another reveal list")
+        self._confirmed.add(msg.sender)
 
     def _on_share(self, msg: Message) -> None:
         assert isinstance(msg, ShareKeys)
-        self._check_sender(msg.sender, self._keys, self._u2)
-        expected = sorted(v for v in self.graph.neighbors_of(msg.sender) if v in self._keys)
+        assert self.graph is not None
+        self._check_sender(msg.sender, self._confirmed, self._u2)
+        expected = sorted(self.graph.neighbors_of(msg.sender))
         if [r for r, _ in msg.ciphertexts] != expected:
             raise ProtocolError("share recipients must be exactly the sender's live neighbours")
         for rcpt, ct in msg.ciphertexts:
@@ -333,7 +382,8 @@ class SecAggServer:
 
     def finish_stage(self) -> dict[int, bytes]:
         """Close the current stage; returns recipient id -> encoded message to deliver."""
-        step = {Stage.ADVERTISE: self._finish_advertise, Stage.SHARE: self._finish_share,
+        step = {Stage.ADVERTISE: self._finish_advertise, Stage.REVEAL: self._finish_reveal,
+                Stage.GRAPH: self._finish_graph, Stage.SHARE: self._finish_share,
                 Stage.MASKED: self._finish_masked, Stage.CONSISTENCY: self._finish_consistency,
                 Stage.UNMASK: self._finish_unmask}.get(self.stage)
         if step is None:
@@ -341,14 +391,54 @@ class SecAggServer:
         return step()
 
     def _finish_advertise(self) -> dict[int, bytes]:
+        """Commit: Merkle trees over the commitments and the keys of every client that
+        advertised (id order); each client gets the roots and its own two paths."""
         u1 = self._require("advertise", self._keys)
-        entries = tuple(AdvertisedKey(u, self._keys[u].c_pk, self._keys[u].s_pk,
-                                      self._keys[u].signature) for u in u1)
-        msg = AdvertiseBroadcast.from_entries(self.config.round_id, entries)
-        self.session = session_id(self.config, msg.key_records())
-        data = msg.encode()
+        keys = self._keys
+        ctree = MerkleTree([commit_leaf(u, keys[u].commitment) for u in u1])
+        ktree = MerkleTree([key_leaf(u, keys[u].c_pk, keys[u].s_pk, keys[u].signature)
+                            for u in u1])
+        self._committed, self._key_tree = u1, ktree
+        self._root = round_root(ctree.root, ktree.root, len(u1))
+        rid, m = self.config.round_id, len(u1)
+        out = {u: CommitProof(rid, u, m, i, ctree.root, ktree.root, ctree.path(i),
+                              ktree.path(i)).encode() for i, u in enumerate(u1)}
+        self.stage = Stage.REVEAL
+        return out
+
+    def _finish_reveal(self) -> dict[int, bytes]:
+        """Every committed client must have revealed (else abort: no subset of reveals may
+        decide the graph); the seed and graph follow, and all reveals go to every client
+        in one shared message."""
+        missing = [u for u in self._committed if u not in self._reveals]
+        if missing:
+            self.stage = Stage.ABORTED
+            raise RevealMissing(f"{len(missing)} committed clients did not reveal their graph "
+                                "randomness; the round aborts (restart it as a fresh round)")
+        self.survivors["reveal"] = self._committed
+        reveals = b"".join(self._reveals[u] for u in self._committed)
+        ids = np.asarray(self._committed, dtype=">u4").tobytes()
+        self._seed = graph_seed(ids, reveals)
+        self.graph = build_graph(self.config, self._committed, self._seed)
+        self.session = session_id(self.config, self._root + self._seed)
+        data = RevealBroadcast(self.config.round_id, ids, reveals).encode()
+        self.stage = Stage.GRAPH
+        return dict.fromkeys(self._committed, data)
+
+    def _finish_graph(self) -> dict[int, bytes]:
+        """Each client that confirmed the seed gets its neighbours' key leaves and paths."""
+        live = self._require("graph", self._confirmed)
+        assert self.graph is not None and self._key_tree is not None
+        keys, tree, rid = self._keys, self._key_tree, self.config.round_id
+        records = {v: NeighborKeys.record(NeighborKey(v, keys[v].c_pk, keys[v].s_pk,
+                                                      keys[v].signature, tree.path(i)))
+                   for i, v in enumerate(self._committed)}  # each encoded once
+        out = {}
+        for u in live:
+            nb = sorted(self.graph.neighbors_of(u))
+            out[u] = NeighborKeys.encode_records(rid, u, [records[v] for v in nb])
         self.stage = Stage.SHARE
-        return dict.fromkeys(u1, data)
+        return out
 
     def _finish_share(self) -> dict[int, bytes]:
         u2 = self._require("share", self._u2)
@@ -376,6 +466,7 @@ class SecAggServer:
         u3 = self.survivors["masked"]
         out = {}
         for v in u4:
+            assert self.graph is not None
             signers = sorted((self.graph.neighbors_of(v) | {v}) & self._sigs.keys())
             sigs = tuple((w, self._sigs[w]) for w in signers)
             out[v] = UnmaskRequest(self.session, v, u3, sigs).encode()
@@ -401,6 +492,8 @@ class SecAggServer:
         one set of Lagrange coefficients; any order gives the same secrets. The ring order
         is the one the graph was built on (:attr:`protocol.graph.Graph.order`), not drawn
         again; the complete graph's order is the cohort's."""
+        if self.graph is None:
+            raise ProtocolError("the masking graph is fixed only once every client revealed")
         return list(self.graph.order)
 
     def _unmask(self) -> np.ndarray:

@@ -18,7 +18,7 @@ from crypto.signing import encode_fields
 from protocol.config import PROTOCOL_VERSION, ProtocolConfig
 
 SESSION_ID_BYTES = 32
-_ADVERTISE_TAG = b"secure_fed/advertise-keys/v1"
+_ADVERTISE_TAG = b"secure_fed/advertise-keys/v2"
 _CONSISTENCY_TAG = b"secure_fed/consistency/v1"
 _SHARE_AD_TAG = b"secure_fed/share-ciphertext/v1"
 _PAIR = struct.Struct(">II")  # two 4-byte big-endian client ids
@@ -31,8 +31,9 @@ def u32(value: int) -> bytes:
 
 def session_id(config: ProtocolConfig, key_records: bytes) -> bytes:
     """SHA-256 over version, round, config digest (it holds the sorted cohort ids) and the
-    advertised keys: ``key_records`` is id (4 bytes) || c_pk || s_pk per client, sorted by id
-    (see :meth:`protocol.messages.AdvertiseBroadcast.key_records`)."""
+    round's advertised keys: ``key_records`` is the round root (which fixes every
+    committed key and commitment, :func:`protocol.commitments.round_root`) followed by
+    the graph seed."""
     h = hashlib.sha256(b"secure_fed/session/v1")
     h.update(PROTOCOL_VERSION.to_bytes(2, "big") + config.round_id.to_bytes(8, "big"))
     h.update(config.digest())
@@ -40,11 +41,11 @@ def session_id(config: ProtocolConfig, key_records: bytes) -> bytes:
     return h.digest()
 
 
-def advertise_fields(config: ProtocolConfig, sender: int, c_pk: bytes, s_pk: bytes) -> tuple[
-    bytes, ...
-]:
-    """Fields a client signs with its long-term Ed25519 key when advertising its keys."""
-    return (_ADVERTISE_TAG, config.digest(), u32(sender), c_pk, s_pk)
+def advertise_fields(config: ProtocolConfig, sender: int, c_pk: bytes, s_pk: bytes,
+                     commitment: bytes) -> tuple[bytes, ...]:
+    """Fields a client signs with its long-term Ed25519 key when advertising its keys and
+    its graph commitment."""
+    return (_ADVERTISE_TAG, config.digest(), u32(sender), c_pk, s_pk, commitment)
 
 
 def consistency_fields(session: bytes, survivors: Sequence[int]) -> tuple[bytes, ...]:

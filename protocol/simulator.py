@@ -18,12 +18,15 @@ from functools import partial
 
 import numpy as np
 
+from crypto.errors import ConfigError
 from crypto.prg import dtype_for_bits
 from crypto.rng import KeystreamRNG
 from crypto.signing import SigningKeyPair
 from protocol.client import SecAggClient
 from protocol.config import ProtocolConfig
 from protocol.dropout import DropoutSchedule
+from protocol.params import RoundParams, round_params, tolerated_colluders
+from protocol.policy import ClientPolicy
 from protocol.runner import (
     ClientPool,
     LocalClientPool,
@@ -45,6 +48,7 @@ class SimulationResult:
 
     result: RoundResult
     expected: np.ndarray
+    params: RoundParams | None = None  # the (k, t) choice, when simulate made it
 
     @property
     def ok(self) -> bool:
@@ -71,11 +75,15 @@ def simulation_identities(ids: tuple[int, ...], seed: int) -> dict[int, SigningK
 
 def simulation_client(config: ProtocolConfig, seed: int, u: int,
                       identity: SigningKeyPair | None,
-                      identity_keys: Mapping[int, bytes] | None) -> SecAggClient:
-    """Simulated client u of ``config`` (client side): its input is produced lazily."""
+                      identity_keys: Mapping[int, bytes] | None,
+                      policy: ClientPolicy | None = None) -> SecAggClient:
+    """Simulated client u of ``config`` (client side): its input is produced lazily.
+    ``policy`` None: :meth:`ClientPolicy.permissive` (a simulation runs the config its
+    caller chose, unauthenticated ones included)."""
     rng = KeystreamRNG.from_seed(seed, "keys").spawn(f"client/{u}")
     return SecAggClient(u, config, partial(simulated_input, u, config.length, config.bits, seed),
-                        identity, identity_keys, rng)
+                        identity, identity_keys, rng,
+                        policy=ClientPolicy.permissive() if policy is None else policy)
 
 
 def local_pool(config: ProtocolConfig, seed: int
@@ -97,17 +105,33 @@ def simulate(n_clients: int, length: int, bits: int = 32, graph: str = "complete
              dropout_stage: str = "masked", seed: int = 0, authenticated: bool = True,
              round_id: int = 0, progress: Progress | None = None,
              trace_memory: bool = False, pool_factory: PoolFactory | None = None,
-             server_workers: int = 1) -> SimulationResult:
+             server_workers: int = 1, max_colluders: int | None = None,
+             halting_bits: float = 20.0) -> SimulationResult:
     """Simulate one round of ``n_clients`` (ids 0..n-1) and check it against plaintext.
 
     ``dropout``: probability that each client drops just before ``dropout_stage``.
     ``threshold`` None takes :func:`default_threshold` of the graph degree.
     ``pool_factory``: where the clients run (default: in this process).
     ``server_workers``: the server's unmasking processes (1: this process only).
+    ``max_colluders``: when given, or when a Harary graph has no ``neighbors``, (k, t)
+    come from :func:`protocol.params.round_params` (c = ``max_colluders`` or 0, the
+    ``dropout`` and ``halting_bits`` targets) and are returned in ``params``; an explicit
+    ``threshold`` below what c needs is refused.
     """
     ids = tuple(range(n_clients))
+    params = None
+    if max_colluders is not None or (graph != "complete" and neighbors is None):
+        c = max_colluders or 0
+        params = round_params(n_clients, dropout, c, authenticated, graph=graph,
+                              neighbors=neighbors, halting_bits=halting_bits)
+        graph, neighbors = params.graph, (None if params.graph == "complete" else params.k)
+        if threshold is not None and authenticated and tolerated_colluders(
+                params.k, threshold) < c:
+            raise ConfigError(f"threshold t={threshold} tolerates fewer than {c} colluders "
+                              f"with k={params.k}: use t >= {params.t} or drop --threshold")
     k = n_clients - 1 if graph == "complete" else neighbors
-    t = threshold if threshold is not None else default_threshold(k or 0)
+    t = threshold if threshold is not None else (
+        params.t if params is not None else default_threshold(k or 0))
     config = ProtocolConfig(round_id, ids, length, bits, t, graph,
                             neighbors if graph != "complete" else None, authenticated)
     drops = DropoutSchedule.random(ids, dropout, (dropout_stage,),
@@ -118,4 +142,4 @@ def simulate(n_clients: int, length: int, bits: int = 32, graph: str = "complete
     expected = np.zeros(length, dtype=dtype_for_bits(bits))
     for u in result.summed:  # the harness's check, one input at a time
         np.add(expected, simulated_input(u, length, bits, seed), out=expected)
-    return SimulationResult(result, reduce_in_place(expected, bits))
+    return SimulationResult(result, reduce_in_place(expected, bits), params)

@@ -10,6 +10,7 @@ from crypto.rng import KeystreamRNG
 from crypto.signing import SigningKeyPair
 from protocol.client import SecAggClient
 from protocol.config import ProtocolConfig
+from protocol.policy import ClientPolicy
 from protocol.runner import make_identities
 from protocol.server import SecAggServer
 from protocol.simulator import simulated_inputs
@@ -44,7 +45,10 @@ def make_round(n: int = 5, length: int = 8, bits: int = 16, t: int | None = None
                graph: str = "complete", k: int | None = None, authenticated: bool = True,
                round_id: int = 7, seed: int = 1,
                identities: dict[int, SigningKeyPair] | None = None,
-               inputs: dict[int, np.ndarray] | None = None) -> Round:
+               inputs: dict[int, np.ndarray] | None = None,
+               policy: ClientPolicy | None = None) -> Round:
+    """A round of n clients (ids 0..n-1); ``policy`` None gives the clients a permissive
+    policy (these tests exercise configs of every kind, unauthenticated ones included)."""
     ids = tuple(range(n))
     deg = n - 1 if graph == "complete" else (k or 2)
     threshold = t if t is not None else (deg + 1) // 2 + 1
@@ -53,7 +57,8 @@ def make_round(n: int = 5, length: int = 8, bits: int = 16, t: int | None = None
     ident = identities or make_identities(ids, rng)
     pub = {u: s.public for u, s in ident.items()}
     inputs = inputs if inputs is not None else simulated_inputs(ids, length, bits, seed)
-    clients = {u: SecAggClient(u, cfg, inputs[u], ident[u], pub, rng.spawn(f"c{u}"))
+    pol = ClientPolicy.permissive() if policy is None else policy
+    clients = {u: SecAggClient(u, cfg, inputs[u], ident[u], pub, rng.spawn(f"c{u}"), policy=pol)
                for u in ids}
     server = SecAggServer(cfg, pub if authenticated else None)
     return Round(cfg, clients, server, ident, inputs)

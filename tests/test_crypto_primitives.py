@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.aead import open_sealed, seal
 from crypto.agreement import (
+    LOW_ORDER_U,
     KeyPair,
     Label,
+    canonical_public,
+    canonical_publics,
+    check_public_key,
     derive_key,
     generate_keypair,
     hkdf_sha256,
@@ -31,6 +37,48 @@ def test_keypairs_agree_and_are_fresh() -> None:
 def test_all_zero_shared_secret_rejected(low_order: bytes) -> None:
     with pytest.raises(CryptoError):
         shared_secret(generate_keypair().private, low_order)
+
+
+_P = 2**255 - 19
+
+
+def _encodings(u: int) -> list[bytes]:
+    """Every 32-byte encoding of u-coordinate u: u, u + p (if < 2^255), each with or
+    without the high bit."""
+    vals = [u] + ([u + _P] if u + _P < 2**255 else [])
+    return [(v | hb).to_bytes(32, "little") for v in vals for hb in (0, 1 << 255)]
+
+
+def test_low_order_list_is_what_openssl_refuses_in_exchange() -> None:
+    """The hand-written list is needed (the library parses every one of these keys) and
+    right (the library's exchange refuses each: the shared secret is all zeros)."""
+    sk = X25519PrivateKey.from_private_bytes(generate_keypair().private)
+    for u in LOW_ORDER_U:
+        for raw in _encodings(u):
+            pk = X25519PublicKey.from_public_bytes(raw)  # parsing accepts it
+            with pytest.raises(ValueError):
+                sk.exchange(pk)
+            with pytest.raises(CryptoError):
+                check_public_key(raw)
+
+
+def test_non_canonical_keys_refused_and_normalised() -> None:
+    kp, other = generate_keypair(), generate_keypair()
+    check_public_key(kp.public)  # a fresh key passes
+    u = int.from_bytes(kp.public, "little")
+    high = (u | 1 << 255).to_bytes(32, "little")
+    with pytest.raises(CryptoError):
+        check_public_key(high)
+    # the library accepts the high-bit form and agrees on the same secret: a duplicate
+    assert shared_secret(other.private, high) == shared_secret(other.private, kp.public)
+    assert canonical_public(high) == kp.public
+    small = (5).to_bytes(32, "little")
+    wrapped = (5 + _P).to_bytes(32, "little")
+    with pytest.raises(CryptoError):
+        check_public_key(wrapped)
+    assert canonical_public(wrapped) == small
+    rows = np.frombuffer(high + wrapped + kp.public, dtype=np.uint8).reshape(3, 32)
+    assert canonical_publics(rows).tobytes() == kp.public + small + kp.public
 
 
 def test_bad_key_lengths_rejected() -> None:

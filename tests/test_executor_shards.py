@@ -19,7 +19,7 @@ import torch
 import protocol.graph as graph_mod
 from protocol.config import ProtocolConfig
 from protocol.dropout import DropoutSchedule
-from protocol.graph import build_graph, graph_seed, harary_sets, random_order
+from protocol.graph import build_graph, harary_sets, random_order
 from protocol.runner import run_secure_round
 from protocol.server import SecAggServer
 from protocol.simulator import simulated_input
@@ -110,14 +110,19 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
 
 def test_the_servers_owner_order_is_the_graph_builders() -> None:
     cfg = ProtocolConfig(3, tuple(range(0, 40, 3)), 8, 32, 4, "harary", 6, authenticated=False)
-    graph = build_graph(cfg)
-    order = random_order(cfg.cohort, graph_seed(cfg))
+    seed = bytes(range(32))  # in a round: the seed of the reveals (protocol.commitments)
+    graph = build_graph(cfg, cfg.cohort, seed)
+    order = random_order(cfg.cohort, seed)
     assert graph.order == tuple(order) and sorted(order) == list(cfg.cohort)
     assert order != list(cfg.cohort)  # a real shuffle, so the check below means something
     assert all(harary_sets(order, 6)[u] == graph.neighbors_of(u) for u in cfg.cohort)
-    assert SecAggServer(cfg)._owner_order() == order
+    server = SecAggServer(cfg)
+    server.graph = graph  # what the server's reveal stage sets
+    assert server._owner_order() == order
     complete = ProtocolConfig(3, (1, 4, 9, 10), 8, 32, 3, "complete", None, authenticated=False)
-    assert SecAggServer(complete)._owner_order() == [1, 4, 9, 10]
+    server = SecAggServer(complete)
+    server.graph = build_graph(complete, complete.cohort, seed)
+    assert server._owner_order() == [1, 4, 9, 10]
 
 
 def test_a_round_draws_the_harary_ordering_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,13 +19,17 @@ SID = bytes(range(32))
 
 def _samples() -> list[m.Message]:
     """One valid instance of every message type (taken from a real round where possible)."""
-    entries = (m.AdvertisedKey(1, b"a" * 32, b"b" * 32, b"s" * 64),
-               m.AdvertisedKey(4, b"c" * 32, b"d" * 32, b"t" * 64))
     ct = b"x" * m.CIPHERTEXT_BYTES
+    h = b"h" * 32
     return [
-        m.AdvertiseKeys(3, 1, b"a" * 32, b"b" * 32, b"s" * 64),
-        m.AdvertiseKeys(3, 1, b"a" * 32, b"b" * 32),
-        m.AdvertiseBroadcast.from_entries(3, entries),
+        m.AdvertiseKeys(3, 1, b"a" * 32, b"b" * 32, h, b"s" * 64),
+        m.AdvertiseKeys(3, 1, b"a" * 32, b"b" * 32, h),
+        m.CommitProof(3, 1, 5, 4, h, b"k" * 32, (b"p" * 32,), (b"q" * 32, h)),
+        m.Reveal(3, 1, b"r" * 16),
+        m.RevealBroadcast(3, bytes([0, 0, 0, 1, 0, 0, 0, 4]), b"r" * 32),
+        m.GraphConfirm(3, 1, h),
+        m.NeighborKeys(3, 1, (m.NeighborKey(2, b"a" * 32, b"b" * 32, b"s" * 64, (h,)),
+                              m.NeighborKey(7, b"c" * 32, b"d" * 32, b"", ()))),
         m.ShareKeys(SID, 1, ((2, ct), (5, ct))),
         m.ShareKeysBroadcast(SID, 2, ((1, ct),)),
         m.MaskedInput(SID, 1, 12, 3, pack(np.array([1, 4095, 7], dtype=np.uint32), 12)),
@@ -94,14 +98,16 @@ def test_unmask_shares_refuses_both_kinds_for_one_owner() -> None:
 def test_unsorted_or_duplicate_ids_refused() -> None:
     with pytest.raises(MalformedMessage):
         m.ConsistencyRequest(SID, 1, (2, 2))
-    recs = m.AdvertiseBroadcast.from_entries(0, (m.AdvertisedKey(4, b"a" * 32, b"b" * 32, b""),))
     with pytest.raises(MalformedMessage):
-        m.AdvertiseBroadcast(0, False, recs.records * 2)
+        m.RevealBroadcast(0, bytes([0, 0, 0, 4]) * 2, b"r" * 32)
+    entry = m.NeighborKey(4, b"a" * 32, b"b" * 32, b"", ())
+    with pytest.raises(MalformedMessage):
+        m.NeighborKeys(0, 1, (entry, entry))
 
 
 def test_real_round_messages_round_trip() -> None:
     rnd = make_round(n=4, length=5, bits=32)
-    for _ in range(5):
+    for _ in range(7):
         for data in list(rnd.down.values()) + list(rnd.up.values()):
             assert m.decode(data).encode() == data
         rnd.step()
@@ -145,3 +151,11 @@ def test_fuzz_mutated_valid_messages(msg: m.Message, edits: list[tuple[int, int]
 def test_survivor_ids_must_be_increasing_client_ids(ids: tuple) -> None:
     with pytest.raises(MalformedMessage):
         m.ConsistencyRequest(SID, 1, ids)
+
+
+def test_neighbor_keys_from_pre_encoded_records_equal_the_message_encoding() -> None:
+    entries = (m.NeighborKey(2, b"a" * 32, b"b" * 32, b"s" * 64, (b"h" * 32, b"i" * 32)),
+               m.NeighborKey(7, b"c" * 32, b"d" * 32, b"", ()))
+    msg = m.NeighborKeys(3, 1, entries)
+    fast = m.NeighborKeys.encode_records(3, 1, [m.NeighborKeys.record(e) for e in entries])
+    assert fast == msg.encode() and m.decode(fast) == msg

@@ -51,7 +51,7 @@ def _refused_then_recovers(rnd: Round, u: int, bad: bytes, err: type[Exception])
 # -- survivors < t ----------------------------------------------------------------------
 def test_client_refuses_survivor_set_smaller_than_t() -> None:
     rnd = make_round(n=6, t=4)
-    _to_stage(rnd, 3)  # pending: ConsistencyRequest
+    _to_stage(rnd, 5)  # pending: ConsistencyRequest
     req = m.decode(rnd.down[0])
     assert isinstance(req, m.ConsistencyRequest)
     small = dataclasses.replace(req, survivors=(0, 1, 2)).encode()
@@ -60,7 +60,7 @@ def test_client_refuses_survivor_set_smaller_than_t() -> None:
 
 def test_client_refuses_unmask_with_fewer_than_t_neighbour_signatures() -> None:
     rnd = make_round(n=6, t=4)
-    _to_stage(rnd, 4)  # pending: UnmaskRequest
+    _to_stage(rnd, 6)  # pending: UnmaskRequest
     req = m.decode(rnd.down[0])
     assert isinstance(req, m.UnmaskRequest)
     few = dataclasses.replace(req, signatures=req.signatures[:3]).encode()
@@ -70,7 +70,7 @@ def test_client_refuses_unmask_with_fewer_than_t_neighbour_signatures() -> None:
 # -- both shares of one client ------------------------------------------------------------
 def test_client_refuses_second_unmask_request() -> None:
     rnd = make_round(n=5, t=3, authenticated=False)
-    _to_stage(rnd, 3)  # pending: UnmaskRequest (unauthenticated: no consistency round)
+    _to_stage(rnd, 5)  # pending: UnmaskRequest (unauthenticated: no consistency round)
     first = m.decode(rnd.down[0])
     assert isinstance(first, m.UnmaskRequest)
     rnd.clients[0].receive(rnd.down[0])  # reveals b-shares of survivors 0..4
@@ -82,7 +82,7 @@ def test_client_refuses_second_unmask_request() -> None:
 
 def test_client_refuses_survivor_set_without_itself() -> None:
     rnd = make_round(n=5, t=3, authenticated=False)
-    _to_stage(rnd, 3)
+    _to_stage(rnd, 5)
     req = m.decode(rnd.down[0])
     assert isinstance(req, m.UnmaskRequest)
     bad = dataclasses.replace(req, survivors=(1, 2, 3, 4)).encode()
@@ -91,8 +91,7 @@ def test_client_refuses_survivor_set_without_itself() -> None:
 
 def test_honest_client_never_reveals_both_kinds() -> None:
     rnd = make_round(n=7, t=4)
-    rnd.step()
-    rnd.step()
+    _to_stage(rnd, 4)
     rnd.step(skip=frozenset({5, 6}))  # 5 and 6 drop before the masked input
     rnd.step()
     rnd.step()
@@ -106,7 +105,7 @@ def test_honest_client_never_reveals_both_kinds() -> None:
 # -- different survivor sets -------------------------------------------------------------
 def test_two_survivor_sets_detected_by_consistency_check() -> None:
     rnd = make_round(n=6, t=4)
-    _to_stage(rnd, 3)
+    _to_stage(rnd, 5)
     req0, req1 = m.decode(rnd.down[0]), m.decode(rnd.down[1])
     assert isinstance(req0, m.ConsistencyRequest) and isinstance(req1, m.ConsistencyRequest)
     # the server shows client 1 a set without client 5 (to learn 5's key) and client 0 all
@@ -144,13 +143,13 @@ def test_replay_from_another_round_refused() -> None:
 
 def test_replay_from_another_session_refused() -> None:
     a, b = make_round(seed=1), make_round(seed=2)  # same config, other keys: other session
-    _to_stage(a, 2)
-    _to_stage(b, 2)
+    _to_stage(a, 4)
+    _to_stage(b, 4)
     assert a.server.session != b.server.session
     _refused_then_recovers(b, 1, a.down[1], ReplayError)  # a's shares sent to b's client
     c, d = make_round(seed=3), make_round(seed=4)
-    _to_stage(c, 2)
-    _to_stage(d, 2)
+    _to_stage(c, 4)
+    _to_stage(d, 4)
     masked_c = c.clients[0].receive(c.down[0])
     with pytest.raises(ReplayError):
         d.server.receive(masked_c)
@@ -159,7 +158,7 @@ def test_replay_from_another_session_refused() -> None:
 # -- tampering ---------------------------------------------------------------------------
 def test_tampered_share_ciphertext_refused() -> None:
     rnd = make_round(n=5, t=3)
-    _to_stage(rnd, 2)  # pending: ShareKeysBroadcast
+    _to_stage(rnd, 4)  # pending: ShareKeysBroadcast
     msg = m.decode(rnd.down[0])
     assert isinstance(msg, m.ShareKeysBroadcast)
     sender, ct = msg.ciphertexts[0]
@@ -170,7 +169,7 @@ def test_tampered_share_ciphertext_refused() -> None:
 
 def test_share_ciphertext_relabelled_to_another_sender_refused() -> None:
     rnd = make_round(n=5, t=3)
-    _to_stage(rnd, 2)
+    _to_stage(rnd, 4)
     msg = m.decode(rnd.down[0])
     assert isinstance(msg, m.ShareKeysBroadcast)
     (s1, c1), (s2, c2) = msg.ciphertexts[:2]
@@ -192,7 +191,7 @@ def test_tampered_key_advertisement_refused() -> None:
 @pytest.mark.parametrize("length,bits", [(7, 16), (9, 16), (8, 15), (8, 32)])
 def test_masked_vector_of_wrong_length_or_width_refused(length: int, bits: int) -> None:
     rnd = make_round(n=5, length=8, bits=16, t=3)
-    _to_stage(rnd, 2)
+    _to_stage(rnd, 4)
     good = m.decode(rnd.clients[0].receive(rnd.down[0]))
     assert isinstance(good, m.MaskedInput)
     bad = m.MaskedInput(good.session_id, 0, bits, length,
@@ -210,25 +209,24 @@ def test_duplicate_and_unknown_ids_refused_by_server() -> None:
     rnd.server.receive(adv)
     with pytest.raises(ProtocolError, match="duplicate"):
         rnd.server.receive(adv)
-    stranger = m.AdvertiseKeys(rnd.config.round_id, 99, b"a" * 32, b"b" * 32, b"s" * 64)
+    stranger = m.AdvertiseKeys(rnd.config.round_id, 99, b"a" * 32, b"b" * 32, b"c" * 32,
+                               b"s" * 64)
     with pytest.raises(ProtocolError, match="unknown"):
         rnd.server.receive(stranger.encode())
 
 
-def test_unknown_id_in_key_broadcast_refused_by_client() -> None:
+def test_unknown_id_in_reveal_list_refused_by_client() -> None:
     rnd = make_round(n=5, t=3)
-    rnd.step()
+    _to_stage(rnd, 2)  # pending: RevealBroadcast
     msg = m.decode(rnd.down[0])
-    assert isinstance(msg, m.AdvertiseBroadcast)
-    extra = m.AdvertisedKey(77, b"q" * 32, b"r" * 32, b"s" * 64)
-    entries = tuple(msg.get(int(v)) for v in msg.ids) + (extra,)
-    bad = m.AdvertiseBroadcast.from_entries(msg.round_id, entries)  # type: ignore[arg-type]
-    _refused_then_recovers(rnd, 0, bad.encode(), ProtocolError)
+    assert isinstance(msg, m.RevealBroadcast)
+    bad = dataclasses.replace(msg, ids=msg.ids[:-4] + (77).to_bytes(4, "big"))
+    _refused_then_recovers(rnd, 0, bad.encode(), ConsistencyViolation)
 
 
 def test_share_from_non_neighbour_refused() -> None:
     rnd = make_round(n=8, t=3, graph="harary", k=2)
-    _to_stage(rnd, 2)
+    _to_stage(rnd, 4)
     msg = m.decode(rnd.down[0])
     assert isinstance(msg, m.ShareKeysBroadcast)
     stranger = next(v for v in range(8) if v != 0 and v not in {s for s, _ in msg.ciphertexts})
@@ -239,7 +237,7 @@ def test_share_from_non_neighbour_refused() -> None:
 
 def test_server_refuses_unmask_shares_of_the_wrong_kind() -> None:
     rnd = make_round(n=5, t=3)
-    _to_stage(rnd, 4)
+    _to_stage(rnd, 6)
     good = m.decode(rnd.clients[0].receive(rnd.down[0]))
     assert isinstance(good, m.UnmaskShares)
     as_keys = dataclasses.replace(good, self_shares=good.self_shares[1:],
@@ -258,8 +256,13 @@ def _one_of_each(rnd: Round) -> list[bytes]:
     sid = rnd.server.session or bytes(32)
     ct = b"x" * m.CIPHERTEXT_BYTES
     return [
-        m.AdvertiseKeys(rnd.config.round_id, 0, b"a" * 32, b"b" * 32, b"s" * 64).encode(),
-        m.AdvertiseBroadcast.from_entries(rnd.config.round_id, ()).encode(),
+        m.AdvertiseKeys(rnd.config.round_id, 0, b"a" * 32, b"b" * 32, b"c" * 32,
+                        b"s" * 64).encode(),
+        m.CommitProof(rnd.config.round_id, 0, 5, 0, bytes(32), bytes(32), (), ()).encode(),
+        m.Reveal(rnd.config.round_id, 0, bytes(16)).encode(),
+        m.RevealBroadcast(rnd.config.round_id, bytes(4), bytes(16)).encode(),
+        m.GraphConfirm(rnd.config.round_id, 0, bytes(32)).encode(),
+        m.NeighborKeys(rnd.config.round_id, 0, ()).encode(),
         m.ShareKeys(sid, 0, ((1, ct),)).encode(),
         m.ShareKeysBroadcast(sid, 0, ((1, ct),)).encode(),
         m.MaskedInput(sid, 0, rnd.config.bits, rnd.config.length,
@@ -271,21 +274,22 @@ def _one_of_each(rnd: Round) -> list[bytes]:
     ]
 
 
-CLIENT_ACCEPTS = ["", "AdvertiseBroadcast", "ShareKeysBroadcast", "ConsistencyRequest",
-                  "UnmaskRequest", "UnmaskRequest"]
+CLIENT_ACCEPTS = ["", "CommitProof", "RevealBroadcast", "NeighborKeys", "ShareKeysBroadcast",
+                  "ConsistencyRequest", "UnmaskRequest", "UnmaskRequest"]
+LAST = len(CLIENT_ACCEPTS) - 1
 
 
-@pytest.mark.parametrize("steps", range(6))
+@pytest.mark.parametrize("steps", range(LAST + 1))
 def test_every_invalid_client_state_message_pair(steps: int) -> None:
     rnd = make_round(n=5, t=3)
-    for _ in range(min(steps, 5)):
+    for _ in range(min(steps, LAST)):
         rnd.step()
-    if steps == 5:
+    if steps == LAST:
         assert rnd.clients[0].state.name == "Done"
     client = rnd.clients[0]
     for data in _one_of_each(rnd):
         name = type(m.decode(data)).__name__
-        if name == CLIENT_ACCEPTS[steps] and steps < 5:
+        if name == CLIENT_ACCEPTS[steps] and steps < LAST:
             continue  # the one valid type (its content is checked by other tests)
         before = client.state
         with pytest.raises(ProtocolError):
@@ -297,11 +301,11 @@ def test_every_invalid_client_state_message_pair(steps: int) -> None:
             client.start()
 
 
-SERVER_ACCEPTS = ["AdvertiseKeys", "ShareKeys", "MaskedInput", "ConsistencySignature",
-                  "UnmaskShares", ""]
+SERVER_ACCEPTS = ["AdvertiseKeys", "Reveal", "GraphConfirm", "ShareKeys", "MaskedInput",
+                  "ConsistencySignature", "UnmaskShares", ""]
 
 
-@pytest.mark.parametrize("steps", range(6))
+@pytest.mark.parametrize("steps", range(len(SERVER_ACCEPTS)))
 def test_every_invalid_server_stage_message_pair(steps: int) -> None:
     rnd = make_round(n=5, t=3)
     _to_stage(rnd, steps)

@@ -222,7 +222,7 @@ def test_worker_count_is_validated() -> None:
 def test_forged_key_share_aborts_without_revealing_a_sum() -> None:
     """A key share that reconstructs to a key other than the advertised one aborts."""
     rnd = make_round(n=6, length=4, bits=32, t=4, authenticated=False)
-    for _ in range(2):
+    for _ in range(4):  # advertise, reveal, graph, share
         rnd.step()
     rnd.step(skip=frozenset({0}))  # client 0 drops before its masked input
     ups = {u: rnd.clients[u].receive(d) for u, d in rnd.down.items()}
