@@ -90,7 +90,7 @@ benchmarks/RESULTS.md, "Residual release: budget split"): ratios 5 and 10 tie on
 (mean of the last 5 rounds 0.855 and 0.859, final 0.873 both), ahead of ratios 1-3; at 5
 the noised release keeps cosine 0.69 to the clean one (0.44 at 10) and 26% of class-rounds
 are matched after round 2 (4.5% at 10)."""
-RECORDED_KEYS = frozenset({"environment", "noise_multiplier_used", "threshold_used"})
+RECORDED_KEYS = frozenset({"environment", "noise_multiplier_used", "threshold_used", "noise_plan"})
 """Keys config.json records about a run beyond its settings (ignored when reading it back)."""
 
 

@@ -11,6 +11,13 @@ Three forms (chosen by the flags given):
     ``--noise-multiplier`` or ``--target-epsilon``: epsilon after every round for one client
     of that plan (the noise multiplier is DP-SGD's; the release's is that times the ratio).
 
+(d) ``--from-run RUN_DIR``: the plan of that run's ``train``, reproduced from its folder
+    (``config.json``, ``layout.json``, ``partition.json``) through the object the trainer
+    plans with (:class:`secure_fed.privacy.noise.RunPrivacy`): the same mechanism (the
+    discrete Gaussian at the codec's gamma by default), unit, shares and per-client sample
+    counts; prints the noise multiplier, the planned epsilon and the worst client's sample
+    count. Forms (a)-(c) plan float Gaussian events of sample-level privacy only.
+
 With ``--accountant prv`` the PRV accountant is run and its answer checked: if it raises
 or returns anything but a finite epsilon >= 0 (noise 0.6, rate 1, 1000 steps returns
 inf), the output starts with one line saying that PRV failed for this plan and why, and
@@ -24,11 +31,12 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from dp.accountants import epsilon_with_fallback
 from dp.errors import SecureFedError
-from dp.events import Event, GaussianEvent
+from dp.events import Event, GaussianEvent, event_to_dict
 from dp.planning import RunPlan, epsilon_per_round, noise_for_plan, noise_for_target, plan_events
 from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO, default_release_ratio
 
@@ -59,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "DP-SGD steps, else 1")
     p.add_argument("--participation", choices=("worst", "expected"), default="worst",
                    help="client in every round (worst) or in ceil(rounds*cohort/clients)")
+    parser.add_argument("--from-run", metavar="RUN_DIR", default=None,
+                        help="reproduce the plan of the train run in RUN_DIR exactly (form d)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -150,6 +160,45 @@ def _form_c(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SecureFedError(f"--from-run: {path} is missing (is this a run folder written by train?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SecureFedError(f"--from-run: cannot read {path}: {exc}") from None
+
+
+def _form_d(args: argparse.Namespace) -> dict[str, Any]:
+    from secure_fed.aggregation.layout import VectorLayout
+    from secure_fed.config import TrainConfig
+    from secure_fed.privacy.noise import RunPrivacy
+
+    run_dir = Path(args.from_run)
+    raw = _read_json(run_dir / "config.json")
+    if not isinstance(raw, dict):
+        raise SecureFedError(f"--from-run: {run_dir / 'config.json'} is not a JSON object")
+    cfg = TrainConfig.from_dict(raw)
+    if cfg.dp == "off":
+        raise SecureFedError(f"--from-run: the run in {run_dir} trained without DP (--dp off): nothing to plan")
+    blocks = _read_json(run_dir / "layout.json")
+    layout = VectorLayout.build([(str(b["name"]), tuple(b["shape"]), b["bound"]) for b in blocks])
+    counts = _read_json(run_dir / "partition.json")["samples_per_client"]
+    threshold = raw.get("threshold_used") or 1
+    privacy = RunPrivacy.for_config(cfg, layout, int(threshold), counts)
+    plan = privacy.plan()
+    return {"form": "run", "run_dir": str(run_dir), "delta": cfg.delta, "accountant": cfg.accountant,
+            "unit": cfg.dp, "mechanism": cfg.mechanism, "placement": cfg.noise_placement,
+            "threshold": threshold, "rounds": cfg.rounds, "target_epsilon": cfg.target_epsilon,
+            "noise_multiplier": plan.noise_multiplier, "planned_epsilon": plan.epsilon,
+            "worst_client": plan.worst_client, "worst_client_samples": plan.worst_client_samples,
+            "codec_gamma": plan.codec_gamma, "release_noise_ratio": privacy.s.release_noise_ratio,
+            "recorded_noise_multiplier": raw.get("noise_multiplier_used"),
+            "round_events": [event_to_dict(e) for e in privacy.at(plan.noise_multiplier).planned_events(
+                1, [plan.worst_client])],
+            "note": None}
+
+
 def _print_text(res: dict[str, Any]) -> None:
     if res.get("note"):
         print(res["note"])
@@ -160,6 +209,14 @@ def _print_text(res: dict[str, Any]) -> None:
     elif res["form"] == "noise":
         print(f"noise multiplier = {res['noise_multiplier']:.6g} for epsilon <= "
               f"{res['target_epsilon']:g} at delta = {res['delta']:g} ({res['accountant']})")
+    elif res["form"] == "run":
+        print(f"noise multiplier = {res['noise_multiplier']:.10g} ({res['unit']}-level, {res['mechanism']} noise, "
+              f"{res['placement']}, t = {res['threshold']}; codec gamma {res['codec_gamma']})")
+        print(f"planned epsilon = {res['planned_epsilon']:.6g} at delta = {res['delta']:g} ({res['accountant']}) "
+              f"after {res['rounds']} rounds for the worst client: client {res['worst_client']}, "
+              f"{res['worst_client_samples']} samples")
+        if res["recorded_noise_multiplier"] is not None:
+            print(f"the run recorded noise multiplier {res['recorded_noise_multiplier']:.10g}")
     else:
         print(f"noise multiplier = {res['noise_multiplier']:.6g}; plan {res['plan']}")
         print("| round | epsilon (rdp) |\n|---:|---:|")
@@ -172,7 +229,10 @@ def _print_text(res: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Execute ``budget``; 0 on success, 2 on a configuration error (message on stderr)."""
     try:
-        res = _form_c(args) if args.rounds is not None else _form_ab(args)
+        if args.from_run is not None:
+            res = _form_d(args)
+        else:
+            res = _form_c(args) if args.rounds is not None else _form_ab(args)
     except SecureFedError as exc:
         print(f"budget: {exc}", file=sys.stderr)
         return 2
