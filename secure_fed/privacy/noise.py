@@ -6,10 +6,12 @@ client unit clips the whole vector; then either float Gaussian noise is added be
 encoding, or discrete Gaussian noise in the ring after encoding. With ``distributed``
 placement each client adds a share sized so that any ``t`` survivors carry the target.
 
-Harness side (:class:`RunPrivacy`): the events each summed client's round adds to the
-:class:`~dp.ledger.PrivacyLedger`, built from the noise actually summed (the survivors),
-the planned events of the next round for ``--target-epsilon`` enforcement, and the noise
-multiplier for a target epsilon over the run plan.
+Harness side (:class:`RunPrivacy`): the one object ``train`` and ``budget --from-run``
+plan with: the events each summed client's round adds to the
+:class:`~dp.ledger.PrivacyLedger` (built by :meth:`ClientNoise.release_event` from the
+noise the clients add, with the shares the server's view may be credited with), the
+planned events of the next round for ``--target-epsilon`` enforcement, and the noise
+multiplier for a target epsilon over the run (:meth:`RunPrivacy.plan`).
 """
 
 from __future__ import annotations
