@@ -199,7 +199,7 @@ class TrainConfig:
         need(self.threshold is None or self.threshold >= 2, "--threshold", f"must be >= 2 (got {self.threshold})")
         need(2 <= self.bits <= 64, "--bits", f"must be in 2..64 (got {self.bits})")
         need(0 <= self.dropout < 1, "--dropout", f"must be in [0, 1) (got {self.dropout})")
-        need(self.clip > 0, "--clip", f"must be > 0 (got {self.clip})")
+        need(0 < self.clip < float("inf"), "--clip", f"must be > 0 and finite (got {self.clip})")
         need(self.noise_multiplier is None or self.noise_multiplier > 0, "--noise-multiplier", f"must be > 0 (got {self.noise_multiplier})")
         need(self.target_epsilon is None or self.target_epsilon > 0, "--target-epsilon", f"must be > 0 (got {self.target_epsilon})")
         need(0 < self.delta < 1, "--delta", f"must be in (0, 1) (got {self.delta})")
