@@ -89,3 +89,22 @@ def test_budget_from_run_refuses_a_folder_without_a_run(tmp_path: Path) -> None:
     rc, out, err = run_budget("--from-run", str(tmp_path))
     assert rc == 2 and out == ""
     assert "config.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_budget_with_trains_flags_plans_as_train_does(tmp_path: Path) -> None:
+    trainer, _ = _planned_run(tmp_path, {})
+    trainer.close()
+    flags = ["--clients", "4", "--cohort", "4", "--rounds", "3", "--batch-size", "64", "--rounds-of-hp", "2",
+             "--meta-steps", "2", "--meta-per-class", "2", "--partition", "dirichlet", "--no-hardened"]
+    rc, out, err = run_budget("--json", "--train", *flags)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert trainer.noise_plan is not None
+    assert res["noise_multiplier"] == pytest.approx(trainer.noise_multiplier, rel=1e-9, abs=0)
+    assert res["planned_epsilon"] == pytest.approx(trainer.noise_plan.epsilon, rel=0, abs=1e-6)
+    assert res["worst_client_samples"] == trainer.noise_plan.worst_client_samples
+
+
+def test_budget_train_refuses_a_flag_train_does_not_know() -> None:
+    rc, out, err = run_budget("--train", "--no-such-flag", "1")
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
