@@ -58,6 +58,12 @@ class PerClassSums:
         )
 
 
+
+def check_clip(clip: float) -> None:
+    """The dp/ boundary's one check of a clip norm (the CLI's is in ``TrainConfig``)."""
+    if not (clip > 0 and math.isfinite(clip)):
+        raise ConfigError(f"clip norm must be > 0 and finite, got {clip}")
+
 def _check(f: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
            clip: float) -> None:
     if f.dim() != 2 or w.dim() != 2 or b.dim() != 1 or y.dim() != 1:
@@ -65,8 +71,7 @@ def _check(f: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
     if f.shape[1] != w.shape[1] or w.shape[0] != b.shape[0] or f.shape[0] != y.shape[0]:
         raise ConfigError(f"shape mismatch: f {tuple(f.shape)}, y {tuple(y.shape)}, "
                           f"W {tuple(w.shape)}, b {tuple(b.shape)}")
-    if not clip > 0:
-        raise ConfigError(f"clip norm must be > 0, got {clip}")
+    check_clip(clip)
 
 
 def _class_blocks(gs: torch.Tensor, f: torch.Tensor, slot: torch.Tensor, counts: torch.Tensor
@@ -197,8 +202,7 @@ def clip_vector(v: np.ndarray | torch.Tensor, clip: float
     Uses the same factor as Opacus, min(1, clip / (norm + 1e-6)); returns the clipped
     vector (a new array/tensor of the same kind) and whether it was scaled down.
     """
-    if not clip > 0:
-        raise ConfigError(f"clip norm must be > 0, got {clip}")
+    check_clip(clip)
     if isinstance(v, torch.Tensor):
         norm = float(torch.linalg.vector_norm(v.detach().double()))
     else:
@@ -266,8 +270,7 @@ def per_class_residual_sums(
     """
     if logits.dim() != 2 or y.dim() != 1 or logits.shape[0] != y.shape[0]:
         raise ConfigError(f"need logits (B x C) and y (B), got {tuple(logits.shape)} and {tuple(y.shape)}")
-    if not clip > 0:
-        raise ConfigError(f"clip norm must be > 0, got {clip}")
+    check_clip(clip)
     n_cls = logits.shape[1]
     if into is not None and into.residual.shape != (n_cls, n_cls):
         raise ConfigError(f"into has shapes for C={into.residual.shape[0]}; these logits have C={n_cls}")
@@ -299,8 +302,7 @@ def per_class_weight_sums(
     if logits.dim() != 2 or f.dim() != 2 or y.dim() != 1 or not logits.shape[0] == f.shape[0] == y.shape[0]:
         raise ConfigError(f"need logits (B x C), f (B x dim), y (B), got {tuple(logits.shape)}, "
                           f"{tuple(f.shape)}, {tuple(y.shape)}")
-    if not clip > 0:
-        raise ConfigError(f"clip norm must be > 0, got {clip}")
+    check_clip(clip)
     n_cls, dim = logits.shape[1], f.shape[1]
     y = y.to(torch.long)
     g = torch.softmax(logits, dim=1)

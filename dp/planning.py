@@ -1,10 +1,16 @@
 """Budget planning: the noise multiplier for a target (epsilon, delta) over a run plan.
 
-The trainer and ``run_secure.py budget`` share this code: :func:`round_events` builds the
-events one client's round appends to the ledger, :func:`plan_events` strings them over
-a run, and :func:`noise_for_target` finds by root finding (Brent on log sigma) the
-smallest noise multiplier whose accounted epsilon stays within the target
-(:func:`noise_for_all`: for several subjects at once, one search on the largest epsilon).
+:func:`noise_for_all` (and :func:`noise_for_target`, one maker) finds by root finding
+(Brent on log sigma) the smallest noise multiplier whose accounted epsilon stays within
+the target, for several subjects at once (one search on the largest epsilon). It is the
+one search every plan uses: the trainer's and ``run_secure.py budget --from-run``'s (both
+through ``secure_fed.privacy.noise.RunPrivacy``, whose event builder writes the events a
+run charges: discrete or float, sample or client unit) and ``budget``'s standalone forms.
+
+:class:`RunPlan`, :func:`round_events` and :func:`plan_events` describe a generic plan of
+float Gaussian events at sample level (a per-class release and DP-SGD steps): what
+``budget`` plans from its flags alone, without a run's layout, codec or partition. They
+are not the events a ``train`` run charges.
 
 Cohort sampling: the server picks the cohort and sees who took part, so client sampling
 gives no privacy amplification against it. The cohort rate only sets how many rounds a

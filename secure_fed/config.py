@@ -90,7 +90,7 @@ benchmarks/RESULTS.md, "Residual release: budget split"): ratios 5 and 10 tie on
 (mean of the last 5 rounds 0.855 and 0.859, final 0.873 both), ahead of ratios 1-3; at 5
 the noised release keeps cosine 0.69 to the clean one (0.44 at 10) and 26% of class-rounds
 are matched after round 2 (4.5% at 10)."""
-RECORDED_KEYS = frozenset({"environment", "noise_multiplier_used", "threshold_used"})
+RECORDED_KEYS = frozenset({"environment", "noise_multiplier_used", "threshold_used", "noise_plan"})
 """Keys config.json records about a run beyond its settings (ignored when reading it back)."""
 
 
@@ -199,7 +199,7 @@ class TrainConfig:
         need(self.threshold is None or self.threshold >= 2, "--threshold", f"must be >= 2 (got {self.threshold})")
         need(2 <= self.bits <= 64, "--bits", f"must be in 2..64 (got {self.bits})")
         need(0 <= self.dropout < 1, "--dropout", f"must be in [0, 1) (got {self.dropout})")
-        need(self.clip > 0, "--clip", f"must be > 0 (got {self.clip})")
+        need(0 < self.clip < float("inf"), "--clip", f"must be > 0 and finite (got {self.clip})")
         need(self.noise_multiplier is None or self.noise_multiplier > 0, "--noise-multiplier", f"must be > 0 (got {self.noise_multiplier})")
         need(self.target_epsilon is None or self.target_epsilon > 0, "--target-epsilon", f"must be > 0 (got {self.target_epsilon})")
         need(0 < self.delta < 1, "--delta", f"must be in (0, 1) (got {self.delta})")

@@ -1,83 +1,110 @@
-"""One source per privacy formula: ``run_secure.py budget`` (form c, the run plan) and
-``train`` must plan the same noise and charge the same events for the same run.
+"""One source per privacy formula: ``run_secure.py budget --from-run`` and ``train`` must
+plan the same noise and charge the same events for the same run.
 
-The ``--mechanism gaussian`` case holds today. The default run (discrete mechanism) and
-``--dp client`` do not: ``budget`` plans float Gaussian releases of sample-level privacy
-only, while ``train`` plans the discrete Gaussian in the ring at the codec's gamma and the
-client unit; those two cases are strict xfails until ``budget`` plans through the same
-object as ``train`` (they fail the suite the day they start to pass, so the marker goes).
+``train`` plans, enforces ``--target-epsilon`` and charges through
+:class:`secure_fed.privacy.noise.RunPrivacy`; ``budget --from-run RUN_DIR`` rebuilds that
+object from the run folder alone (config.json, layout.json, partition.json). The runs here
+stop after planning (``run(until=0)``): the plan is all these tests read.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from dp.events import GaussianEvent
+from dp.events import event_to_dict
 from secure_fed.config import TrainConfig
 from secure_fed.run.trainer import Trainer
 from tests.budget_helpers import run_budget
 
 BASE = dict(clients=4, cohort=4, rounds=3, batch_size=64, rounds_of_hp=2, meta_steps=2, meta_per_class=2,
-            partition="iid", hardened=False, out="unused")
-NOT_YET = pytest.mark.xfail(strict=True, reason="budget plans float Gaussian sample-level events only")
+            partition="dirichlet", hardened=False)
 
 
-def _budget_plan(cfg: TrainConfig, n: int) -> dict:
-    argv = ["--rounds", str(cfg.rounds), "--clients", str(cfg.clients), "--cohort", str(cfg.cohort),
-            "--local-epochs", str(cfg.local_epochs), "--batch-size", str(cfg.batch_size),
-            "--delta", str(cfg.delta), "--accountant", cfg.accountant, "--json"]
-    if cfg.dp == "sample":
-        argv += ["--samples-per-client", str(n)]
-    if cfg.algorithm == "fedhpro" or cfg.dp == "client":
-        argv += ["--release-rate", str(1.0 if cfg.dp == "client" else cfg.release_rate)]
-    if cfg.release_noise_ratio is not None:
-        argv += ["--release-noise-ratio", str(cfg.release_noise_ratio)]
-    argv += ["--target-epsilon", str(cfg.target_epsilon)]
-    rc, out, err = run_budget(*argv)
-    assert rc == 0, err
-    return json.loads(out)
+def _planned_run(tmp_path: Path, over: dict) -> tuple[Trainer, Path]:
+    cfg = TrainConfig(**{**BASE, **over}, out=str(tmp_path), run_id="r")
+    trainer = Trainer(cfg, progress=False, log=lambda s: None)
+    trainer.run(until=0)  # plans the noise and writes the static outputs, trains no round
+    return trainer, tmp_path / "r"
 
 
-def _shape(e: object) -> tuple:
-    assert isinstance(e, GaussianEvent), e
-    return (e.label, e.sample_rate, e.steps, e.sampling, e.unit)
+def _same_event(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], float):
+            assert a[k] == pytest.approx(b[k], rel=1e-9), k
+        else:
+            assert a[k] == b[k], k
 
 
 @pytest.mark.parametrize("over", [
-    pytest.param({}, marks=NOT_YET, id="default"),
-    pytest.param({"dp": "client"}, marks=NOT_YET, id="dp-client"),
+    pytest.param({}, id="default"),
+    pytest.param({"dp": "client"}, id="dp-client"),
     pytest.param({"mechanism": "gaussian"}, id="mechanism-gaussian"),
+    pytest.param({"classifier": "meta"}, id="classifier-meta"),
 ])
-def test_budget_and_train_plan_the_same_noise_and_events(over: dict) -> None:
-    cfg = TrainConfig(**{**BASE, **over})
-    trainer = Trainer(cfg, progress=False, log=lambda s: None, write_outputs=False)
+def test_budget_and_train_plan_the_same_noise_and_events(tmp_path: Path, over: dict) -> None:
+    trainer, run_dir = _planned_run(tmp_path, over)
     try:
-        sigma = trainer.plan_noise()
-        sizes = sorted({s.n for s in trainer.shards})
-        plans = [_budget_plan(cfg, n) for n in sizes]
-        # train plans every client (the largest noise any shape needs); budget one shape each
-        assert max(p["noise_multiplier"] for p in plans) == pytest.approx(sigma, rel=1e-6)
-        trainer.set_noise(sigma)
-        charged = trainer._planned_events(1, [0])
-        # the events budget's plan charges one client per round, at the same noise
-        budget_events = plans[sizes.index(trainer.shards[0].n)]
-        assert budget_events["plan"]["release_noise_ratio"] == trainer.privacy.s.release_noise_ratio  # type: ignore[union-attr]
-        planned = _planned_budget_events(budget_events, sigma)
-        assert [_shape(e) for e in charged] == [_shape(e) for e in planned]
-        for a, b in zip(charged, planned, strict=True):
-            assert isinstance(a, GaussianEvent) and isinstance(b, GaussianEvent)
-            assert a.noise_multiplier == pytest.approx(b.noise_multiplier, rel=1e-9)
+        rc, out, err = run_budget("--from-run", str(run_dir), "--json")
+        assert rc == 0, err
+        res = json.loads(out)
+        assert trainer.noise_plan is not None
+        assert res["noise_multiplier"] == pytest.approx(trainer.noise_multiplier, rel=1e-9, abs=0)
+        assert res["planned_epsilon"] == pytest.approx(trainer.noise_plan.epsilon, rel=0, abs=1e-6)
+        assert res["worst_client_samples"] == trainer.shards[res["worst_client"]].n
+        # the events train would enforce and charge for that client, at the same noise
+        charged = [event_to_dict(e) for e in trainer._planned_events(1, [res["worst_client"]])]
+        assert [e["label"] for e in charged] == [e["label"] for e in res["round_events"]]
+        for a, b in zip(charged, res["round_events"], strict=True):
+            _same_event(a, b)
+        cfg = trainer.cfg
+        if cfg.mechanism == "discrete":
+            assert {e["kind"] for e in charged if e["label"] != "dpsgd"} == {"discrete_gaussian"}
+            assert res["codec_gamma"] == pytest.approx(trainer.privacy.release_gamma(), rel=1e-12)  # type: ignore[union-attr]
+        labels = {e["label"] for e in charged}
+        if cfg.classifier == "meta":
+            assert "weight_release" in labels
+        if cfg.dp == "client":
+            assert labels == {"client_update"} and {e["unit"] for e in charged} == {"client"}
     finally:
         trainer.close()
 
 
-def _planned_budget_events(res: dict, sigma: float) -> list:
-    from dp.planning import RunPlan, round_events
+def test_budget_from_run_prints_the_worst_clients_sample_count(tmp_path: Path) -> None:
+    trainer, run_dir = _planned_run(tmp_path, {})
+    trainer.close()
+    rc, out, err = run_budget("--from-run", str(run_dir))
+    assert rc == 0, err
+    plan = trainer.noise_plan
+    assert plan is not None
+    assert f"{plan.worst_client_samples} samples" in out
+    recorded = json.loads((run_dir / "config.json").read_text())["noise_plan"]
+    assert recorded["noise_multiplier"] == trainer.noise_multiplier
 
-    p = res["plan"]
-    plan = RunPlan(rounds=p["rounds"], cohort_rate=p["cohort_rate"], release_rate=p["release_rate"],
-                   local_steps=p["local_steps_per_round"], local_rate=p["local_rate"],
-                   release_noise_ratio=p["release_noise_ratio"], participation=p["participation"])
-    return round_events(plan, sigma, round_index=1)
+
+def test_budget_from_run_refuses_a_folder_without_a_run(tmp_path: Path) -> None:
+    rc, out, err = run_budget("--from-run", str(tmp_path))
+    assert rc == 2 and out == ""
+    assert "config.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_budget_with_trains_flags_plans_as_train_does(tmp_path: Path) -> None:
+    trainer, _ = _planned_run(tmp_path, {})
+    trainer.close()
+    flags = ["--clients", "4", "--cohort", "4", "--rounds", "3", "--batch-size", "64", "--rounds-of-hp", "2",
+             "--meta-steps", "2", "--meta-per-class", "2", "--partition", "dirichlet", "--no-hardened"]
+    rc, out, err = run_budget("--json", "--train", *flags)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert trainer.noise_plan is not None
+    assert res["noise_multiplier"] == pytest.approx(trainer.noise_multiplier, rel=1e-9, abs=0)
+    assert res["planned_epsilon"] == pytest.approx(trainer.noise_plan.epsilon, rel=0, abs=1e-6)
+    assert res["worst_client_samples"] == trainer.noise_plan.worst_client_samples
+
+
+def test_budget_train_refuses_a_flag_train_does_not_know() -> None:
+    rc, out, err = run_budget("--train", "--no-such-flag", "1")
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1

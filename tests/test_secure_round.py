@@ -193,8 +193,10 @@ def test_budget_split_moves_noise_from_dpsgd_to_the_release(tmp_path: Path) -> N
     for e in rec["events"]:
         by_label.setdefault(e["label"], set()).add(round(e["noise_multiplier"], 9))
     assert by_label["dpsgd"] == {1.5}
-    summed = len(rec["summed"])  # local placement: every summed client adds all of 4.5 * C
-    assert by_label["per_class_release"] == {round(4.5 * summed ** 0.5, 9)}
+    # every summed client adds all of 4.5 * C (local placement), but float noise goes in before the
+    # codec clamps and rounds each upload, so the ledger credits one client's noise, not the sum's
+    assert len(rec["summed"]) > 1
+    assert by_label["per_class_release"] == {4.5}
 
     planned = _trainer(tmp_path, **{**kw, "rounds": 3}, target_epsilon=4.0, release_noise_ratio=3.0, run_id="planned")
     planned.run()

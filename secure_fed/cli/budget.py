@@ -11,6 +11,16 @@ Three forms (chosen by the flags given):
     ``--noise-multiplier`` or ``--target-epsilon``: epsilon after every round for one client
     of that plan (the noise multiplier is DP-SGD's; the release's is that times the ratio).
 
+(d) ``--from-run RUN_DIR``: the plan of that run's ``train``, reproduced from its folder
+    (``config.json``, ``layout.json``, ``partition.json``) through the object the trainer
+    plans with (:class:`secure_fed.privacy.noise.RunPrivacy`): the same mechanism (the
+    discrete Gaussian at the codec's gamma by default), unit, shares and per-client sample
+    counts; prints the noise multiplier, the planned epsilon and the worst client's sample
+    count. ``--train FLAG...`` (last on the line) plans the run ``train FLAG...`` would
+    start, the same way (it loads the data set and builds the model to learn the upload's
+    layout and the partition's sample counts; nothing is trained or written). Forms (a)-(c)
+    plan float Gaussian events of sample-level privacy only.
+
 With ``--accountant prv`` the PRV accountant is run and its answer checked: if it raises
 or returns anything but a finite epsilon >= 0 (noise 0.6, rate 1, 1000 steps returns
 inf), the output starts with one line saying that PRV failed for this plan and why, and
@@ -24,11 +34,12 @@ import argparse
 import json
 import math
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from dp.accountants import epsilon_with_fallback
 from dp.errors import SecureFedError
-from dp.events import Event, GaussianEvent
+from dp.events import Event, GaussianEvent, event_to_dict
 from dp.planning import RunPlan, epsilon_per_round, noise_for_plan, noise_for_target, plan_events
 from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO, default_release_ratio
 
@@ -59,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "DP-SGD steps, else 1")
     p.add_argument("--participation", choices=("worst", "expected"), default="worst",
                    help="client in every round (worst) or in ceil(rounds*cohort/clients)")
+    parser.add_argument("--from-run", metavar="RUN_DIR", default=None,
+                        help="reproduce the plan of the train run in RUN_DIR exactly (form d)")
+    parser.add_argument("--train", nargs=argparse.REMAINDER, metavar="TRAIN_FLAG", default=None,
+                        help="the rest of the line are train's flags: plan that run exactly (form d, without a run folder)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -150,6 +165,83 @@ def _form_c(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SecureFedError(f"--from-run: {path} is missing (is this a run folder written by train?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SecureFedError(f"--from-run: cannot read {path}: {exc}") from None
+
+
+def _run_from_folder(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(config, RunPrivacy, config.json) of the train run in ``run_dir``, from its files."""
+    from secure_fed.aggregation.layout import VectorLayout
+    from secure_fed.config import TrainConfig
+    from secure_fed.privacy.noise import RunPrivacy
+
+    raw = _read_json(run_dir / "config.json")
+    if not isinstance(raw, dict):
+        raise SecureFedError(f"--from-run: {run_dir / 'config.json'} is not a JSON object")
+    cfg = TrainConfig.from_dict(raw)
+    if cfg.dp == "off":
+        raise SecureFedError(f"--from-run: the run in {run_dir} trained without DP (--dp off): nothing to plan")
+    try:
+        blocks = _read_json(run_dir / "layout.json")
+        layout = VectorLayout.build([(str(b["name"]), tuple(b["shape"]), b["bound"]) for b in blocks])
+        counts = [int(n) for n in _read_json(run_dir / "partition.json")["samples_per_client"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SecureFedError(f"--from-run: layout.json or partition.json in {run_dir} is malformed: {exc!r}") from None
+    threshold = int(raw.get("threshold_used") or 1)
+    return cfg, RunPrivacy.for_config(cfg, layout, threshold, counts), raw
+
+
+class _QuietParser(argparse.ArgumentParser):
+    """A parser whose errors are one-line :class:`SecureFedError`s (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SecureFedError(f"--train: {message} (the flags after --train are train's: run_secure.py train --help)")
+
+
+def _run_from_flags(flags: list[str]) -> tuple[Any, Any, dict[str, Any]]:
+    """(config, RunPrivacy, {}) of the run ``train FLAGS`` would start (built as train builds it)."""
+    from secure_fed.cli import train as train_cli
+    from secure_fed.config import TrainConfig
+    from secure_fed.run.trainer import Trainer
+
+    parser = _QuietParser(prog="budget --train", add_help=False)
+    train_cli.add_arguments(parser)
+    ns = parser.parse_args(flags)
+    keys = set(TrainConfig.__dataclass_fields__)
+    cfg = TrainConfig(**{k: v for k, v in vars(ns).items() if k in keys}).replace(executor="local")
+    if cfg.dp == "off":
+        raise SecureFedError("--train: --dp off plans no noise")
+    trainer = Trainer(cfg, progress=False, log=lambda s: None, write_outputs=False)
+    try:
+        assert trainer.privacy is not None
+        return cfg, trainer.privacy, {}
+    finally:
+        trainer.close()
+
+
+def _form_d(args: argparse.Namespace) -> dict[str, Any]:
+    if args.from_run is not None:
+        cfg, privacy, raw = _run_from_folder(Path(args.from_run))
+    else:
+        cfg, privacy, raw = _run_from_flags(list(args.train))
+    plan = privacy.plan()
+    return {"form": "run", "run_dir": args.from_run, "delta": cfg.delta, "accountant": cfg.accountant,
+            "unit": cfg.dp, "mechanism": cfg.mechanism, "placement": cfg.noise_placement,
+            "threshold": privacy.threshold, "rounds": cfg.rounds, "target_epsilon": cfg.target_epsilon,
+            "noise_multiplier": plan.noise_multiplier, "planned_epsilon": plan.epsilon,
+            "worst_client": plan.worst_client, "worst_client_samples": plan.worst_client_samples,
+            "codec_gamma": plan.codec_gamma, "release_noise_ratio": privacy.s.release_noise_ratio,
+            "recorded_noise_multiplier": raw.get("noise_multiplier_used"),
+            "round_events": [event_to_dict(e) for e in privacy.at(plan.noise_multiplier).planned_events(
+                1, [plan.worst_client])],
+            "note": None}
+
+
 def _print_text(res: dict[str, Any]) -> None:
     if res.get("note"):
         print(res["note"])
@@ -160,6 +252,14 @@ def _print_text(res: dict[str, Any]) -> None:
     elif res["form"] == "noise":
         print(f"noise multiplier = {res['noise_multiplier']:.6g} for epsilon <= "
               f"{res['target_epsilon']:g} at delta = {res['delta']:g} ({res['accountant']})")
+    elif res["form"] == "run":
+        print(f"noise multiplier = {res['noise_multiplier']:.10g} ({res['unit']}-level, {res['mechanism']} noise, "
+              f"{res['placement']}, t = {res['threshold']}; codec gamma {res['codec_gamma']})")
+        print(f"planned epsilon = {res['planned_epsilon']:.6g} at delta = {res['delta']:g} ({res['accountant']}) "
+              f"after {res['rounds']} rounds for the worst client: client {res['worst_client']}, "
+              f"{res['worst_client_samples']} samples")
+        if res.get("recorded_noise_multiplier") is not None:
+            print(f"the run recorded noise multiplier {res['recorded_noise_multiplier']:.10g}")
     else:
         print(f"noise multiplier = {res['noise_multiplier']:.6g}; plan {res['plan']}")
         print("| round | epsilon (rdp) |\n|---:|---:|")
@@ -172,7 +272,12 @@ def _print_text(res: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Execute ``budget``; 0 on success, 2 on a configuration error (message on stderr)."""
     try:
-        res = _form_c(args) if args.rounds is not None else _form_ab(args)
+        if args.from_run is not None and args.train is not None:
+            raise SecureFedError("give --from-run or --train, not both")
+        if args.from_run is not None or args.train is not None:
+            res = _form_d(args)
+        else:
+            res = _form_c(args) if args.rounds is not None else _form_ab(args)
     except SecureFedError as exc:
         print(f"budget: {exc}", file=sys.stderr)
         return 2

@@ -6,21 +6,25 @@ client unit clips the whole vector; then either float Gaussian noise is added be
 encoding, or discrete Gaussian noise in the ring after encoding. With ``distributed``
 placement each client adds a share sized so that any ``t`` survivors carry the target.
 
-Harness side (:class:`RunPrivacy`): the events each summed client's round adds to the
-:class:`~dp.ledger.PrivacyLedger`, built from the noise actually summed (the survivors),
-the planned events of the next round for ``--target-epsilon`` enforcement, and the noise
-multiplier for a target epsilon over the run plan.
+Harness side (:class:`RunPrivacy`): the one object ``train`` and ``budget --from-run``
+plan with: the events each summed client's round adds to the
+:class:`~dp.ledger.PrivacyLedger` (built by :meth:`ClientNoise.release_event` from the
+noise the clients add, with the shares the server's view may be credited with), the
+planned events of the next round for ``--target-epsilon`` enforcement, and the noise
+multiplier for a target epsilon over the run (:meth:`RunPrivacy.plan`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from crypto.rng import KeystreamRNG
+from dp.accountants import epsilon_with_fallback
 from dp.clipping import clip_vector
 from dp.events import DiscreteGaussianEvent, Event, GaussianEvent, Sampling, Unit
 from dp.mechanisms import (
@@ -32,7 +36,9 @@ from dp.mechanisms import (
 from dp.planning import noise_for_all
 from secure_fed.aggregation.layout import VectorLayout
 from secure_fed.aggregation.secagg import LayoutCodec
+from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
+from secure_fed.privacy.upload import RESIDUAL_SENSITIVITY
 
 RELEASE_BLOCKS = ("feat_grad", "cls_grad_w", "cls_grad_b", "class_count")
 
@@ -177,8 +183,11 @@ class ClientNoise:
         """Per-share discrete Gaussian parameter in encoded units of the release's gamma
         (default: the first release, the per-class one)."""
         rel = release or self.releases[0]
-        gamma = codec.gamma(rel.blocks[0])
-        return integer_sigma(self.s.release_noise_multiplier, rel.sensitivity, gamma) * share_factor(self.s.placement, self.threshold)
+        return self.integer_sigma_at(codec.gamma(rel.blocks[0]), rel)
+
+    def integer_sigma_at(self, gamma: float, release: Release) -> float:
+        """Per-share discrete Gaussian parameter of ``release`` at codec scale ``gamma``."""
+        return integer_sigma(self.s.release_noise_multiplier, release.sensitivity, gamma) * share_factor(self.s.placement, self.threshold)
 
     def post_encode(self, words: np.ndarray, codec: LayoutCodec, rng: KeystreamRNG) -> np.ndarray:
         """Discrete Gaussian noise added in the ring to the released blocks (client side)."""
@@ -207,6 +216,26 @@ class ClientNoise:
         summed: the headroom the codec must leave."""
         return {n: self.share_std(rel) * math.sqrt(survivors_max) for rel in self.releases for n in rel.blocks}
 
+    def release_event(self, release: Release, *, shares: int, gamma: float | None, subject: str,
+                      round_id: int) -> Event:
+        """The ledger event of ``release`` when ``shares`` of this object's noise shares are in
+        what the server sees: float Gaussian shares of :meth:`share_std`, or discrete
+        Gaussian shares of :meth:`integer_sigma_at` at codec scale ``gamma`` (the one event
+        builder: planning, enforcement and charging all come here)."""
+        s = self.s
+        rate = 1.0 if s.unit == "client" else s.release_rate
+        sampling: Sampling = "none" if rate >= 1.0 else "poisson"
+        unit: Unit = "client" if s.unit == "client" else "sample"
+        if s.mechanism == "gaussian" or gamma is None:
+            return GaussianEvent.from_shares(
+                self.share_std(release), shares, release.sensitivity, sample_rate=rate, steps=1,
+                sampling=sampling, unit=unit, subject=subject, label=release.label, round=round_id,
+            )
+        dim = self.release_dim(release)
+        l2, l1 = encoded_sensitivity(release.sensitivity, gamma, dim)
+        return DiscreteGaussianEvent(self.integer_sigma_at(gamma, release), shares, l2, l1, dim, rate, 1, sampling,
+                                     unit, subject, release.label, round_id)
+
     def layout_doc(self) -> list[dict[str, object]]:
         """The upload layout (``layout.json``), each noised block with its mechanism's ledger
         label and L2 sensitivity (``release``, ``sensitivity``)."""
@@ -232,37 +261,81 @@ class SgdPlan:
     steps: int
 
 
-class RunPrivacy:
-    """Ledger events of a run (harness side)."""
+def sgd_plan(samples: int, batch_size: int, local_epochs: int) -> SgdPlan:
+    """DP-SGD's shape for a client of ``samples`` samples, as Opacus's Poisson loader runs
+    it: rate 1/ceil(n/B), ceil(n/B) steps per epoch."""
+    batches = -(-samples // batch_size)
+    return SgdPlan(1.0 / batches, local_epochs * batches)
 
-    def __init__(self, settings: PrivacySettings, layout: VectorLayout, threshold: int, has_release: bool) -> None:
+
+@dataclass(frozen=True)
+class RunShape:
+    """The public facts of a run its privacy plan depends on besides the DP settings."""
+
+    rounds: int
+    cohort: int
+    bits: int
+    batch_size: int
+    local_epochs: int
+    sample_counts: tuple[int, ...]  # n_k of every client, by client id
+    noise_multiplier: float | None = None  # given (--noise-multiplier), else planned
+    target_epsilon: float | None = None
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """The answer of :meth:`RunPrivacy.plan`: the run's noise multiplier, the planned epsilon
+    of the worst client (every round, fewest shares) and that client's sample count."""
+
+    noise_multiplier: float
+    epsilon: float
+    worst_client: int
+    worst_client_samples: int
+    codec_gamma: float | None
+
+
+class RunPrivacy:
+    """A run's privacy: the client noise (:attr:`noise`), the ledger events it produces and
+    the plan (harness side). ``train`` (planning, ``--target-epsilon`` enforcement, charging)
+    and ``budget --from-run`` all go through this object, so each formula is written once:
+    the noise std and the event builder in :class:`ClientNoise`, the shares in
+    :meth:`shares_for`, the codec scale in :meth:`release_gamma`."""
+
+    def __init__(self, settings: PrivacySettings, layout: VectorLayout, threshold: int, has_release: bool,
+                 shape: RunShape | None = None) -> None:
         self.s = settings
         self.layout = layout
         self.threshold = threshold
         self.has_release = has_release
+        self.shape = shape
         self.noise = ClientNoise(settings, layout, threshold)
 
-    def _release_event(self, cid: int, round_id: int, shares: int, gamma: float | None, sigma: float,
-                       release: Release | None = None) -> Event:
-        """The event of ``release`` (default: the first) at run noise multiplier ``sigma``
-        (the release uses ``sigma * release_noise_ratio``)."""
-        s = self.s
-        rel = release or self.noise.releases[0]
-        sigma = release_multiplier(sigma, s.release_noise_ratio)
-        rate = 1.0 if s.unit == "client" else s.release_rate
-        sampling: Sampling = "none" if rate >= 1.0 else "poisson"
-        unit: Unit = "client" if s.unit == "client" else "sample"
-        share_std = sigma * rel.sensitivity * share_factor(s.placement, self.threshold)
-        if s.mechanism == "gaussian" or gamma is None:
-            return GaussianEvent.from_shares(
-                share_std, shares, rel.sensitivity, sample_rate=rate, steps=1, sampling=sampling,
-                unit=s.unit, subject=str(cid), label=rel.label, round=round_id,
-            )
-        dim = self.noise.release_dim(rel)
-        l2, l1 = encoded_sensitivity(rel.sensitivity, gamma, dim)
-        sig = integer_sigma(sigma, rel.sensitivity, gamma) * share_factor(s.placement, self.threshold)
-        return DiscreteGaussianEvent(sig, shares, l2, l1, dim, rate, 1, sampling, unit, str(cid), rel.label, round_id)
+    @classmethod
+    def for_config(cls, cfg: TrainConfig, layout: VectorLayout, threshold: int,
+                   sample_counts: Sequence[int]) -> RunPrivacy:
+        """The privacy of the run ``cfg`` describes (``cfg.dp`` must not be off)."""
+        settings = PrivacySettings(
+            cfg.dp, cfg.noise_placement, cfg.mechanism, cfg.clip, cfg.noise_multiplier or 1.0,
+            cfg.delta, cfg.release_rate, cfg.accountant, secure=cfg.secagg != "off",
+            release_noise_ratio=cfg.release_ratio(),
+            release_sensitivity=RESIDUAL_SENSITIVITY if cfg.splits_budget else None,
+            weight_release=cfg.splits_budget and cfg.classifier == "meta",
+        )
+        shape = RunShape(cfg.rounds, cfg.cohort, cfg.bits, cfg.batch_size, cfg.local_epochs,
+                         tuple(int(n) for n in sample_counts), cfg.noise_multiplier, cfg.target_epsilon)
+        return cls(settings, layout, threshold, has_release=cfg.algorithm == "fedhpro", shape=shape)
 
+    def at(self, sigma: float) -> RunPrivacy:
+        """The same run at noise multiplier ``sigma``."""
+        return RunPrivacy(dataclasses.replace(self.s, noise_multiplier=sigma), self.layout, self.threshold,
+                          self.has_release, self.shape)
+
+    def _shape(self) -> RunShape:
+        if self.shape is None:
+            raise ConfigError("this privacy object has no run shape (build it with RunPrivacy.for_config)")
+        return self.shape
+
+    # -- events -----------------------------------------------------------------------------
     def round_events(
         self, cid: int, round_id: int, shares: int, gamma: float | None, sgd: SgdPlan | None, sigma: float | None = None
     ) -> list[Event]:
@@ -271,25 +344,74 @@ class RunPrivacy:
         ``sigma``: the run's noise multiplier (DP-SGD's; the release's is ``sigma *
         release_noise_ratio``), default the settings' own.
         """
-        sigma = self.s.noise_multiplier if sigma is None else sigma
+        me = self if sigma is None or sigma == self.s.noise_multiplier else self.at(sigma)
         events: list[Event] = []
         if self.has_release or self.s.unit == "client":
-            events.extend(self._release_event(cid, round_id, shares, gamma, sigma, rel) for rel in self.noise.releases)
+            events.extend(me.noise.release_event(rel, shares=shares, gamma=gamma, subject=str(cid), round_id=round_id)
+                          for rel in me.noise.releases)
         if sgd is not None and self.s.unit == "sample":
-            events.append(GaussianEvent(sigma, sgd.rate, sgd.steps, "poisson", "sample", str(cid), "dpsgd", round_id))
+            events.append(GaussianEvent(me.s.noise_multiplier, sgd.rate, sgd.steps, "poisson", "sample", str(cid),
+                                        "dpsgd", round_id))
         return events
 
     def shares_for(self, summed: int) -> int:
-        """Noise shares in what the server sees: all summed shares under SecAgg, else one."""
-        return summed if self.s.secure else 1
+        """Noise shares the ledger may credit when ``summed`` uploads are summed: all of them
+        for integer noise in the SecAgg ring, else one. Float noise is added before the codec
+        rounds and clamps each client's value, so the sum the server sees is not a function of
+        the Gaussian sum (a clamp applied to a noised value breaks the mechanism); each
+        client's noised upload alone is a Gaussian mechanism, and the rest is post-processing.
+        """
+        return summed if self.s.secure and self.s.mechanism == "discrete" else 1
 
+    def planned_shares(self) -> int:
+        """Shares the plan assumes: the fewest the protocol accepts (t) for distributed noise."""
+        return self.shares_for(self.threshold) if self.s.placement == "distributed" else 1
+
+    def sgd_plan(self, cid: int) -> SgdPlan | None:
+        """Client ``cid``'s DP-SGD shape (None without DP-SGD)."""
+        if self.s.unit != "sample":
+            return None
+        sh = self._shape()
+        return sgd_plan(sh.sample_counts[cid], sh.batch_size, sh.local_epochs)
+
+    def release_gamma(self, sigma: float | None = None) -> float | None:
+        """Codec gamma of the released blocks for a full cohort at noise multiplier ``sigma``
+        (None: the current one); None when no integer noise is released."""
+        if self.s.mechanism != "discrete" or not self.noise.blocks:
+            return None
+        sh = self._shape()
+        noise = self.noise if sigma is None else self.at(sigma).noise
+        codec = LayoutCodec.for_cohort(self.layout, sh.bits, sh.cohort, noise.total_noise_std(sh.cohort))
+        return codec.gamma(noise.blocks[0])
+
+    def planned_events(self, round_id: int, cohort: Sequence[int], sigma: float | None = None) -> list[Event]:
+        """Events the clients ``cohort`` would add in round ``round_id`` (the worst case: the
+        fewest shares, the full cohort's codec scale): what ``--target-epsilon`` enforces."""
+        gamma = self.release_gamma(sigma)
+        events: list[Event] = []
+        for cid in cohort:
+            events.extend(self.round_events(cid, round_id, self.planned_shares(), gamma, self.sgd_plan(cid), sigma))
+        return events
+
+    def charged_events(self, round_id: int, summed: Sequence[int], gamma: float | None,
+                       sgd: Mapping[int, SgdPlan]) -> list[Event]:
+        """Events of the clients ``summed`` in round ``round_id``'s released sum (codec scale
+        ``gamma``; ``sgd`` the DP-SGD each actually ran)."""
+        shares = self.shares_for(len(summed))
+        events: list[Event] = []
+        for cid in summed:
+            events.extend(self.round_events(cid, round_id, shares, gamma, sgd.get(cid)))
+        return events
+
+    # -- planning ---------------------------------------------------------------------------
     def noise_for_target(self, target: float, rounds: int, sgd: Sequence[SgdPlan | None], gamma: float | None) -> float:
         """Smallest noise multiplier keeping every client's planned epsilon within ``target``.
 
         Plans the worst case: every client in every round, with the fewest shares the
         protocol accepts (t under SecAgg).
         """
-        shares = self.shares_for(self.threshold) if self.s.placement == "distributed" else 1
+        shares = self.planned_shares()
+
         def maker(plan: SgdPlan | None) -> Callable[[float], list[Event]]:
             def events(sigma: float) -> list[Event]:
                 out: list[Event] = []
@@ -300,3 +422,48 @@ class RunPrivacy:
 
         # clients with the same DP-SGD shape need the same noise: one maker per shape
         return noise_for_all([maker(p) for p in dict.fromkeys(sgd)], target, self.s.delta, self.s.accountant)
+
+    def plan_noise(self) -> float:
+        """The run's noise multiplier: given, or the smallest that keeps the planned run within
+        the target epsilon for every client (worst case: every round, fewest shares)."""
+        sh = self._shape()
+        if sh.noise_multiplier is not None:
+            return sh.noise_multiplier
+        if sh.target_epsilon is None:
+            raise ConfigError("--noise-multiplier: give --noise-multiplier or --target-epsilon when --dp is on")
+        plans = [self.sgd_plan(c) for c in range(len(sh.sample_counts))]
+        gamma = self.release_gamma()
+        if gamma is None:
+            return self.noise_for_target(sh.target_epsilon, sh.rounds, plans, None)
+        # Discrete mechanism: the codec's gamma shrinks as the noise grows (the ring must
+        # hold the noise), and a smaller gamma means a larger encoded sensitivity. Plan with a
+        # gamma no larger than the one the run's codec will use at the planned noise, or the
+        # rounds charged at that gamma would cross the target the plan promised to keep.
+        for _ in range(20):
+            sigma = self.noise_for_target(sh.target_epsilon, sh.rounds, plans, gamma)
+            actual = self.release_gamma(sigma)
+            assert actual is not None
+            if actual >= gamma:
+                return sigma
+            gamma = actual * (1.0 - 1e-6)
+        raise ConfigError("could not plan the discrete mechanism's noise: the codec's scale does not settle; "
+                          "raise --bits or give --noise-multiplier")
+
+    def plan(self) -> NoisePlan:
+        """The noise multiplier and the planned epsilon at it: every client in every round
+        with the fewest shares, at the codec scale the run will use; the worst client (the
+        largest epsilon; among equals the first) and its sample count."""
+        sh = self._shape()
+        sigma = self.plan_noise()
+        me = self.at(sigma)
+        best: tuple[float, int] | None = None
+        seen: dict[SgdPlan | None, float] = {}
+        for cid in range(len(sh.sample_counts)):
+            key = me.sgd_plan(cid)
+            if key not in seen:
+                events = [e for r in range(sh.rounds) for e in me.planned_events(r + 1, [cid])]
+                seen[key] = epsilon_with_fallback(events, self.s.delta, self.s.accountant)[0]
+            if best is None or seen[key] > best[0]:
+                best = (seen[key], cid)
+        assert best is not None
+        return NoisePlan(sigma, best[0], best[1], sh.sample_counts[best[1]], me.release_gamma())

@@ -34,7 +34,6 @@ from secure_fed.aggregation.layout import (
     VectorLayout,
 )
 from secure_fed.aggregation.secagg import (
-    LayoutCodec,
     RingAggregator,
     RingSettings,
     SecAggAggregator,
@@ -66,7 +65,7 @@ from secure_fed.fl.program import (
     new_side,
 )
 from secure_fed.fl.server import Broadcast, FedServer
-from secure_fed.privacy.noise import PrivacySettings, RunPrivacy, SgdPlan, share_factor
+from secure_fed.privacy.noise import NoisePlan, RunPrivacy, SgdPlan, share_factor
 from secure_fed.privacy.upload import UploadSpec
 from secure_fed.run.records import RoundRecord, StopRecord, round_line
 from secure_fed.run.rundir import (
@@ -144,15 +143,9 @@ class Trainer:
         self.server = self._make_server(model)
         self.layout: VectorLayout = self.server.layout()
         self.program = ClientProgram(cfg, self.spec, self.num_classes, self.layout, self.client_round)
+        self.noise_plan: NoisePlan | None = None
         if cfg.dp != "off":
-            settings = PrivacySettings(
-                cfg.dp, cfg.noise_placement, cfg.mechanism, cfg.clip, cfg.noise_multiplier or 1.0,
-                cfg.delta, cfg.release_rate, cfg.accountant, secure=cfg.secagg != "off",
-                release_noise_ratio=cfg.release_ratio(),
-                release_sensitivity=self.spec.release_sensitivity if cfg.splits_budget else None,
-                weight_release=cfg.splits_budget and cfg.classifier == "meta",
-            )
-            self.privacy = RunPrivacy(settings, self.layout, self.threshold, has_release=cfg.algorithm == "fedhpro")
+            self.privacy = RunPrivacy.for_config(cfg, self.layout, self.threshold, [s.n for s in self.shards])
         self._custom_aggregator = aggregator is not None
         # --executor: where the clients' round work runs (None: in this process)
         self.executor: Executor | None = None
@@ -238,37 +231,19 @@ class Trainer:
 
     def plan_noise(self) -> float:
         """The noise multiplier: given, or the smallest that keeps the planned run within
-        --target-epsilon for every client (worst case: every round, fewest shares)."""
-        cfg = self.cfg
+        --target-epsilon for every client (worst case: every round, fewest shares); planned
+        by :meth:`RunPrivacy.plan`, as ``budget --from-run`` plans it."""
         if self.privacy is None:
             return 0.0
-        if cfg.noise_multiplier is not None:
-            return cfg.noise_multiplier
-        assert cfg.target_epsilon is not None
-        plans = [self._sgd_plan(s) for s in self.shards]
-        gamma = self._release_gamma()
-        if gamma is None:
-            return self.privacy.noise_for_target(cfg.target_epsilon, cfg.rounds, plans, None)
-        # Discrete mechanism: the codec's gamma shrinks as the noise grows (the ring must
-        # hold the noise), and a smaller gamma means a larger encoded sensitivity. Plan with a
-        # gamma no larger than the one the run's codec will use at the planned noise, or the
-        # rounds charged at that gamma would cross the target the plan promised to keep.
-        for _ in range(20):
-            sigma = self.privacy.noise_for_target(cfg.target_epsilon, cfg.rounds, plans, gamma)
-            actual = self._release_gamma(sigma)
-            assert actual is not None
-            if actual >= gamma:
-                return sigma
-            gamma = actual * (1.0 - 1e-6)
-        raise ConfigError("could not plan the discrete mechanism's noise: the codec's scale does not settle; "
-                          "raise --bits or give --noise-multiplier")
+        self.noise_plan = self.privacy.plan()
+        return self.noise_plan.noise_multiplier
 
     def set_noise(self, sigma: float) -> None:
         """Install the run's noise multiplier everywhere it is used (client and server)."""
         self.noise_multiplier = sigma
         if self.privacy is None:
             return
-        self.privacy = RunPrivacy(dataclasses.replace(self.privacy.s, noise_multiplier=sigma), self.layout, self.threshold, self.privacy.has_release)
+        self.privacy = self.privacy.at(sigma)
         if isinstance(self.server, FedHProServer):
             self.server.count_noise_std = self.privacy.noise.share_std()
         if self._custom_aggregator:
@@ -276,24 +251,6 @@ class Trainer:
                 raise ConfigError("--mechanism discrete needs the trainer's own aggregator (it adds the ring noise)")
             return
         self.aggregator = self._make_aggregator()
-
-    def _sgd_plan(self, shard: ClientShard) -> SgdPlan | None:
-        if self.cfg.dp != "sample":
-            return None
-        batches = -(-shard.n // self.cfg.batch_size)
-        return SgdPlan(1.0 / batches, self.cfg.local_epochs * batches)
-
-    def _release_gamma(self, sigma: float | None = None) -> float | None:
-        """Codec gamma of the released blocks for a full cohort, at noise multiplier
-        ``sigma`` (None: the run's current one); None when no integer noise is released."""
-        if self.privacy is None or self.cfg.mechanism != "discrete" or not self.privacy.noise.blocks:
-            return None
-        noise = self.privacy.noise
-        if sigma is not None:
-            noise = RunPrivacy(dataclasses.replace(self.privacy.s, noise_multiplier=sigma), self.layout,
-                               self.threshold, self.privacy.has_release).noise
-        codec = LayoutCodec.for_cohort(self.layout, self.cfg.bits, self.cfg.cohort, noise.total_noise_std(self.cfg.cohort))
-        return codec.gamma(noise.blocks[0])
 
     # -- outputs --------------------------------------------------------------------------
     def write_static_outputs(self) -> None:
@@ -303,6 +260,8 @@ class Trainer:
         cfg["environment"] = environment(self.device)
         cfg["noise_multiplier_used"] = self.noise_multiplier if self.privacy is not None else None
         cfg["threshold_used"] = self.threshold if self.cfg.secagg != "off" else None
+        plan = self.noise_plan
+        cfg["noise_plan"] = None if plan is None else dataclasses.asdict(plan)
         write_json(self.run_dir / "config.json", cfg)
         write_json(
             self.run_dir / "partition.json",
@@ -377,12 +336,7 @@ class Trainer:
 
     def _planned_events(self, round_id: int, cohort: list[int]) -> list[Any]:
         assert self.privacy is not None
-        shares = self.privacy.shares_for(self.threshold) if self.cfg.noise_placement == "distributed" else 1
-        gamma = self._release_gamma()
-        events: list[Any] = []
-        for cid in cohort:
-            events.extend(self.privacy.round_events(cid, round_id, shares, gamma, self._sgd_plan(self.shards[cid])))
-        return events
+        return self.privacy.planned_events(round_id, cohort)
 
     def _budget_allows(self, round_id: int, cohort: list[int]) -> bool:
         cfg = self.cfg
@@ -424,10 +378,7 @@ class Trainer:
         gamma = None
         if self.cfg.mechanism == "discrete" and self.privacy.noise.blocks:
             gamma = agg.meta["codec_gamma"][self.privacy.noise.blocks[0]]  # type: ignore[index]
-        shares = self.privacy.shares_for(len(summed))
-        events = []
-        for cid in summed:
-            events.extend(self.privacy.round_events(cid, round_id, shares, gamma, sgd.get(cid)))
+        events = self.privacy.charged_events(round_id, summed, gamma, sgd)
         dicts = [event_to_dict(e) for e in events]
         if self.run_dir is not None:
             append_journal(self.run_dir / JOURNAL, {"round": round_id, "events": dicts})
@@ -508,6 +459,13 @@ class Trainer:
             return ""
         return f" (DP-SGD; release {s.release_noise_multiplier:.4f} = {s.release_noise_ratio:g}x)"
 
+    def _plan_note(self) -> str:
+        plan = self.noise_plan
+        if plan is None:
+            return ""
+        return (f"; planned epsilon {plan.epsilon:.4f} for the worst client ({plan.worst_client_samples} samples, "
+                "every round, fewest shares)")
+
     def _dp_record(self) -> dict[str, Any] | None:
         if self.privacy is None:
             return None
@@ -566,7 +524,8 @@ class Trainer:
             self.write_static_outputs()
             if self.privacy is not None:
                 self.log(f"DP {self.cfg.dp}-level, {self.cfg.mechanism} noise ({self.cfg.noise_placement}), "
-                         f"noise multiplier {self.noise_multiplier:.4f}{self._split_note()}, clip {self.cfg.clip}, delta {self.cfg.delta}")
+                         f"noise multiplier {self.noise_multiplier:.4f}{self._split_note()}, clip {self.cfg.clip}, delta {self.cfg.delta}"
+                         + self._plan_note())
         last = self.cfg.rounds if until is None else min(until, self.cfg.rounds)
         bar = tqdm(range(self.start_round, last + 1), desc=f"{self.cfg.algorithm} on {self.cfg.dataset}", unit="round",
                    disable=not self.progress, leave=False)
