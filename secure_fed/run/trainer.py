@@ -68,14 +68,20 @@ from secure_fed.fl.program import (
 from secure_fed.fl.server import Broadcast, FedServer
 from secure_fed.privacy.noise import PrivacySettings, RunPrivacy, SgdPlan, share_factor
 from secure_fed.privacy.upload import UploadSpec
+from secure_fed.run.evidence import charged_events, check_config_hash, event_difference
 from secure_fed.run.records import RoundRecord, StopRecord
 from secure_fed.run.rundir import (
     JOURNAL,
     AuditLog,
+    RunLock,
     append_journal,
+    file_sha256,
+    load_json,
+    load_torch,
     make_run_dir,
     read_journal,
     save_torch,
+    verify_chain,
     write_json,
 )
 
@@ -132,6 +138,10 @@ class Trainer:
         self.test_x = to_device(self.data.test_x, self.device)
         self.test_y = to_device(self.data.test_y, self.device)
         self.spec = UploadSpec(cfg.dp, cfg.clip, int(labels.shape[0]))
+        if cfg.dp != "off" and cfg.delta > 1.0 / labels.shape[0]:
+            self.log(f"warning: --delta {cfg.delta:g} is above 1/n = 1/{labels.shape[0]} training samples: "
+                     "a mechanism that publishes one random sample outright meets (epsilon, delta) at that delta; "
+                     f"use a delta well below {1.0 / labels.shape[0]:.3g}")
 
         torch.manual_seed(cfg.seed)
         model = to_device(build_model(cfg.dataset, self.num_classes, self.data.input_shape, cfg.feature_dim), self.device)
@@ -165,10 +175,17 @@ class Trainer:
         self.start_round = 1
         self.stopped: StopRecord | None = None
         self.interrupted_releases: list[int] = []
+        self.rerun_rounds: set[int] = set()  # rounds with a record that a resume re-runs
         self.run_dir: Path | None = None
         self.audit: AuditLog | None = None
+        self.lock: RunLock | None = None
+        self._planned_noise: float | None = None
         if write_outputs:
-            self.run_dir = run_dir or make_run_dir(cfg.out, cfg.run_id, cfg.algorithm, cfg.seed)
+            if run_dir is None:  # a fresh run: plan before the folder exists, so a refused plan leaves none
+                self._planned_noise = self.plan_noise()
+                self.run_dir, self.lock = make_run_dir(cfg.out, cfg.run_id, cfg.algorithm, cfg.seed)
+            else:
+                self.run_dir, self.lock = run_dir, RunLock(run_dir)
             self.audit = AuditLog(self.run_dir / "audit.jsonl")
 
     # -- construction -----------------------------------------------------------------------
@@ -229,10 +246,12 @@ class Trainer:
         return self._setup[2]
 
     def close(self) -> None:
-        """Release the executor's workers (a local Ray instance is shut down)."""
+        """Release the executor's workers (a local Ray instance is shut down) and the run folder's lock."""
         if self.executor is not None:
             self.executor.close()
             self.executor, self.remote = None, None
+        if self.lock is not None:
+            self.lock.release()
 
     def plan_noise(self) -> float:
         """The noise multiplier: given, or the smallest that keeps the planned run within
@@ -302,6 +321,13 @@ class Trainer:
         cfg["noise_multiplier_used"] = self.noise_multiplier if self.privacy is not None else None
         cfg["threshold_used"] = self.threshold if self.cfg.secagg != "off" else None
         write_json(self.run_dir / "config.json", cfg)
+        if self.audit is not None and not self.audit.records:  # the chain starts from this config.json
+            self.audit.append({"kind": "config", "config_sha256": file_sha256(self.run_dir / "config.json")})
+            if self.interrupted_releases:  # a restart that charged releases made before its first checkpoint
+                self.audit.append({"kind": "resume", "from_round": 0, "rerun_rounds": [],
+                                   "recovered_releases": list(self.interrupted_releases),
+                                   "charged": [event_to_dict(e) for e in self.ledger.events], "uncharged": [],
+                                   "epsilon": self.epsilons()})
         write_json(
             self.run_dir / "partition.json",
             {
@@ -332,20 +358,87 @@ class Trainer:
         write_json(self.run_dir / "metrics.json", self.metrics())
 
     def resume_from(self, run_dir: Path) -> None:
-        """Continue a run after its last complete (checkpointed) round."""
-        state = torch.load(run_dir / "checkpoint.pt", map_location=self.device, weights_only=False)
-        self.server.load_state_dict(state["server"])
-        gen = getattr(self.server, "generator", None)
-        if gen is not None and state["server_generator"] is not None:
-            gen.set_state(state["server_generator"])
-        self.history = list(state["history"])
-        self.ledger = PrivacyLedger.from_json(state["ledger"])
-        self.stopped = state.get("stopped")
-        self.set_noise(float(state["noise_multiplier"]))
-        self.recover_interrupted_releases(run_dir, int(state["round"]))
-        self.start_round = int(state["round"]) + 1
+        """Continue a run after its last complete (checkpointed) round.
+
+        With a run folder to write (``self.audit``), the chain must verify and config.json
+        must be the one it records; the resume is then appended as a ``resume`` record: the
+        rounds recorded after the checkpoint (re-run now; their new records say ``rerun``),
+        the hardened releases recovered from the journal, the ledger events it charges and
+        uncharges against the chain, and the epsilon after it. A larger ``rounds`` in this
+        trainer's config than in config.json extends the run (refused if the target epsilon
+        would be crossed); config.json is rewritten and its new hash is in the record.
+        """
+        path = run_dir / "checkpoint.pt"
+        state = load_torch(path, map_location=self.device)
+        try:
+            last = int(state["round"])
+            self.server.load_state_dict(state["server"])
+            gen = getattr(self.server, "generator", None)
+            if gen is not None and state["server_generator"] is not None:
+                gen.set_state(state["server_generator"])
+            self.history = list(state["history"])
+            self.ledger = PrivacyLedger.from_json(state["ledger"])
+            self.stopped = state.get("stopped")
+            noise = float(state["noise_multiplier"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"{path}: not a checkpoint of this run's configuration ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
         if self.audit is not None:
-            self.audit.truncate_to_rounds(int(state["round"]))
+            verify_chain(self.audit.path)
+            check_config_hash(run_dir, self.audit.records)
+        self.set_noise(noise)
+        self.recover_interrupted_releases(run_dir, last)
+        self.start_round = last + 1
+        if self.audit is None:
+            return
+        orphans = self._records_after(last)
+        self.rerun_rounds = {int(r["round"]) for r in orphans}
+        record: dict[str, Any] = {"kind": "resume", "from_round": last, "rerun_rounds": sorted(self.rerun_rounds),
+                                  "recovered_releases": list(self.interrupted_releases)}
+        saved = load_json(run_dir / "config.json")
+        if isinstance(saved, dict) and saved.get("rounds") != self.cfg.rounds:
+            record["extended_rounds"] = {"from": saved.get("rounds"), "to": self.cfg.rounds}
+            self._check_extension(last, saved)
+            write_json(run_dir / "config.json", {**saved, "rounds": self.cfg.rounds})
+            record["config_sha256"] = file_sha256(run_dir / "config.json")
+        chain = charged_events(self.audit.records)
+        mine = [event_to_dict(e) for e in self.ledger.events]
+        record["charged"] = event_difference(mine, chain)
+        record["uncharged"] = event_difference(chain, mine)
+        record["epsilon"] = self.epsilons()
+        self.audit.append(record)
+        if self.interrupted_releases:
+            self.log(f"resume: charged the release(s) of round(s) {self.interrupted_releases} interrupted before "
+                     "their checkpoint (hardened noise is not drawn again); recorded in audit.jsonl")
+
+    def _records_after(self, last: int) -> list[dict[str, Any]]:
+        """Round records written after the checkpoint of round ``last`` (since the last resume)."""
+        assert self.audit is not None
+        out: list[dict[str, Any]] = []
+        for rec in self.audit.records:
+            if rec.get("kind") == "resume":
+                out = []
+            elif rec.get("kind", "round") == "round" and int(rec.get("round", 0)) > last:
+                out.append(rec)
+        return out
+
+    def _check_extension(self, last: int, saved: dict[str, Any]) -> None:
+        """``--resume --rounds N``: refuse a shrink, a budget-stopped run, or rounds that the
+        target epsilon cannot pay for (worst case: every round runs with its full cohort)."""
+        old = saved.get("rounds")
+        if isinstance(old, int) and self.cfg.rounds < old:
+            raise ConfigError(f"--rounds: {self.cfg.rounds} is fewer than the run's {old} rounds (--rounds on resume is the new total)")
+        if self.stopped is not None:
+            raise ConfigError(f"--rounds: the run stopped at its budget ({self.stopped['reason']}); it cannot be extended")
+        if self.privacy is None or self.cfg.target_epsilon is None:
+            return
+        planned = [e for r in range(last + 1, self.cfg.rounds + 1) for e in self._planned_events(r, self.cohort(r))]
+        if self.ledger.would_exceed(planned, self.cfg.target_epsilon, self.cfg.delta, self.cfg.accountant):
+            spent = self.epsilons()
+            now = f"{spent[self.cfg.accountant]['max']:.4g}" if spent else "0"
+            raise ConfigError(f"--rounds: {self.cfg.rounds} rounds at noise multiplier {self.noise_multiplier:.4f} would exceed "
+                              f"--target-epsilon {self.cfg.target_epsilon} (spent so far {now} after round {last}); "
+                              "choose fewer rounds")
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -490,10 +583,13 @@ class Trainer:
             rec["personalized_accuracy"] = float(np.mean(list(side["pers"].values())))
         self.history.append(rec)
         if self.audit is not None:
-            self.audit.append(self._audit_record(round_id, cohort, agg, stats, events, eps, acc, loss, {
+            audit = self._audit_record(round_id, cohort, agg, stats, events, eps, acc, loss, {
                 "clients_and_aggregation": t_server - t_clients, "server_update": t_eval - t_server,
                 "evaluation": t_end - t_eval, "total": t_end - t0,
-            }))
+            })
+            if round_id in self.rerun_rounds:
+                audit["rerun"] = True  # an earlier record of this round was written before a crash
+            self.audit.append(audit)
         return rec
 
     def _split_note(self) -> str:
@@ -564,8 +660,10 @@ class Trainer:
 
     def run(self, until: int | None = None) -> dict[str, Any]:
         """Run the remaining rounds (up to round ``until`` if given) and write the outputs."""
+        if self.lock is not None and not self.lock.held and self.run_dir is not None:
+            self.lock = RunLock(self.run_dir)
         if self.start_round == 1 and not self.history:
-            self.set_noise(self.plan_noise())
+            self.set_noise(self._planned_noise if self._planned_noise is not None else self.plan_noise())
             self.write_static_outputs()
             if self.privacy is not None:
                 self.log(f"DP {self.cfg.dp}-level, {self.cfg.mechanism} noise ({self.cfg.noise_placement}), "
@@ -591,4 +689,6 @@ class Trainer:
         if self.run_dir is not None:
             save_torch(self.run_dir / "model.pt", self.server.model.state_dict())
             write_json(self.run_dir / "metrics.json", self.metrics())
+        if self.lock is not None:  # this process is done writing the folder
+            self.lock.release()
         return self.metrics()
