@@ -29,7 +29,7 @@ from secure_fed.run.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--clients", "4", "--cohort", "4", "--batch-size", "32", "--rounds-of-hp", "3", "--meta-steps", "5",
         "--meta-per-class", "5", "--dropout", "0", "--reproducible", "--seed", "1", "--quiet"]
-SMALL = dict(clients=4, cohort=4, batch_size=32, rounds_of_hp=3, meta_steps=5, meta_per_class=5, dropout=0.0, seed=1)
+SMALL: dict[str, Any] = dict(clients=4, cohort=4, batch_size=32, rounds_of_hp=3, meta_steps=5, meta_per_class=5, dropout=0.0, seed=1)
 
 
 def _one_line(err: str) -> str:
@@ -114,7 +114,7 @@ def _kill_after(tmp_path: Path, run_id: str, hardened: bool, before_audit: bool)
                       hardened=hardened, out=str(tmp_path), run_id=run_id)
     first = Trainer(cfg, progress=False, log=lambda s: None)
     first.run(until=2)
-    first._checkpoint = lambda r: None  # type: ignore[method-assign]
+    first._checkpoint = lambda round_id: None  # type: ignore[method-assign]
     if before_audit:
         first.audit = None  # killed between the journal write and the audit write
     first.run_round(3)
