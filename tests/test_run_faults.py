@@ -164,6 +164,15 @@ def test_hardened_release_interrupted_before_its_record_is_its_own_record_and_in
     assert "Resumes" in section and "<td>3</td>" in section
 
 
+def test_a_budget_stop_is_a_record_whose_epsilon_re_derives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", *TINY, "--rounds", "5", "--dp", "sample", "--noise-multiplier", "1", "--target-epsilon", "4",
+                 "--out", str(tmp_path), "--run-id", "s"]) == 0
+    recs = _records(tmp_path / "s")
+    assert recs[-1]["kind"] == "stop" and recs[-1]["epsilon"]["rdp"]["max"] <= 4
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "s")]) == 0
+
+
 # -- one writer per run folder ---------------------------------------------------------------
 def _hold_lock(folder: Path) -> subprocess.Popen[str]:
     code = ("import sys; from pathlib import Path; from secure_fed.run.rundir import RunLock; "
