@@ -345,3 +345,14 @@ def test_debug_shows_the_traceback(finished_plain_run: Path, tmp_path: Path) -> 
     (run / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(rundir.RunFolderError, match="checkpoint.pt"):
         main(["--debug", "train", "--resume", str(run), "--quiet"])
+
+
+def test_report_summed_column_counts_the_clients_summed_not_last_stage_survivors() -> None:
+    from secure_fed.report.html import round_row
+    from secure_fed.report.load import summed
+
+    # two clients dropped after uploading their masked input: still in the sum
+    rec = {"kind": "round", "round": 1, "cohort": list(range(10)), "summed": list(range(10)),
+           "survivors": {"masked": list(range(10)), "unmask": list(range(8))}}
+    assert summed(rec) == 10
+    assert "<td>10</td>" in round_row(rec) and "<td>8</td>" not in round_row(rec)
