@@ -137,6 +137,22 @@ def _write_fully(fh: Any, data: bytes) -> None:
     os.fsync(fh.fileno())
 
 
+def environment(device: Any) -> dict[str, str]:
+    """Versions that determine a run's numbers (written into config.json)."""
+    import platform
+
+    import cryptography
+    import numpy as np
+    import opacus
+    import torch
+
+    return {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "opacus": opacus.__version__, "numpy": np.__version__,
+        "cryptography": cryptography.__version__, "device": str(device),
+    }
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``path`` atomically; a RunFolderError naming it when the OS refuses."""
     try:

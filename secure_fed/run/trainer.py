@@ -68,20 +68,18 @@ from secure_fed.fl.program import (
 from secure_fed.fl.server import Broadcast, FedServer
 from secure_fed.privacy.noise import PrivacySettings, RunPrivacy, SgdPlan, share_factor
 from secure_fed.privacy.upload import UploadSpec
-from secure_fed.run.evidence import charged_events, check_config_hash, event_difference
 from secure_fed.run.records import RoundRecord, StopRecord
+from secure_fed.run.resume import record_restart, resume
 from secure_fed.run.rundir import (
     JOURNAL,
     AuditLog,
     RunLock,
     append_journal,
+    environment,
     file_sha256,
-    load_json,
-    load_torch,
     make_run_dir,
     read_journal,
     save_torch,
-    verify_chain,
     write_json,
 )
 
@@ -90,20 +88,6 @@ CLIENT_ROUNDS: dict[str, ClientRound] = {
     "fedavg": fedavg_client_round,
     "fedproto": fedproto_client_round,
 }
-
-
-def environment(device: torch.device) -> dict[str, str]:
-    """Versions that determine a run's numbers (written into config.json)."""
-    import platform
-
-    import cryptography
-    import opacus
-
-    return {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "torch": torch.__version__, "opacus": opacus.__version__, "numpy": np.__version__,
-        "cryptography": cryptography.__version__, "device": str(device),
-    }
 
 
 class Trainer:
@@ -324,10 +308,7 @@ class Trainer:
         if self.audit is not None and not self.audit.records:  # the chain starts from this config.json
             self.audit.append({"kind": "config", "config_sha256": file_sha256(self.run_dir / "config.json")})
             if self.interrupted_releases:  # a restart that charged releases made before its first checkpoint
-                self.audit.append({"kind": "resume", "from_round": 0, "rerun_rounds": [],
-                                   "recovered_releases": list(self.interrupted_releases),
-                                   "charged": [event_to_dict(e) for e in self.ledger.events], "uncharged": [],
-                                   "epsilon": self.epsilons()})
+                record_restart(self)
         write_json(
             self.run_dir / "partition.json",
             {
@@ -358,87 +339,8 @@ class Trainer:
         write_json(self.run_dir / "metrics.json", self.metrics())
 
     def resume_from(self, run_dir: Path) -> None:
-        """Continue a run after its last complete (checkpointed) round.
-
-        With a run folder to write (``self.audit``), the chain must verify and config.json
-        must be the one it records; the resume is then appended as a ``resume`` record: the
-        rounds recorded after the checkpoint (re-run now; their new records say ``rerun``),
-        the hardened releases recovered from the journal, the ledger events it charges and
-        uncharges against the chain, and the epsilon after it. A larger ``rounds`` in this
-        trainer's config than in config.json extends the run (refused if the target epsilon
-        would be crossed); config.json is rewritten and its new hash is in the record.
-        """
-        path = run_dir / "checkpoint.pt"
-        state = load_torch(path, map_location=self.device)
-        try:
-            last = int(state["round"])
-            self.server.load_state_dict(state["server"])
-            gen = getattr(self.server, "generator", None)
-            if gen is not None and state["server_generator"] is not None:
-                gen.set_state(state["server_generator"])
-            self.history = list(state["history"])
-            self.ledger = PrivacyLedger.from_json(state["ledger"])
-            self.stopped = state.get("stopped")
-            noise = float(state["noise_multiplier"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise ConfigError(f"{path}: not a checkpoint of this run's configuration ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-        if self.audit is not None:
-            verify_chain(self.audit.path)
-            check_config_hash(run_dir, self.audit.records)
-        self.set_noise(noise)
-        self.recover_interrupted_releases(run_dir, last)
-        self.start_round = last + 1
-        if self.audit is None:
-            return
-        orphans = self._records_after(last)
-        self.rerun_rounds = {int(r["round"]) for r in orphans}
-        record: dict[str, Any] = {"kind": "resume", "from_round": last, "rerun_rounds": sorted(self.rerun_rounds),
-                                  "recovered_releases": list(self.interrupted_releases)}
-        saved = load_json(run_dir / "config.json")
-        if isinstance(saved, dict) and saved.get("rounds") != self.cfg.rounds:
-            record["extended_rounds"] = {"from": saved.get("rounds"), "to": self.cfg.rounds}
-            self._check_extension(last, saved)
-            write_json(run_dir / "config.json", {**saved, "rounds": self.cfg.rounds})
-            record["config_sha256"] = file_sha256(run_dir / "config.json")
-        chain = charged_events(self.audit.records)
-        mine = [event_to_dict(e) for e in self.ledger.events]
-        record["charged"] = event_difference(mine, chain)
-        record["uncharged"] = event_difference(chain, mine)
-        record["epsilon"] = self.epsilons()
-        self.audit.append(record)
-        if self.interrupted_releases:
-            self.log(f"resume: charged the release(s) of round(s) {self.interrupted_releases} interrupted before "
-                     "their checkpoint (hardened noise is not drawn again); recorded in audit.jsonl")
-
-    def _records_after(self, last: int) -> list[dict[str, Any]]:
-        """Round records written after the checkpoint of round ``last`` (since the last resume)."""
-        assert self.audit is not None
-        out: list[dict[str, Any]] = []
-        for rec in self.audit.records:
-            if rec.get("kind") == "resume":
-                out = []
-            elif rec.get("kind", "round") == "round" and int(rec.get("round", 0)) > last:
-                out.append(rec)
-        return out
-
-    def _check_extension(self, last: int, saved: dict[str, Any]) -> None:
-        """``--resume --rounds N``: refuse a shrink, a budget-stopped run, or rounds that the
-        target epsilon cannot pay for (worst case: every round runs with its full cohort)."""
-        old = saved.get("rounds")
-        if isinstance(old, int) and self.cfg.rounds < old:
-            raise ConfigError(f"--rounds: {self.cfg.rounds} is fewer than the run's {old} rounds (--rounds on resume is the new total)")
-        if self.stopped is not None:
-            raise ConfigError(f"--rounds: the run stopped at its budget ({self.stopped['reason']}); it cannot be extended")
-        if self.privacy is None or self.cfg.target_epsilon is None:
-            return
-        planned = [e for r in range(last + 1, self.cfg.rounds + 1) for e in self._planned_events(r, self.cohort(r))]
-        if self.ledger.would_exceed(planned, self.cfg.target_epsilon, self.cfg.delta, self.cfg.accountant):
-            spent = self.epsilons()
-            now = f"{spent[self.cfg.accountant]['max']:.4g}" if spent else "0"
-            raise ConfigError(f"--rounds: {self.cfg.rounds} rounds at noise multiplier {self.noise_multiplier:.4f} would exceed "
-                              f"--target-epsilon {self.cfg.target_epsilon} (spent so far {now} after round {last}); "
-                              "choose fewer rounds")
+        """Continue a run after its last complete (checkpointed) round (see :func:`secure_fed.run.resume.resume`)."""
+        resume(self, run_dir)
 
     def metrics(self) -> dict[str, Any]:
         return {
