@@ -200,8 +200,9 @@ class TrainConfig:
         need(2 <= self.bits <= 64, "--bits", f"must be in 2..64 (got {self.bits})")
         need(0 <= self.dropout < 1, "--dropout", f"must be in [0, 1) (got {self.dropout})")
         need(0 < self.clip < float("inf"), "--clip", f"must be > 0 and finite (got {self.clip})")
-        need(self.noise_multiplier is None or self.noise_multiplier > 0, "--noise-multiplier", f"must be > 0 (got {self.noise_multiplier})")
-        need(self.target_epsilon is None or self.target_epsilon > 0, "--target-epsilon", f"must be > 0 (got {self.target_epsilon})")
+        need(self.noise_multiplier is None or 0 < self.noise_multiplier < float("inf"), "--noise-multiplier", f"must be a finite number > 0 (got {self.noise_multiplier})")
+        need(self.target_epsilon is None or 0 < self.target_epsilon < float("inf"), "--target-epsilon",
+             f"must be a finite number > 0 (got {self.target_epsilon}; use --no-target with --noise-multiplier for no target)")
         need(0 < self.delta < 1, "--delta", f"must be in (0, 1) (got {self.delta})")
         need(0 < self.release_rate <= 1, "--release-rate", f"must be in (0, 1] (got {self.release_rate})")
         r = self.release_noise_ratio
@@ -216,6 +217,9 @@ class TrainConfig:
         need(self.secagg == "off" or self.cohort >= 3, "--cohort", f"secure aggregation needs at least 3 clients per round (got {self.cohort})")
         need(self.threads >= 0, "--threads", f"must be >= 0 (0 = auto; got {self.threads})")
         need(self.seed >= 0, "--seed", f"must be >= 0 (got {self.seed})")
+        need(self.run_id is None or (isinstance(self.run_id, str) and self.run_id not in ("", ".", "..")
+                                     and not any(c in self.run_id for c in "/\\\0") and self.run_id == self.run_id.strip()),
+             "--run-id", f"must be a plain folder name: no path separators, not empty, not . or .. (got {self.run_id!r})")
         need(self.executor in EXECUTORS, "--executor", f"must be one of {', '.join(EXECUTORS)} (got {self.executor!r})")
         need(self.workers >= 0, "--workers", f"must be >= 0 (0 = one per CPU; got {self.workers})")
         need(self.server_workers >= 1, "--server-workers", f"must be >= 1 (1 = the server's own process; got {self.server_workers})")

@@ -17,7 +17,7 @@ from secure_fed.audit import runner
 from secure_fed.cli.main import build_parser, main
 from secure_fed.config import TrainConfig
 from secure_fed.errors import AuditFailed, ConfigError
-from secure_fed.run.rundir import AuditLog
+from secure_fed.run.rundir import AuditLog, file_sha256
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert('x')</script>"
@@ -62,7 +62,9 @@ def _fake_run(tmp: Path) -> Path:
     run = tmp / "fake"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(TrainConfig(rounds=1).to_dict()))
-    AuditLog(run / "audit.jsonl").append({"kind": "round", "round": 1, "accuracy": 0.5, "cohort": [0, 1, 2]})
+    log = AuditLog(run / "audit.jsonl")
+    log.append({"kind": "config", "config_sha256": file_sha256(run / "config.json")})
+    log.append({"kind": "round", "round": 1, "accuracy": 0.5, "cohort": [0, 1, 2]})
     return run
 
 

@@ -298,11 +298,18 @@ def test_values_matplotlib_cannot_scale_leave_a_sentence(tmp_path: Path) -> None
 
 
 # -- chain verification and the CLI ----------------------------------------------------------
-def test_cli_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = make_dp_run(tmp_path)
-    assert report_cli.run(_args(run)) == 0
+def test_cli_ok(plain_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a real run folder: the hand-made ones above have no config record and made-up epsilons
+    assert report_cli.run(_args(plain_run)) == 0
     out = capsys.readouterr().out
-    assert str(run / "report.html") in out and "audit chain: OK (5 records)" in out
+    assert str(plain_run / "report.html") in out and "audit chain: OK (3 records)" in out  # config, rounds 1-2
+
+
+def test_cli_hand_made_run_without_config_record_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_dp_run(tmp_path)
+    assert report_cli.run(_args(run)) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "record 1 is not the config record" in err
 
 
 def _tamper(path: Path, index: int, **changes: Any) -> None:

@@ -106,7 +106,8 @@ def test_target_epsilon_stops_before_crossing(tmp_path: Path) -> None:
     recs = list(read_audit(tmp_path / "eps" / "audit.jsonl"))
     assert recs[-1]["kind"] == "stop" and "would be exceeded" in recs[-1]["reason"]
     assert verify_chain(tmp_path / "eps" / "audit.jsonl") == len(recs)
-    for rec in recs[:-1]:
+    assert recs[0]["kind"] == "config"
+    for rec in recs[1:-1]:
         assert rec["epsilon"]["rdp"]["max"] <= 3.0
         assert all(e["round"] == rec["round"] for e in rec["events"])
 
@@ -115,7 +116,7 @@ def test_dp_round_audit_has_no_exact_counts(tmp_path: Path) -> None:
     t = _trainer(tmp_path, secagg="secagg+", dp="sample", target_epsilon=None, noise_multiplier=1.0, rounds=1, run_id="dp")
     assert "n" not in t.layout.names() and "holders" not in t.layout.names()
     t.run()
-    rec = next(read_audit(tmp_path / "dp" / "audit.jsonl"))
+    rec = next(r for r in read_audit(tmp_path / "dp" / "audit.jsonl") if r["kind"] == "round")
     labels = {e["label"] for e in rec["events"]}
     assert labels == {"per_class_release", "dpsgd"}
     assert {e["subject"] for e in rec["events"]} == {str(c) for c in rec["summed"]}
@@ -140,7 +141,11 @@ def test_hardened_resume_counts_a_release_interrupted_before_its_checkpoint(tmp_
     second.run()
     r3 = [e for e in second.ledger.events if e.round == 3]
     assert len(r3) == 2 * len([e for e in second.ledger.events if e.round == 2])  # counted twice: two releases
-    assert verify_chain(tmp_path / "h" / "audit.jsonl") == 3
+    # appended, never rewritten: config, rounds 1-3, the resume, round 3 again (marked rerun)
+    assert verify_chain(tmp_path / "h" / "audit.jsonl") == 6
+    recs = list(read_audit(tmp_path / "h" / "audit.jsonl"))
+    assert [r.get("kind") for r in recs] == ["config", "round", "round", "round", "resume", "round"]
+    assert recs[4]["rerun_rounds"] == [3] and recs[4]["recovered_releases"] == [3] and recs[5]["rerun"] is True
 
 
 def test_reproducible_resume_counts_the_identical_redo_once(tmp_path: Path) -> None:
@@ -187,7 +192,7 @@ def test_budget_split_moves_noise_from_dpsgd_to_the_release(tmp_path: Path) -> N
     assert fixed.privacy is not None
     # the release's noise is 4.5 times its own sensitivity (its natural bound, not --clip)
     assert fixed.privacy.noise.share_std() == pytest.approx(4.5 * fixed.spec.release_sensitivity)
-    rec = next(read_audit(tmp_path / "split" / "audit.jsonl"))
+    rec = next(r for r in read_audit(tmp_path / "split" / "audit.jsonl") if r["kind"] == "round")
     assert rec["dp"]["release_noise_multiplier"] == pytest.approx(4.5)
     by_label: dict[str, set[float]] = {}
     for e in rec["events"]:

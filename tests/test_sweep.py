@@ -214,10 +214,12 @@ def test_resume_skips_finished_and_resumes_interrupted(sweep: dict[str, Any]) ->
     for run_dir, mtime in sweep["markers"].items():
         assert (run_dir / MARKER).stat().st_mtime_ns == mtime  # not run again
     resumed = res.rows[3].spec.run_dir
-    assert [r["round"] for r in read_audit(resumed / "audit.jsonl")] == [1, 2]  # nothing lost or repeated
-    assert verify_chain(resumed / "audit.jsonl") == 2
+    recs = list(read_audit(resumed / "audit.jsonl"))
+    assert [r["round"] for r in recs if r["kind"] == "round"] == [1, 2]  # nothing lost or repeated
+    assert [r["kind"] for r in recs] == ["config", "round", "resume", "round"]  # the resume is appended
+    assert verify_chain(resumed / "audit.jsonl") == 4
     restarted = res.rows[4].spec.run_dir
-    assert verify_chain(restarted / "audit.jsonl") == 2
+    assert verify_chain(restarted / "audit.jsonl") == 3  # config, rounds 1-2
     for row in res.rows:  # every one a normal run folder
         for name in ("config.json", "metrics.json", "audit.jsonl", "checkpoint.pt", "report.html", "model.pt"):
             assert (row.spec.run_dir / name).exists(), (row.spec.run_dir, name)
@@ -306,7 +308,10 @@ def test_hardened_restart_counts_a_release_made_before_the_first_checkpoint(
     ledger = json.loads(torch.load(spec.run_dir / "checkpoint.pt", weights_only=False)["ledger"])
     rounds = [e["round"] for e in ledger["events"]]
     assert rounds.count(1) == 2 * rounds.count(2) > 0  # the lost release of round 1 is counted
-    assert verify_chain(spec.run_dir / "audit.jsonl") == 2
+    recs = list(read_audit(spec.run_dir / "audit.jsonl"))  # ... and recorded, after the config record
+    assert [r["kind"] for r in recs] == ["config", "resume", "round", "round"]
+    assert recs[1]["recovered_releases"] == [1] and recs[1]["charged"]
+    assert verify_chain(spec.run_dir / "audit.jsonl") == 4
 
 
 def test_result_columns_from_metrics() -> None:

@@ -45,7 +45,7 @@ def test_outputs_and_audit_chain(tmp_path: Path) -> None:
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
-    assert verify_chain(run / "audit.jsonl") == 2
+    assert verify_chain(run / "audit.jsonl") == 3  # the config record, then one per round
     hist = json.loads((run / "partition.json").read_text())["class_histogram"]
     assert len(hist) == 4 and sum(map(sum, hist)) > 0
     cfg = json.loads((run / "config.json").read_text())
@@ -62,7 +62,7 @@ def test_resume_continues_identically(tmp_path: Path) -> None:
     second.run()
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(second.history) == strip(full)
-    assert verify_chain(tmp_path / "r" / "audit.jsonl") == 3
+    assert verify_chain(tmp_path / "r" / "audit.jsonl") == 5  # config, rounds 1-2, the resume, round 3
 
 
 @pytest.mark.cuda

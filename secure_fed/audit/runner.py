@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from secure_fed.errors import AuditFailed, ConfigError
+from secure_fed.run.evidence import check_evidence
 from secure_fed.run.rundir import RESULTS_NAME, atomic_write_bytes, read_audit_results
 
 FORMAT = 1
@@ -213,6 +214,7 @@ def run_audits(
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not (run_dir / "config.json").is_file():
         raise ConfigError(f"RUN_DIR: {run_dir} is not a run folder (no config.json)")
+    check_evidence(run_dir)  # a run whose chain, config.json or epsilons do not hold together is not audited
     if seed is not None and (not isinstance(seed, int) or seed < 0):
         raise ConfigError(f"--seed: must be an integer >= 0 (got {seed!r})")
     if not isinstance(shadow_runs, int) or shadow_runs < 0:

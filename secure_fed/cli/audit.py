@@ -4,7 +4,9 @@ Runs the audits named by ``--which`` on the run folder, writes every result (sum
 plots and raw scores) to ``RUN_DIR/audit_results.json``, re-renders ``RUN_DIR/report.html``
 with an "Empirical privacy audits" section, and prints one line per audit. Exit status: 0
 when no audit failed; 1 when an audit's check failed (the results and the report are still
-written; a one-line message on stderr says which and why); 2 for bad input (not a run
+written; a one-line message on stderr says which and why) or the run's evidence does not hold
+(its audit chain does not verify, config.json is not the one the chain recorded, or a recorded
+epsilon disagrees with its ledger events: nothing is audited); 2 for bad input (not a run
 folder, unknown or unavailable audit, bad option values).
 """
 
@@ -93,6 +95,7 @@ def _options(args: argparse.Namespace, names: list[str]) -> dict[str, dict[str, 
 def run(args: argparse.Namespace) -> int:
     """Run the audits; 0 all passed or measured, 1 an audit failed, 2 bad input."""
     from secure_fed.audit.runner import RESULTS_NAME, parse_which, run_audits
+    from secure_fed.run.evidence import AuditChainError, EvidenceError
 
     try:
         names = parse_which(args.which)
@@ -100,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
                              options=_options(args, names), progress=not args.quiet, log=print)
     except AuditFailed as exc:
         print(f"audit: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except (AuditChainError, EvidenceError) as exc:
+        print(f"audit: refused: {exc}", file=sys.stderr)
         return 1
     except (ConfigError, OSError) as exc:
         print(f"audit: error: {exc}", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 Subcommands, one module each in this package: ``train`` (the default when no subcommand is
 given), ``simulate`` (the secure aggregation protocol alone), ``budget`` (privacy accounting
-for a plan), ``report``, ``audit`` and ``sweep``. Each module registers its flags and runs
+for a plan), ``report``, ``audit`` and ``sweep``. A fault (bad value, unreadable or unwritable
+file, another process writing the run folder) ends in one line on stderr naming the file or
+flag and exit status 2, never a traceback; ``--debug`` (before the subcommand) re-raises it. Each module registers its flags and runs
 its command; heavy libraries (torch training, matplotlib, Ray) are imported when a command
 runs, not when the parser is built. Every flag is in
 ``--help`` with its default; a bad value exits with status 2 and a one-line message that
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="secure_fed: DP-noised, securely aggregated FedHPro. With no subcommand, runs `train` with its defaults.",
         formatter_class=_Formatter,
     )
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     for name, (module, helptext) in COMMANDS.items():
         module.add_arguments(sub.add_parser(name, help=helptext, formatter_class=_Formatter))
@@ -64,14 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
-        argv = ["train", *argv]
+    debug = bool(argv) and argv[0] == "--debug"
+    rest = argv[1:] if debug else argv
+    if not rest or (rest[0].startswith("-") and rest[0] not in ("-h", "--help")):
+        argv = [*(["--debug"] if debug else []), "train", *rest]
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error("give a subcommand (train, simulate, budget, report, audit, sweep)")
     try:
         return int(COMMANDS[args.command][0].run(args))
     except SecureFedError as exc:
+        if args.debug:
+            raise
         print(f"run_secure.py: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if args.debug:
+            raise
+        where = exc.filename if exc.filename is not None else "a file"
+        print(f"run_secure.py: error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("run_secure.py: interrupted; the last complete round is checkpointed (use --resume)", file=sys.stderr)

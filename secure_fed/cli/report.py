@@ -2,8 +2,9 @@
 
 Runs on the operator's side from the run folder's ``config.json`` and ``audit.jsonl``
 alone. Prints the report path and ``audit chain: OK (N records)``. Exit status: 0 when the
-chain verifies; 1 when it does not (the report is still written and shows the failure; a
-one-line message on stderr names the first record that does not chain); 2 when the folder,
+chain verifies, config.json is the one its first record hashes and every recorded epsilon is
+what the run's accountants give for the ledger events in the chain; 1 when not (the report is
+still written and shows the failure; a one-line message on stderr names the record); 2 when the folder,
 ``config.json`` or ``audit.jsonl`` is missing or config.json is unreadable.
 """
 
@@ -35,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {out.path}")
     if not out.chain.ok:
         print(f"report: audit chain BROKEN: {out.chain.message}", file=sys.stderr)
+        return 1
+    if out.evidence is not None and not out.evidence.ok:
+        print(f"report: evidence FAILED: {out.evidence.message}", file=sys.stderr)
         return 1
     print(f"audit chain: {out.chain.message}")
     return 0

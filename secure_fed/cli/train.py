@@ -7,9 +7,8 @@ trainer and the report are imported only when a run starts.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
+from typing import Any
 
 from secure_fed.config import (
     ACCOUNTANTS,
@@ -24,7 +23,18 @@ from secure_fed.config import (
     SECAGG_MODES,
     TrainConfig,
 )
+from secure_fed.errors import ConfigError
 from secure_fed.executor import add_arguments as add_executor_arguments
+
+
+class _Given(argparse.Action):
+    """Stores the value and records that the flag was given (``args.<dest>_given``): --resume
+    tells an explicit --rounds N (extend the run) from the default."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("federated training")
     g.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm, help="FedHPro or a baseline in the same harness")
     g.add_argument("--cohort", type=int, default=d.cohort, help="clients per round (sampled without replacement)")
-    g.add_argument("--rounds", type=int, default=d.rounds, help="communication rounds")
+    g.add_argument("--rounds", type=int, default=d.rounds, action=_Given,
+                   help="communication rounds; with --resume, the new total: extends the run")
     g.add_argument("--local-epochs", type=int, default=d.local_epochs, help="local epochs per round")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="local minibatch size")
     g.add_argument("--lr", type=float, default=d.lr, help="local SGD learning rate")
@@ -98,29 +109,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=d.seed, help="seed of data split, model init, cohort sampling and local shuffles")
     g.add_argument("--out", default=d.out, help="folder under which runs/<run-id>/ is created")
     g.add_argument("--run-id", default=d.run_id, help="name of the run folder (default: time-algorithm-seed)")
-    g.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR after its last complete round (its config.json wins)")
+    g.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue RUN_DIR after its last complete round (its config.json wins: a flag that "
+                        "conflicts with it is refused; --rounds N extends the run to N rounds in total)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     add_executor_arguments(p.add_argument_group("executor"))
 
 
 
+RESUME_KEEPS = ("executor", "ray_address", "workers", "server_workers", "data_root", "download")
+"""Flags a resume may change: where the work runs and where the data lies do not change a run's numbers."""
+RESUME_IGNORES = ("out", "run_id")
+
+
+def conflicting_flags(args: argparse.Namespace, saved: TrainConfig) -> list[str]:
+    """Flags given with --resume (values other than their defaults) that differ from the saved config."""
+    d = TrainConfig()
+    out = []
+    for name in TrainConfig.__dataclass_fields__:
+        if name in RESUME_KEEPS or name in RESUME_IGNORES or name == "rounds" or not hasattr(args, name):
+            continue
+        given = getattr(args, name)
+        if given != getattr(d, name) and given != getattr(saved, name):
+            out.append(f"--{name.replace('_', '-')} {given} (the run has {getattr(saved, name)})")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Train (or resume ``--resume RUN_DIR``), then render the run's report; 0 when done."""
+    from secure_fed.run.rundir import load_config
     from secure_fed.run.trainer import Trainer
 
     if args.resume:
         run_dir = Path(args.resume)
-        cfg_path = run_dir / "config.json"
-        if not (run_dir / "checkpoint.pt").exists() or not cfg_path.exists():
-            print(f"run_secure.py: error: --resume: {run_dir} has no config.json and checkpoint.pt to resume from", file=sys.stderr)
-            return 2
-        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
-        # where the work runs does not change a run's numbers: the resuming command decides
-        cfg = cfg.replace(executor=args.executor, ray_address=args.ray_address, workers=args.workers,
-                          server_workers=args.server_workers)
+        if not (run_dir / "checkpoint.pt").exists() or not (run_dir / "config.json").exists():
+            raise ConfigError(f"--resume: {run_dir} has no config.json and checkpoint.pt to resume from")
+        cfg, _ = load_config(run_dir)
+        if conflicts := conflicting_flags(args, cfg):
+            raise ConfigError("--resume: the run's config.json wins; these flags conflict with it: " + "; ".join(conflicts)
+                              + " (drop them, or start a new run)")
+        changes = {k: getattr(args, k) for k in RESUME_KEEPS}
+        if getattr(args, "rounds_given", False):
+            changes["rounds"] = args.rounds  # --rounds N on resume: the new total
+        cfg = cfg.replace(**changes)
+        cfg.validate()
         trainer = Trainer(cfg, progress=not args.quiet, run_dir=run_dir)
-        trainer.resume_from(run_dir)
+        try:
+            trainer.resume_from(run_dir)
+        except BaseException:
+            trainer.close()
+            raise
     else:
         keys = set(TrainConfig.__dataclass_fields__)
         cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
@@ -128,12 +166,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"run folder: {trainer.run_dir}", flush=True)
     try:
         trainer.run()
+        if trainer.run_dir is not None:
+            from secure_fed.report.html import render_report
+
+            render_report(trainer.run_dir)
     finally:
         trainer.close()
-    if trainer.run_dir is not None:
-        from secure_fed.report.html import render_report
-
-        render_report(trainer.run_dir)
     done = [r for r in trainer.history if not r.get("aborted")]
     if done:
         final = done[-1]

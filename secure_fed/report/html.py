@@ -92,6 +92,10 @@ def summary_section(run: RunData) -> str:
         banners = (f"<div class='bad' role='alert'><strong>Audit chain verification FAILED: "
                    f"{esc(run.chain.message)}.</strong> Everything below comes from an "
                    f"unverified log.</div>") + banners
+    elif run.evidence is not None and not run.evidence.ok:
+        banners = (f"<div class='bad' role='alert'><strong>Evidence check FAILED: "
+                   f"{esc(run.evidence.message)}.</strong> The chain verifies, but its records do not "
+                   f"hold together: the epsilon and configuration below are not trustworthy.</div>") + banners
     return f"<header><h1>Audit report: {esc(run.name)}</h1>{banners}{kv_table(rows)}</header>"
 
 
@@ -448,7 +452,7 @@ def round_row(rec: dict[str, Any]) -> str:
     eps = "<br>".join(f"{esc(a)} {fmt(e)}" for a, e in epsilons(rec).items()) or "&ndash;"
     digest = rec.get("aggregate_sha256")
     cells = [
-        fmt(rec.get("round")), fmt(rec.get("aggregator")),
+        fmt(rec.get("round")) + (" (re-run)" if rec.get("rerun") is True else ""), fmt(rec.get("aggregator")),
         fmt(len(_list(rec.get("cohort"))) if "cohort" in rec else None), fmt(summed(rec)),
         ids(rec.get("dropped")), fmt(rec.get("threshold")), eps,
         fmt(_num(rec.get("accuracy"))), fmt(_num(rec.get("loss"))), *hp_cells(rec),
@@ -470,13 +474,44 @@ def rounds_section(run: RunData) -> str:
              for s in run.stops]
     if not rows:
         return _section("rounds", "Rounds", "<p class='missing'>No rounds recorded.</p>")
-    legend = ("<p class='note'>summed: clients whose inputs are in the sum (last stage); "
+    legend = ("<p class='note'>summed: clients whose inputs are in the sum (the record's summed list); "
+              "re-run: the round was run again after a crash (see Resumes); "
               "hp matched: FedHPro classes whose release cleared the gate and were matched "
               "that round; matching loss: mean 1 - cos over them; hp movement: |P_new - P_old| / |P_old|; "
               "epsilon: max over clients per accountant; events: privacy ledger events added "
               "that round; up/down total: all clients, all stages.</p>")
     table = f"<div class='scroll'><table class='grid'><tr>{head}</tr>{''.join(rows)}</table></div>"
     return _section("rounds", "Rounds", legend + table)
+
+
+def resumes_section(run: RunData) -> str:
+    """Every resume of the run, as the chain recorded it (what it re-ran, recovered and charged)."""
+    if not run.resumes:
+        return _section("resumes", "Resumes", "<p>The run was never resumed.</p>")
+    head = "".join(f"<th scope='col'>{c}</th>" for c in (
+        "after round", "re-run rounds", "releases recovered from the journal", "events charged",
+        "events uncharged", "rounds extended", "&epsilon; after"))
+    rows = []
+    for r in run.resumes:
+        eps = "<br>".join(f"{esc(a)} {fmt(e)}" for a, e in epsilons(r).items()) or "&ndash;"
+        ext = _dict(r.get("extended_rounds"))
+        cells = [fmt(r.get("from_round")), ids(r.get("rerun_rounds")), ids(r.get("recovered_releases")),
+                 fmt(len(_list(r.get("charged")))), fmt(len(_list(r.get("uncharged")))),
+                 f"{fmt(ext.get('from'))} &rarr; {fmt(ext.get('to'))}" if ext else "&ndash;", eps]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    legend = ("<p class='note'>A hardened release interrupted before its checkpoint spent privacy with noise "
+              "that is not drawn again: it is charged here (events charged). A reproducible re-run redraws "
+              "the identical release, so the earlier record's events are uncharged and it counts once.</p>")
+    return _section("resumes", "Resumes", legend + f"<table class='grid'><tr>{head}</tr>{''.join(rows)}</table>")
+
+
+OUTPUTS_NOTE = (
+    "<p>Differentially private: what reached the server (the noised, securely summed uploads) and "
+    "everything computed from it: the global model (model.pt), the accuracy and epsilon in audit.jsonl "
+    "and this report's figures. Operator-only, not covered by the guarantee: partition.json (each "
+    "client's exact class histogram), metrics.json (raw training loss and personalized accuracy, "
+    "measured on the clients' data by the harness) and checkpoint.pt (the server state and the "
+    "history with those values). Do not publish them as outputs of the DP run.</p>")
 
 
 def stop_section(run: RunData) -> str:
@@ -502,6 +537,11 @@ def chain_section(run: RunData) -> str:
         res = (f"<p class='bad'><strong>Audit chain: FAILED.</strong> {esc(ch.message)}. "
                f"A record that does not chain to the previous one means the previous record "
                f"was edited, or records were removed, inserted or reordered there.</p>")
+    ev = run.evidence
+    if ev is not None:
+        res += ("<p class='ok'>Evidence: config.json is the one the chain recorded and every recorded "
+                "&epsilon; re-derives from the chain's ledger events.</p>" if ev.ok else
+                f"<p class='bad'><strong>Evidence: FAILED.</strong> {esc(ev.message)}.</p>")
     rows = [("chain head (SHA-256 of the last record)", ch.head),
             ("round records", len(run.rounds)), ("stop records", len(run.stops)),
             ("other or unreadable lines (ignored)", run.ignored)]
@@ -543,7 +583,8 @@ def render_html(run: RunData) -> str:
     body = "".join([
         summary_section(run), privacy_section(run), audits_section(run), threat_section(run),
         plots_section(run),
-        stop_section(run), rounds_section(run), environment_section(run), chain_section(run),
+        stop_section(run), rounds_section(run), resumes_section(run),
+        _section("outputs", "Which outputs are private", OUTPUTS_NOTE), environment_section(run), chain_section(run),
         config_section(run),
     ])
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -559,6 +600,7 @@ class Rendered:
 
     path: Path
     chain: ChainStatus
+    evidence: ChainStatus | None = None
 
 
 def render(run_dir: Path) -> Rendered:
@@ -570,7 +612,7 @@ def render(run_dir: Path) -> Rendered:
     run = load_run(Path(run_dir))
     out = Path(run_dir) / REPORT_NAME
     atomic_write_bytes(out, render_html(run).encode("utf-8"))
-    return Rendered(out, run.chain)
+    return Rendered(out, run.chain, run.evidence)
 
 
 def render_report(run_dir: Path) -> Path:

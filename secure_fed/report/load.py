@@ -48,6 +48,8 @@ class RunData:
     ignored: int  # lines that are not JSON objects of kind round/stop
     chain: ChainStatus
     audits: dict[str, Any] | None = None  # audit_results.json; {"error": ...} if unreadable
+    resumes: tuple[dict[str, Any], ...] = ()  # resume records, in chain order
+    evidence: ChainStatus | None = None  # config.json hash and every epsilon re-derived (None: chain broken)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -95,6 +97,25 @@ def check_chain(path: Path, records: Sequence[dict[str, Any]]) -> ChainStatus:
     return ChainStatus(True, n, f"OK ({n} records)", head)
 
 
+def check_evidence(run_dir: Path, records: list[dict[str, Any]], config: dict[str, Any], chain: ChainStatus) -> ChainStatus | None:
+    """For a verified chain: failed when config.json is not the one the chain recorded or a
+    recorded epsilon is not what the run's accountants give for the chain's ledger events."""
+    from secure_fed.run.evidence import EvidenceError, check_config_hash, check_epsilons
+
+    if not chain.ok:
+        return None
+    try:
+        check_config_hash(run_dir, records)
+        delta = _num(config.get("delta"))
+        if any(r.get("epsilon") is not None for r in records):
+            if delta is None:
+                raise EvidenceError("config.json has no numeric delta to re-derive epsilon at")
+            check_epsilons(records, delta)
+    except (EvidenceError, ConfigError) as exc:
+        return ChainStatus(False, chain.records, str(exc).replace(str(run_dir) + "/", ""), chain.head)
+    return chain
+
+
 def _kind(rec: dict[str, Any]) -> str | None:
     kind = rec.get("kind")
     if kind is None and "round" in rec:  # records written before ``kind`` existed
@@ -115,11 +136,14 @@ def load_run(run_dir: Path) -> RunData:
     audit = run_dir / "audit.jsonl"
     records, bad = _read_records(audit)
     chain = check_chain(audit, records)
+    evidence = check_evidence(run_dir, records, config, chain)
     rounds = [r for r in records if _kind(r) == "round"]
     stops = [r for r in records if _kind(r) == "stop"]
-    ignored = bad + len(records) - len(rounds) - len(stops)
+    resumes = tuple(r for r in records if _kind(r) == "resume")
+    configs = [r for r in records if _kind(r) == "config"]
+    ignored = bad + len(records) - len(rounds) - len(stops) - len(resumes) - len(configs)
     return RunData(run_dir.resolve().name, config, rounds, stops, ignored, chain,
-                   _read_audits(run_dir / RESULTS_NAME))
+                   _read_audits(run_dir / RESULTS_NAME), resumes, evidence)
 
 
 def _read_audits(path: Path) -> dict[str, Any] | None:
@@ -167,7 +191,10 @@ def stage_order(names: Iterable[str]) -> list[str]:
 
 
 def summed(rec: dict[str, Any]) -> int | None:
-    """Number of clients at the last recorded stage (those whose inputs are in the sum)."""
+    """Number of clients whose inputs are in the sum: the record's ``summed`` list (a client
+    that dropped after uploading is still in the sum), else the last recorded stage."""
+    if isinstance(rec.get("summed"), list):
+        return len(rec["summed"])
     s = survivors(rec)
     if not s:
         return None

@@ -121,7 +121,11 @@ def execute_run(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
     resumable = (folder / "checkpoint.pt").exists() and _same_config(folder, cfg)
     if resumable:
         trainer = Trainer(cfg, progress=False, log=lambda s: None, run_dir=folder)
-        trainer.resume_from(folder)
+        try:
+            trainer.resume_from(folder)
+        except BaseException:
+            trainer.close()
+            raise
         action = "resumed"
     else:
         # Nothing was checkpointed (killed before its first round completed), or the folder
@@ -142,8 +146,11 @@ def execute_run(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
         trainer = Trainer(cfg, progress=False, log=lambda s: None, run_dir=folder)
         if keep:  # the trainer's own recovery, as resume_from does it (0 rounds complete)
             trainer.recover_interrupted_releases(folder, 0)
-    metrics = trainer.run()
-    render_report(folder)
+    try:
+        metrics = trainer.run()
+        render_report(folder)
+    finally:
+        trainer.close()  # the run folder's lock, also when the run failed
     result = _result(cfg, metrics, time.perf_counter() - t0)
     write_json(folder / MARKER, {"result": result, "action": action})
     return {"action": action, "result": result}

@@ -68,10 +68,14 @@ from secure_fed.fl.server import Broadcast, FedServer
 from secure_fed.privacy.noise import NoisePlan, RunPrivacy, SgdPlan, share_factor
 from secure_fed.privacy.upload import UploadSpec
 from secure_fed.run.records import RoundRecord, StopRecord, round_line
+from secure_fed.run.resume import record_restart, resume
 from secure_fed.run.rundir import (
     JOURNAL,
     AuditLog,
+    RunLock,
     append_journal,
+    environment,
+    file_sha256,
     make_run_dir,
     read_journal,
     save_torch,
@@ -83,20 +87,6 @@ CLIENT_ROUNDS: dict[str, ClientRound] = {
     "fedavg": fedavg_client_round,
     "fedproto": fedproto_client_round,
 }
-
-
-def environment(device: torch.device) -> dict[str, str]:
-    """Versions that determine a run's numbers (written into config.json)."""
-    import platform
-
-    import cryptography
-    import opacus
-
-    return {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "torch": torch.__version__, "opacus": opacus.__version__, "numpy": np.__version__,
-        "cryptography": cryptography.__version__, "device": str(device),
-    }
 
 
 class Trainer:
@@ -131,6 +121,10 @@ class Trainer:
         self.test_x = to_device(self.data.test_x, self.device)
         self.test_y = to_device(self.data.test_y, self.device)
         self.spec = UploadSpec(cfg.dp, cfg.clip, int(labels.shape[0]))
+        if cfg.dp != "off" and cfg.delta > 1.0 / labels.shape[0]:
+            self.log(f"warning: --delta {cfg.delta:g} is above 1/n = 1/{labels.shape[0]} training samples: "
+                     "a mechanism that publishes one random sample outright meets (epsilon, delta) at that delta; "
+                     f"use a delta well below {1.0 / labels.shape[0]:.3g}")
 
         torch.manual_seed(cfg.seed)
         model = to_device(build_model(cfg.dataset, self.num_classes, self.data.input_shape, cfg.feature_dim), self.device)
@@ -160,10 +154,17 @@ class Trainer:
         self.start_round = 1
         self.stopped: StopRecord | None = None
         self.interrupted_releases: list[int] = []
+        self.rerun_rounds: set[int] = set()  # rounds with a record that a resume re-runs
         self.run_dir: Path | None = None
         self.audit: AuditLog | None = None
+        self.lock: RunLock | None = None
+        self._planned_noise: float | None = None
         if write_outputs:
-            self.run_dir = run_dir or make_run_dir(cfg.out, cfg.run_id, cfg.algorithm, cfg.seed)
+            if run_dir is None:  # a fresh run: plan before the folder exists, so a refused plan leaves none
+                self._planned_noise = self.plan_noise()
+                self.run_dir, self.lock = make_run_dir(cfg.out, cfg.run_id, cfg.algorithm, cfg.seed)
+            else:
+                self.run_dir, self.lock = run_dir, RunLock(run_dir)
             self.audit = AuditLog(self.run_dir / "audit.jsonl")
 
     # -- construction -----------------------------------------------------------------------
@@ -224,10 +225,12 @@ class Trainer:
         return self._setup[2]
 
     def close(self) -> None:
-        """Release the executor's workers (a local Ray instance is shut down)."""
+        """Release the executor's workers (a local Ray instance is shut down) and the run folder's lock."""
         if self.executor is not None:
             self.executor.close()
             self.executor, self.remote = None, None
+        if self.lock is not None:
+            self.lock.release()
 
     def plan_noise(self) -> float:
         """The noise multiplier: given, or the smallest that keeps the planned run within
@@ -263,6 +266,10 @@ class Trainer:
         plan = self.noise_plan
         cfg["noise_plan"] = None if plan is None else dataclasses.asdict(plan)
         write_json(self.run_dir / "config.json", cfg)
+        if self.audit is not None and not self.audit.records:  # the chain starts from this config.json
+            self.audit.append({"kind": "config", "config_sha256": file_sha256(self.run_dir / "config.json")})
+            if self.interrupted_releases:  # a restart that charged releases made before its first checkpoint
+                record_restart(self)
         write_json(
             self.run_dir / "partition.json",
             {
@@ -294,20 +301,8 @@ class Trainer:
         write_json(self.run_dir / "metrics.json", self.metrics())
 
     def resume_from(self, run_dir: Path) -> None:
-        """Continue a run after its last complete (checkpointed) round."""
-        state = torch.load(run_dir / "checkpoint.pt", map_location=self.device, weights_only=False)
-        self.server.load_state_dict(state["server"])
-        gen = getattr(self.server, "generator", None)
-        if gen is not None and state["server_generator"] is not None:
-            gen.set_state(state["server_generator"])
-        self.history = list(state["history"])
-        self.ledger = PrivacyLedger.from_json(state["ledger"])
-        self.stopped = state.get("stopped")
-        self.set_noise(float(state["noise_multiplier"]))
-        self.recover_interrupted_releases(run_dir, int(state["round"]))
-        self.start_round = int(state["round"]) + 1
-        if self.audit is not None:
-            self.audit.truncate_to_rounds(int(state["round"]))
+        """Continue a run after its last complete (checkpointed) round (see :func:`secure_fed.run.resume.resume`)."""
+        resume(self, run_dir)
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -447,10 +442,15 @@ class Trainer:
             rec["hp"] = self.server.hp_round  # matched classes, matching loss, movement
         self.history.append(rec)
         if self.audit is not None:
-            self.audit.append({**self._audit_record(round_id, cohort, agg, stats, events, eps, acc, loss, {
+            audit = self._audit_record(round_id, cohort, agg, stats, events, eps, acc, loss, {
                 "clients_and_aggregation": t_server - t_clients, "server_update": t_eval - t_server,
                 "evaluation": t_end - t_eval, "total": t_end - t0,
-            }), **({"hp": rec["hp"]} if "hp" in rec else {})})
+            })
+            if "hp" in rec:
+                audit["hp"] = rec["hp"]
+            if round_id in self.rerun_rounds:
+                audit["rerun"] = True  # an earlier record of this round was written before a crash
+            self.audit.append(audit)
         return rec
 
     def _split_note(self) -> str:
@@ -519,8 +519,10 @@ class Trainer:
 
     def run(self, until: int | None = None) -> dict[str, Any]:
         """Run the remaining rounds (up to round ``until`` if given) and write the outputs."""
+        if self.lock is not None and not self.lock.held and self.run_dir is not None:
+            self.lock = RunLock(self.run_dir)
         if self.start_round == 1 and not self.history:
-            self.set_noise(self.plan_noise())
+            self.set_noise(self._planned_noise if self._planned_noise is not None else self.plan_noise())
             self.write_static_outputs()
             if self.privacy is not None:
                 self.log(f"DP {self.cfg.dp}-level, {self.cfg.mechanism} noise ({self.cfg.noise_placement}), "
@@ -549,4 +551,6 @@ class Trainer:
         if self.run_dir is not None:
             save_torch(self.run_dir / "model.pt", self.server.model.state_dict())
             write_json(self.run_dir / "metrics.json", self.metrics())
+        if self.lock is not None:  # this process is done writing the folder
+            self.lock.release()
         return self.metrics()

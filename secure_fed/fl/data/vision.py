@@ -60,9 +60,11 @@ def load_vision(
     try:
         train = cls(root, train=True, download=download)
         test = cls(root, train=False, download=download)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError, AssertionError, KeyError, IndexError, TypeError, EOFError) as exc:
+        # torchvision asserts on an IDX header it does not recognise (random or truncated bytes)
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else f"{type(exc).__name__}: not a valid {name} file"
         raise ConfigError(
-            f"dataset {name!r} could not be read from --data-root {root}: {exc}. "
+            f"dataset {name!r} could not be read from --data-root {root}: {why}. "
             f"Expected {_expected_layout(cls, root)}"
         ) from exc
     return _to_raw(train), _to_raw(test)
