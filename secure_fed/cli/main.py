@@ -12,6 +12,8 @@ names the flag.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -69,10 +71,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(COMMANDS[args.command][0].run(args))
+        status = int(COMMANDS[args.command][0].run(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        return _stdout_closed()
     except SecureFedError as exc:
         print(f"run_secure.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("run_secure.py: interrupted; the last complete round is checkpointed (use --resume)", file=sys.stderr)
         return 130
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``... | head -1``): stop quietly, as a killed-by-SIGPIPE
+    command would (status 128 + SIGPIPE), with no traceback from the final flush either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in a test)
+        pass
+    return 128 + int(getattr(signal, "SIGPIPE", 13))
