@@ -14,8 +14,10 @@ Three forms (chosen by the flags given):
 With ``--accountant prv`` the PRV accountant is run and its answer checked: if it raises
 or returns anything but a finite epsilon >= 0 (noise 0.6, rate 1, 1000 steps returns
 inf), the output starts with one line saying that PRV failed for this plan and why, and
-the RDP result follows, labelled ``rdp``. ``--json`` prints one machine-readable object
-instead of text (``accountant`` is the one used, ``note`` the failure, else null).
+the RDP result follows, labelled ``rdp``. Forms (a) and (b) print one line; form (c) a
+table of the plan (in train's terms) and one of epsilon after each round. ``--json``
+prints one machine-readable object instead (``accountant`` is the one used, ``note`` the
+failure, else null). Errors: exit status 2 and one line on stderr, prefixed as argparse's.
 """
 
 from __future__ import annotations
