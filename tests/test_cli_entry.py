@@ -84,3 +84,17 @@ def test_a_closed_stdout_ends_quietly(argv: tuple[str, ...]) -> None:
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert err == "", err
     assert rc == 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
+
+
+def test_a_broken_pipe_of_the_command_itself_is_not_swallowed(monkeypatch: pytest.MonkeyPatch,
+                                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """Only a closed stdout ends quietly: stdout here is open (a file), so the error is
+    the command's own (e.g. a dead worker process) and must surface."""
+    from secure_fed.cli.main import main
+
+    def broken(args: object) -> int:
+        raise BrokenPipeError("a worker's pipe")
+
+    monkeypatch.setattr("secure_fed.cli.simulate.run", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["simulate"])

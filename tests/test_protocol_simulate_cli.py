@@ -62,7 +62,7 @@ def test_memory_is_traced_only_on_request(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(simulate_cli, "simulate", spy)
     assert simulate_cli.run(_args("--clients", "5", "--length", "3", "--quiet")) == 0
-    assert "not traced: --memory" in capsys.readouterr().out
+    assert "peak not traced; see --memory" in capsys.readouterr().out
     assert simulate_cli.run(_args("--clients", "5", "--length", "3", "--quiet", "--memory")) == 0
     out = capsys.readouterr().out
     assert "peak server MiB (tracemalloc)" in out and "not traced" not in out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import sys
 from collections.abc import Sequence
@@ -75,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return status
     except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a pipe of the command's own (a worker process, Ray), not the user's
         return _stdout_closed()
     except SecureFedError as exc:
         print(f"run_secure.py: error: {exc}", file=sys.stderr)
@@ -82,6 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("run_secure.py: interrupted; the last complete round is checkpointed (use --resume)", file=sys.stderr)
         return 130
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or stdout without a descriptor
+        return True
 
 
 def _stdout_closed() -> int:

@@ -3,7 +3,8 @@
 Runs one seeded SecAgg / SecAgg+ round (every message encoded and decoded as bytes) with
 the clients in this process (``--executor local``) or in Ray actors (``--executor ray``;
 the server stays here either way), shows a progress bar while clients work, prints a
-per-stage table (client median seconds, server seconds, bytes up/down, peak server memory)
+per-stage table (client median seconds, server seconds, bytes up/down, server memory: its
+peak under tracemalloc with ``--memory``, else its resident state)
 and compares the unmasked sum with the plaintext sum of the summed clients' inputs. Exit
 status: 0 on a match, 1 on a mismatch, 3 if the round aborted (fewer than t survivors), 2
 for a bad flag value.
@@ -48,9 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unauthenticated", dest="authenticated", action="store_false",
                         help=argparse.SUPPRESS)  # deprecated spelling of --no-authenticated
     parser.add_argument("--memory", action="store_true",
-                        help="trace the server's peak memory with tracemalloc (slows the server "
-                             "several times; without it the table's memory column counts "
-                             "resident state only)")
+                        help="trace the server's peak memory with tracemalloc (slows the server; "
+                             "without it the table's memory column counts resident state only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_executor_arguments(parser)
 
@@ -83,7 +83,7 @@ def _mib(n: int) -> str:
 
 
 MEMORY_COLUMNS = {True: "peak server MiB (tracemalloc)",
-                  False: "server resident MiB (not traced: --memory)"}
+                  False: "server resident MiB (peak not traced; see --memory)"}
 """Header of the memory column, by whether tracemalloc traced the round."""
 
 
