@@ -114,7 +114,7 @@ def run_one(workers: int, clients: int, length: int, dropout: float, seed: int) 
         "server_estimated_peak_bytes": max(s.server_peak_bytes for s in res.stages),
         "server_seconds": sum(s.server_seconds for s in res.stages),
         "worker_peak_rss_bytes": worker_rss, "worker_cpu_seconds": worker_cpu,
-        "server_cpu_seconds": _cpu_self() - cpu0, "table": format_table(res),
+        "server_cpu_seconds": _cpu_self() - cpu0, "table": format_table(res, traced=False),
         "key_download_per_client": {s.stage: s.total_down / clients for s in res.stages
                                     if s.stage in KEY_STAGES},
     }

@@ -24,8 +24,10 @@ Three forms (chosen by the flags given):
 With ``--accountant prv`` the PRV accountant is run and its answer checked: if it raises
 or returns anything but a finite epsilon >= 0 (noise 0.6, rate 1, 1000 steps returns
 inf), the output starts with one line saying that PRV failed for this plan and why, and
-the RDP result follows, labelled ``rdp``. ``--json`` prints one machine-readable object
-instead of text (``accountant`` is the one used, ``note`` the failure, else null).
+the RDP result follows, labelled ``rdp``. Forms (a) and (b) print one line; form (c) a
+table of the plan (in train's terms) and one of epsilon after each round. ``--json``
+prints one machine-readable object instead (``accountant`` is the one used, ``note`` the
+failure, else null). Errors: exit status 2 and one line on stderr, prefixed as argparse's.
 """
 
 from __future__ import annotations
@@ -35,13 +37,21 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from dp.accountants import epsilon_with_fallback
 from dp.errors import SecureFedError
 from dp.events import Event, GaussianEvent, event_to_dict
-from dp.planning import RunPlan, epsilon_per_round, noise_for_plan, noise_for_target, plan_events
 from secure_fed.config import DEFAULT_RELEASE_NOISE_RATIO, default_release_ratio
+
+if TYPE_CHECKING:
+    from dp.planning import RunPlan
+
+# dp.accountants and dp.planning load Opacus (and with it torch): they are imported where a
+# budget is computed, so that building the parser of any subcommand stays light.
+
+
+ERROR_PREFIX = "run_secure.py budget: error: "
+"""What every ``budget`` error line starts with (argparse's own errors read the same)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +92,8 @@ def _gaussian_events(z: float, q: float, steps: int) -> list[Event]:
 
 
 def _epsilon(events: list[Event], delta: float, accountant: str) -> dict[str, Any]:
+    from dp.accountants import epsilon_with_fallback
+
     eps, used, note = epsilon_with_fallback(events, delta, accountant)
     return {"epsilon": eps, "accountant": used, "requested_accountant": accountant,
             "note": note}
@@ -94,6 +106,9 @@ def _noise(make: Any, target: float, delta: float, accountant: str) -> dict[str,
     (:func:`dp.planning.noise_for_all`), so what to report is decided at the answer: if
     the requested accountant fails there, the noise is RDP's and the note says why.
     """
+    from dp.accountants import epsilon_with_fallback
+    from dp.planning import noise_for_target
+
     z = noise_for_target(make, target, delta, accountant)
     _, used, note = epsilon_with_fallback(make(z), delta, accountant)
     return {"noise_multiplier": z, "accountant": used, "requested_accountant": accountant,
@@ -104,7 +119,7 @@ def _need(args: argparse.Namespace, *names: str) -> None:
     missing = [n for n in names if getattr(args, n) is None]
     if missing:
         flags = ", ".join("--" + n.replace("_", "-") for n in missing)
-        raise SecureFedError(f"budget: this form also needs {flags}")
+        raise SecureFedError(f"this form also needs {flags}")
 
 
 def _form_ab(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,9 +137,11 @@ def _form_ab(args: argparse.Namespace) -> dict[str, Any]:
 
 def plan_from_args(args: argparse.Namespace) -> RunPlan:
     """The :class:`RunPlan` the ``train`` flags describe (DP-SGD rate as Opacus: 1/ceil(n/B))."""
+    from dp.planning import RunPlan
+
     cohort = args.cohort if args.cohort is not None else args.clients
     if args.clients < 1 or not 1 <= cohort <= args.clients:
-        raise SecureFedError("budget: need 1 <= --cohort <= --clients")
+        raise SecureFedError(f"--cohort: need 1 <= --cohort <= --clients (got --cohort {cohort}, --clients {args.clients})")
     local_steps, local_rate = 0, 1.0
     if args.samples_per_client is not None and args.local_epochs > 0:
         per_epoch = math.ceil(args.samples_per_client / args.batch_size)
@@ -140,6 +157,8 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
 
 
 def _form_c(args: argparse.Namespace) -> dict[str, Any]:
+    from dp.planning import epsilon_per_round, noise_for_plan, plan_events
+
     plan = plan_from_args(args)
     d = args.delta
     out: dict[str, Any] = {"form": "plan", "delta": d, "plan": {
@@ -242,31 +261,53 @@ def _form_d(args: argparse.Namespace) -> dict[str, Any]:
             "note": None}
 
 
-def _print_text(res: dict[str, Any]) -> None:
-    if res.get("note"):
-        print(res["note"])
+def _plan_rows(res: dict[str, Any]) -> list[tuple[str, str]]:
+    """The plan of form (c) as (quantity, value) rows, in the words of train's flags."""
+    plan, z = res["plan"], res["noise_multiplier"]
+    rows = [("rounds", str(plan["rounds"])),
+            ("participation", "every round (worst)" if plan["participation"] == "worst"
+             else "ceil(rounds * cohort / clients) rounds (expected)"),
+            ("cohort rate", f"{plan['cohort_rate']:g}"),
+            ("DP-SGD steps per round", f"{plan['local_steps_per_round']} at rate {plan['local_rate']:.6g}"
+             if plan["local_steps_per_round"] else "none"),
+            ("release rate", "none" if plan["release_rate"] is None else f"{plan['release_rate']:g}"),
+            ("release noise ratio", f"{plan['release_noise_ratio']:g}")]
+    rows.append(("noise multiplier (DP-SGD)" if plan["local_steps_per_round"] else "noise multiplier",
+                 f"{z:.6g}"))
+    if plan["release_rate"] is not None and plan["local_steps_per_round"]:
+        rows.append(("release noise multiplier", f"{z * plan['release_noise_ratio']:.6g}"))
+    if res.get("target_epsilon") is not None:
+        rows.append(("target epsilon", f"{res['target_epsilon']:g}"))
+    rows.append(("delta", f"{res['delta']:g}"))
+    return rows
+
+
+def format_text(res: dict[str, Any]) -> str:
+    """The human-readable output of ``budget`` (``--json`` prints ``res`` itself)."""
+    lines = [res["note"]] if res.get("note") else []
     if res["form"] == "epsilon":
-        print(f"epsilon = {res['epsilon']:.6g} at delta = {res['delta']:g} "
-              f"({res['accountant']}; noise {res['noise_multiplier']:g}, rate "
-              f"{res['sample_rate']:g}, {res['steps']} steps)")
+        lines.append(f"epsilon = {res['epsilon']:.6g} at delta = {res['delta']:g} "
+                     f"({res['accountant']}; noise {res['noise_multiplier']:g}, rate "
+                     f"{res['sample_rate']:g}, {res['steps']} steps)")
     elif res["form"] == "noise":
-        print(f"noise multiplier = {res['noise_multiplier']:.6g} for epsilon <= "
-              f"{res['target_epsilon']:g} at delta = {res['delta']:g} ({res['accountant']})")
+        lines.append(f"noise multiplier = {res['noise_multiplier']:.6g} for epsilon <= "
+                     f"{res['target_epsilon']:g} at delta = {res['delta']:g} ({res['accountant']})")
     elif res["form"] == "run":
-        print(f"noise multiplier = {res['noise_multiplier']:.10g} ({res['unit']}-level, {res['mechanism']} noise, "
-              f"{res['placement']}, t = {res['threshold']}; codec gamma {res['codec_gamma']})")
-        print(f"planned epsilon = {res['planned_epsilon']:.6g} at delta = {res['delta']:g} ({res['accountant']}) "
-              f"after {res['rounds']} rounds for the worst client: client {res['worst_client']}, "
-              f"{res['worst_client_samples']} samples")
+        lines.append(f"noise multiplier = {res['noise_multiplier']:.10g} ({res['unit']}-level, {res['mechanism']} noise, "
+                     f"{res['placement']}, t = {res['threshold']}; codec gamma {res['codec_gamma']})")
+        lines.append(f"planned epsilon = {res['planned_epsilon']:.6g} at delta = {res['delta']:g} ({res['accountant']}) "
+                     f"after {res['rounds']} rounds for the worst client: client {res['worst_client']}, "
+                     f"{res['worst_client_samples']} samples")
         if res.get("recorded_noise_multiplier") is not None:
-            print(f"the run recorded noise multiplier {res['recorded_noise_multiplier']:.10g}")
+            lines.append(f"the run recorded noise multiplier {res['recorded_noise_multiplier']:.10g}")
     else:
-        print(f"noise multiplier = {res['noise_multiplier']:.6g}; plan {res['plan']}")
-        print("| round | epsilon (rdp) |\n|---:|---:|")
-        for r, e in enumerate(res["epsilon_per_round_rdp"], 1):
-            print(f"| {r} | {e:.4f} |")
+        lines += ["| plan | value |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in _plan_rows(res)]
+        lines += ["", "| round | epsilon (rdp) |", "|---:|---:|"]
+        lines += [f"| {r} | {e:.4f} |" for r, e in enumerate(res["epsilon_per_round_rdp"], 1)]
         if res.get("final_epsilon_prv") is not None:
-            print(f"final epsilon (prv) = {res['final_epsilon_prv']:.4f}")
+            lines.append(f"final epsilon (prv) = {res['final_epsilon_prv']:.4f}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -279,13 +320,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             res = _form_c(args) if args.rounds is not None else _form_ab(args)
     except SecureFedError as exc:
-        print(f"budget: {exc}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(res, sort_keys=True))
-    else:
-        _print_text(res)
+    print(json.dumps(res, sort_keys=True) if args.json else format_text(res))
     return 0
 
 
-__all__ = ["add_arguments", "plan_from_args", "run"]
+__all__ = ["ERROR_PREFIX", "add_arguments", "format_text", "plan_from_args", "run"]

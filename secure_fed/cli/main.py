@@ -14,6 +14,9 @@ names the flag.
 from __future__ import annotations
 
 import argparse
+import os
+import select
+import signal
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -76,7 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.error("give a subcommand (train, simulate, budget, report, audit, sweep)")
     try:
-        return int(COMMANDS[args.command][0].run(args))
+        status = int(COMMANDS[args.command][0].run(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a pipe of the command's own (a worker process, Ray), not the user's
+        return _stdout_closed()
     except SecureFedError as exc:
         if args.debug:
             raise
@@ -91,3 +100,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("run_secure.py: interrupted; the last complete round is checkpointed (use --resume)", file=sys.stderr)
         return 130
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or stdout without a descriptor
+        return True
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``... | head -1``): stop quietly, as a killed-by-SIGPIPE
+    command would (status 128 + SIGPIPE), with no traceback from the final flush either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in a test)
+        pass
+    return 128 + int(getattr(signal, "SIGPIPE", 13))

@@ -3,7 +3,8 @@
 Runs one seeded SecAgg / SecAgg+ round (every message encoded and decoded as bytes) with
 the clients in this process (``--executor local``) or in Ray actors (``--executor ray``;
 the server stays here either way), shows a progress bar while clients work, prints a
-per-stage table (client median seconds, server seconds, bytes up/down, peak server memory)
+per-stage table (client median seconds, server seconds, bytes up/down, server memory: its
+peak under tracemalloc with ``--memory``, else its resident state)
 and compares the unmasked sum with the plaintext sum of the summed clients' inputs. Exit
 status: 0 on a match, 1 on a mismatch, 3 if the round aborted (fewer than t survivors), 2
 for a bad flag value.
@@ -36,14 +37,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=int, default=None,
                         help="t, shares needed to reconstruct (default: majority of k + 1)")
     parser.add_argument("--dropout", type=float, default=0.0,
-                        help="probability that each client drops out")
+                        help="probability that each client drops, all of them at the stage "
+                             "--dropout-stage (unlike train's --dropout, which draws each "
+                             "dropping client's stage uniformly)")
     parser.add_argument("--dropout-stage", choices=STAGES, default="masked",
                         help="stage before which dropping clients go silent")
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs, keys and dropouts")
-    parser.add_argument("--unauthenticated", action="store_true",
-                        help="no Ed25519 signatures and no consistency round")
-    parser.add_argument("--no-memory", action="store_true",
-                        help="skip tracemalloc (faster; peak memory then counts resident state only)")
+    parser.add_argument("--authenticated", action=argparse.BooleanOptionalAction, default=True,
+                        help="Ed25519-signed key advertisements and a consistency round "
+                             "(protects against an active server); as in train")
+    parser.add_argument("--unauthenticated", dest="authenticated", action="store_false",
+                        help=argparse.SUPPRESS)  # deprecated spelling of --no-authenticated
+    parser.add_argument("--memory", action="store_true",
+                        help="trace the server's peak memory with tracemalloc (slows the server; "
+                             "without it the table's memory column counts resident state only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_executor_arguments(parser)
 
@@ -75,10 +82,15 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f}"
 
 
-def format_table(result: RoundResult) -> str:
-    """Markdown table of the per-stage accounting."""
+MEMORY_COLUMNS = {True: "peak server MiB (tracemalloc)",
+                  False: "server resident MiB (peak not traced; see --memory)"}
+"""Header of the memory column, by whether tracemalloc traced the round."""
+
+
+def format_table(result: RoundResult, traced: bool = True) -> str:
+    """Markdown table of the per-stage accounting; ``traced``: tracemalloc was on."""
     lines = ["| stage | survivors | client median s | server s | bytes up | bytes down |"
-             " peak server MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
+             f" {MEMORY_COLUMNS[traced]} |", "|---|---:|---:|---:|---:|---:|---:|"]
     for s in result.stages:
         lines.append(f"| {s.stage} | {s.survivors} | {s.client_median_seconds:.4f} | "
                      f"{s.server_seconds:.4f} | {s.total_up:,} | {s.total_down:,} | "
@@ -95,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         sim: SimulationResult = simulate(
             args.clients, args.length, args.bits, args.graph, args.neighbors, args.threshold,
-            args.dropout, args.dropout_stage, args.seed, not args.unauthenticated,
-            progress=update, trace_memory=not args.no_memory,
+            args.dropout, args.dropout_stage, args.seed, args.authenticated,
+            progress=update, trace_memory=args.memory,
             pool_factory=executor.simulation_pool_factory(), server_workers=args.server_workers)
     except ProtocolAbort as exc:
         close()
@@ -106,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         executor.close()
     close()
     res = sim.result
-    print(format_table(res))
+    print(format_table(res, traced=args.memory))
     print(f"summed {len(res.summed)} of {args.clients} clients; dropped {len(res.dropped)}")
     if sim.ok:
         print(f"OK: the unmasked sum equals the plaintext sum mod 2^{args.bits}")
