@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from secure_fed.report.audits import audits_section
 from secure_fed.report.load import (
     REPORT_NAME,
     UNITS,
@@ -35,16 +36,13 @@ from secure_fed.report.load import (
     load_run,
     summed,
 )
-from secure_fed.report.plots import plot_audit, plots
+from secure_fed.report.plots import plots
 from secure_fed.report.text import esc, fmt, fmt_bytes, ids, kv_table
+from secure_fed.report.text import section as _section
 from secure_fed.run.rundir import atomic_write_bytes
 
 
 # -- sections --------------------------------------------------------------------------------
-def _section(sid: str, title: str, body: str) -> str:
-    return f"<section id='{sid}'><h2>{esc(title)}</h2>{body}</section>"
-
-
 def _status(run: RunData) -> str:
     planned = _num(run.config.get("rounds"))
     done = max((int(x) for r in run.rounds if (x := _finite(r.get("round"))) is not None),
@@ -243,86 +241,6 @@ def _threshold_text(run: RunData, agg: str) -> str:
             f"clients can subtract their own inputs: what is revealed is the sum of the honest "
             f"survivors. A round with fewer than t survivors aborts and reveals nothing; a "
             f"released sum can cover as few as t clients.{plus}")
-
-
-# -- empirical privacy audits ------------------------------------------------------------------
-AUDIT_TITLES = {"inversion": "Upload inversion", "one-run": "One-run DP audit",
-                "membership": "Membership inference"}
-
-
-
-def _verdict(passed: Any) -> str:
-    if passed is True:
-        return "<p class='ok'><strong>Passed.</strong></p>"
-    if passed is False:
-        return "<p class='bad' role='alert'><strong>FAILED</strong>: see the verdict below.</p>"
-    return "<p class='note'>Measured only: this audit checks no claim here.</p>"
-
-
-def _audit_value(v: Any) -> str:
-    return fmt(v, 6) if isinstance(v, float) else fmt(v)
-
-
-def summary_tables(summary: dict[str, Any]) -> str:
-    """An audit's summary: keys ``"GROUP: metric"`` shared by two or more groups become one
-    table (a row per metric, a column per group); every other key a two-column row."""
-    groups: dict[str, dict[str, Any]] = {}
-    for k, v in summary.items():
-        group, sep, metric = str(k).partition(": ")
-        if sep and metric:
-            groups.setdefault(group, {})[metric] = v
-    multi = {g: m for g, m in groups.items() if len(m) >= 2}
-    if len(multi) < 2:
-        multi = {}
-    grouped = {f"{g}: {m}" for g, ms in multi.items() for m in ms}
-    plain = [(k, v) for k, v in summary.items() if k not in grouped and not isinstance(v, dict | list)]
-    html_out = ""
-    if multi:
-        metrics = list(dict.fromkeys(m for ms in multi.values() for m in ms))
-        head = "<th scope='col'>metric</th>" + "".join(f"<th scope='col'>{esc(g)}</th>" for g in multi)
-        body = "".join(
-            f"<tr><th scope='row'>{esc(m)}</th>"
-            + "".join(f"<td>{_audit_value(multi[g].get(m))}</td>" for g in multi) + "</tr>"
-            for m in metrics)
-        html_out += f"<div class='scroll'><table class='grid'><tr>{head}</tr>{body}</table></div>"
-    rows = "".join(f"<tr><th scope='row'>{esc(k)}</th><td>{_audit_value(v)}</td></tr>" for k, v in plain)
-    return html_out + (f"<table class='kv'>{rows}</table>" if rows else "")
-
-
-def _audit_block(name: str, entry: dict[str, Any]) -> str:
-    result = _dict(entry.get("result"))
-    title = AUDIT_TITLES.get(name, name)
-    summary = {str(k): v for k, v in _dict(result.get("summary")).items()}
-    summary.update({"seed": entry.get("seed"), "seconds": _num(entry.get("seconds"))})
-    figs = []
-    for spec in _list(result.get("plots")):
-        try:
-            plot = plot_audit(_dict(spec))
-        except (ValueError, ArithmeticError) as exc:
-            figs.append(f"<p class='missing'>A plot could not be drawn ({esc(exc)}).</p>")
-            continue
-        if plot is not None:
-            figs.append(plot.html())
-    return f"<h3>{esc(title)}</h3>{_verdict(result.get('passed'))}{summary_tables(summary)}{''.join(figs)}"
-
-
-def audits_section(run: RunData) -> str:
-    """Results of ``run_secure.py audit`` (audit_results.json), or nothing if never run."""
-    data = run.audits
-    if data is None:
-        return ""
-    if "error" in data:
-        body = f"<p class='bad'>The audit results could not be read: {esc(data['error'])}.</p>"
-        return _section("audits", "Empirical privacy audits", body)
-    intro = ("<p>Attacks run against this run's own uploads, releases and model "
-             "(<code>run_secure.py audit</code>): evidence of what an attacker recovers, next to "
-             "the accountant's claim above. Raw scores are in <code>audit_results.json</code>.</p>")
-    audits = _dict(data.get("audits"))
-    order = [n for n in AUDIT_TITLES if n in audits] + sorted(set(audits) - set(AUDIT_TITLES))
-    blocks = "".join(_audit_block(str(n), _dict(audits[n])) for n in order)
-    if not blocks:
-        blocks = "<p class='missing'>No audit results recorded.</p>"
-    return _section("audits", "Empirical privacy audits", intro + blocks)
 
 
 def _dp_text(run: RunData, agg: str) -> str:

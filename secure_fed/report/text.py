@@ -54,3 +54,8 @@ def kv_table(rows: Iterable[tuple[str, Any]], cls: str = "kv") -> str:
 
 
 # -- plots ---------------------------------------------------------------------------------
+
+
+def section(sid: str, title: str, body: str) -> str:
+    """One report section: an id for links, an escaped title, and its HTML body."""
+    return f"<section id='{sid}'><h2>{esc(title)}</h2>{body}</section>"
