@@ -17,7 +17,8 @@ from protocol.config import PROTOCOL_VERSION, ProtocolConfig
 from protocol.dropout import STAGES, DropoutSchedule
 from protocol.params import GraphParams, RoundParams, choose_graph_params, round_params
 from protocol.policy import ClientPolicy
-from protocol.runner import RoundResult, StageStats, make_identities, run_secure_round
+from protocol.identities import make_identities
+from protocol.runner import RoundResult, StageStats, run_secure_round
 from protocol.server import SecAggServer, Stage
 from protocol.simulator import SimulationResult, simulate
 

@@ -141,7 +141,9 @@ def test_a_client_error_reaches_the_server_side_as_its_own_type(ray_cluster: Non
 
 TRAIN = dict(clients=6, cohort=5, rounds=3, batch_size=64, rounds_of_hp=5, meta_steps=10,
              meta_per_class=5, hardened=False, seed=4, dropout=0.2, secagg="secagg+",
-             dp="sample", noise_multiplier=1.5, target_epsilon=None)
+             dp="sample", noise_multiplier=1.5, target_epsilon=None,
+             # 5 clients at 20% dropout meet no colluder bound at a tight halting target
+             max_colluders=0, halting_bits=2.0)
 
 
 def _train(executor: str, **kw: object) -> list[dict]:

@@ -19,6 +19,8 @@ from protocol.dropout import STAGES
 from protocol.errors import ProtocolAbort
 from protocol.runner import RoundResult
 from protocol.simulator import SimulationResult, simulate
+from secure_fed.aggregation.secagg import choose_round
+from secure_fed.config import DEFAULT_HALTING_BITS, DEFAULT_MAX_COLLUDERS
 from secure_fed.errors import ConfigError
 from secure_fed.executor import add_arguments as add_executor_arguments
 from secure_fed.executor import make_executor
@@ -42,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs, keys and dropouts")
     parser.add_argument("--unauthenticated", action="store_true",
                         help="no Ed25519 signatures and no consistency round")
+    parser.add_argument("--max-colluders", type=int, default=DEFAULT_MAX_COLLUDERS,
+                        help="c: colluding neighbours per client to tolerate; (k, t) not given "
+                             "are chosen from it, --dropout and --halting-bits, as in train")
+    parser.add_argument("--halting-bits", type=float, default=DEFAULT_HALTING_BITS,
+                        help="the round may halt with probability at most 2^-bits at --dropout")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip tracemalloc (faster; peak memory then counts resident state only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -90,12 +97,19 @@ def run(args: argparse.Namespace) -> int:
     """Run the simulation; returns the process exit status."""
     if args.server_workers < 1:
         raise ConfigError(f"--server-workers: must be >= 1 (1 = the server's own process; got {args.server_workers})")
+    authenticated = not args.unauthenticated
+    # (k, t) and the guarantee: chosen exactly as train chooses them (--graph harary: SecAgg+)
+    params = choose_round(args.clients, args.graph, args.neighbors, args.threshold, args.dropout,
+                          args.max_colluders, authenticated, args.halting_bits)
+    print(f"guarantee: {params.describe()}" + ("" if authenticated else
+          "; unauthenticated: passive server only"), flush=True)
     executor = make_executor(args.executor, args.ray_address, args.workers)
     update, close = _progress_bar(args.quiet)
     try:
         sim: SimulationResult = simulate(
-            args.clients, args.length, args.bits, args.graph, args.neighbors, args.threshold,
-            args.dropout, args.dropout_stage, args.seed, not args.unauthenticated,
+            args.clients, args.length, args.bits, params.graph,
+            None if params.graph == "complete" else params.k, params.t,
+            args.dropout, args.dropout_stage, args.seed, authenticated,
             progress=update, trace_memory=not args.no_memory,
             pool_factory=executor.simulation_pool_factory(), server_workers=args.server_workers)
     except ProtocolAbort as exc:

@@ -27,6 +27,7 @@ class RoundRecord(TypedDict):
     bytes_up_per_client: int | None
     seconds: float
     aborted: NotRequired[str]
+    restarts: NotRequired[int]  # protocol rounds restarted after a reveal-stage dropout
     personalized_accuracy: NotRequired[float]  # final round only
     hp: NotRequired[HpRound]  # FedHPro: the round's hyper-prototype matching
 
@@ -50,6 +51,8 @@ def round_line(rec: RoundRecord, rounds: int, secure: bool) -> str:
         line += f"  eps {rec['epsilon']:.3f}"
     if secure:
         line += f"  survivors {rec['survivors']}/{rec['cohort']}"
+    if n := rec.get("restarts"):
+        line += f"  restarted {'once' if n == 1 else f'{n} times'} after a reveal dropout"
     if (up := rec["bytes_up_per_client"]) is not None:
         line += f"  up {up / 1024:.1f} KiB/client"
     line += f"  {rec['seconds']:.2f}s"

@@ -26,6 +26,7 @@ from crypto.rng import KeystreamRNG
 from dp.accountants import epsilon_with_fallback
 from dp.events import event_from_dict, event_to_dict
 from dp.ledger import PrivacyLedger
+from protocol.params import RoundParams
 from secure_fed.aggregation.layout import (
     Aggregate,
     Aggregator,
@@ -180,14 +181,29 @@ class Trainer:
             graph="complete" if cfg.secagg == "secagg" else "harary", neighbors=cfg.neighbors,
             threshold=cfg.threshold, authenticated=cfg.authenticated, dropout=cfg.dropout,
             dropout_seed=derive_seed(cfg.seed, 4), server_workers=cfg.server_workers,
+            max_colluders=cfg.max_colluders, halting_bits=cfg.halting_bits,
         )
 
     def _threshold(self) -> int:
-        """The protocol threshold t for a full cohort (1 without secure aggregation)."""
+        """The protocol threshold t for a full cohort (1 without secure aggregation); sets
+        :attr:`round_params`, the (k, t) and guarantee of a full cohort (None without)."""
+        self.round_params: RoundParams | None = None
         if self.cfg.secagg == "off":
             return 1
         probe = SecAggAggregator(RingSettings(bits=self.cfg.bits), self._secagg_settings())
-        return probe.protocol_config(1, list(range(self.cfg.cohort)), 1).threshold
+        self.round_params = probe.round_params(self.cfg.cohort)
+        return self.round_params.t
+
+    def guarantee_line(self) -> str | None:
+        """The secure aggregation guarantee this run delivers, in one line (None without)."""
+        p = self.round_params
+        if p is None:
+            return None
+        line = f"secure aggregation: {p.describe()}"
+        if not p.authenticated:
+            line += ("; --no-authenticated: passive server only (an active server can "
+                     "impersonate clients and recover inputs)")
+        return line
 
     def _make_server(self, model: nn.Module) -> FedServer:
         cfg = self.cfg
@@ -303,6 +319,7 @@ class Trainer:
         cfg["environment"] = environment(self.device)
         cfg["noise_multiplier_used"] = self.noise_multiplier if self.privacy is not None else None
         cfg["threshold_used"] = self.threshold if self.cfg.secagg != "off" else None
+        cfg["secure_aggregation"] = None if self.round_params is None else self.round_params.to_dict()
         write_json(self.run_dir / "config.json", cfg)
         write_json(
             self.run_dir / "partition.json",
@@ -490,6 +507,8 @@ class Trainer:
             "bytes_up_per_client": cast("int | None", agg.meta.get("bytes_up_per_client")),
             "seconds": t_end - t0,
         }
+        if restarts := cast("list[Any]", agg.meta.get("restarts") or []):
+            rec["restarts"] = len(restarts)
         if final and side["pers"]:
             rec["personalized_accuracy"] = float(np.mean(list(side["pers"].values())))
         if isinstance(self.server, FedHProServer) and self.server.hp_round is not None:
@@ -538,6 +557,7 @@ class Trainer:
             "bytes": meta.get("bytes"), "bytes_up_per_client": meta.get("bytes_up_per_client"),
             "upload_entries": self.layout.size, "protocol_seconds": meta.get("seconds"),
             "dp": dp, "events": events, "epsilon": eps,
+            "guarantee": meta.get("guarantee"), "restarts": meta.get("restarts", []),
             "aggregate_sha256": agg.digest(), "server": stats, "accuracy": acc, "loss": loss, "timings": timings,
         }
 
@@ -555,7 +575,8 @@ class Trainer:
         self.history.append(rec)
         if self.audit is not None:
             self.audit.append({"kind": "round", "round": round_id, "aborted": reason, "cohort": cohort,
-                               "aggregator": self.aggregator.name, "dp": self._dp_record(), "events": [],
+                               "aggregator": self.aggregator.name,
+                               "guarantee": None if self.round_params is None else self.round_params.to_dict(), "dp": self._dp_record(), "events": [],
                                "epsilon": self.epsilons(), "accuracy": rec["accuracy"], "timings": {"total": seconds}})
         return rec
 
@@ -564,6 +585,8 @@ class Trainer:
         if self.start_round == 1 and not self.history:
             self.set_noise(self.plan_noise())
             self.write_static_outputs()
+            if (guarantee := self.guarantee_line()) is not None:
+                self.log(guarantee)
             if self.privacy is not None:
                 self.log(f"DP {self.cfg.dp}-level, {self.cfg.mechanism} noise ({self.cfg.noise_placement}), "
                          f"noise multiplier {self.noise_multiplier:.4f}{self._split_note()}, clip {self.cfg.clip}, delta {self.cfg.delta}")
