@@ -243,13 +243,25 @@ class SecAggAggregator(_RingBase):
         self.remote = remote
         self.identities = IdentityStore(None if ring.hardened else ring.seed)
 
-    def round_params(self, n: int) -> RoundParams:
-        """(k, t) for a cohort of ``n`` and the guarantee they deliver (see :func:`choose_round`)."""
+    def round_params(self, n: int, restart: bool = False) -> RoundParams:
+        """(k, t) for a cohort of ``n`` and the guarantee they deliver (see :func:`choose_round`).
+
+        ``restart``: the cohort is what is left after a reveal-stage dropout, so it cannot be
+        enlarged; if no SecAgg+ degree meets the halting target, the complete graph is taken
+        (the most live holders per secret) with the t the colluder bound needs, and its
+        halting bound is reported. The colluder bound is never relaxed.
+        """
         s = self.secagg
         if n < 3:
             raise ConfigError(f"--cohort: secure aggregation needs at least 3 clients per round, got {n}")
-        return choose_round(n, s.graph, s.neighbors, s.threshold, s.dropout, s.max_colluders,
-                            s.authenticated, s.halting_bits)
+        try:
+            return choose_round(n, s.graph, s.neighbors, s.threshold, s.dropout, s.max_colluders,
+                                s.authenticated, s.halting_bits)
+        except ConfigError:
+            if not restart:
+                raise
+            return choose_round(n, "complete", None, s.threshold, s.dropout, s.max_colluders,
+                                s.authenticated, s.halting_bits)
 
     def round_nonce(self, round_id: int, attempt: int = 0) -> bytes:
         """The fresh nonce of a protocol round: from the OS CSPRNG (hardened runs), or derived
@@ -260,7 +272,7 @@ class SecAggAggregator(_RingBase):
 
     def protocol_config(self, round_id: int, cohort: list[int], length: int,
                         attempt: int = 0) -> ProtocolConfig:
-        p = self.round_params(len(cohort))
+        p = self.round_params(len(cohort), restart=attempt > 0)
         return ProtocolConfig(round_id, tuple(cohort), length, self.settings.bits, p.t, p.graph,
                               None if p.graph == "complete" else p.k, self.secagg.authenticated,
                               nonce=self.round_nonce(round_id, attempt))
@@ -314,7 +326,13 @@ class SecAggAggregator(_RingBase):
         restarts: list[dict[str, Any]] = []
         alive = cohort
         for attempt in range(MAX_ATTEMPTS):
-            config = self.protocol_config(round_id, alive, layout.size, attempt)
+            try:
+                config = self.protocol_config(round_id, alive, layout.size, attempt)
+            except ConfigError as exc:
+                if attempt == 0:
+                    raise
+                raise ProtocolAbort(f"cannot restart with the {len(alive)} clients left after a "
+                                    f"reveal-stage dropout: {exc}") from exc
             try:
                 result = self._attempt(config, codec, work, attempt)
                 break
@@ -329,7 +347,7 @@ class SecAggAggregator(_RingBase):
                     raise ProtocolAbort(f"{exc}; only {len(left)} clients left to restart with "
                                         "(need at least 3)") from exc
                 alive = left
-        params = self.round_params(len(alive))
+        params = self.round_params(len(alive), restart=bool(restarts))
         summed = sorted(result.summed)
         vec = codec.decode_sum(result.total, len(summed))
         entry = config.entry_bytes
