@@ -290,10 +290,11 @@ def _explicit_threshold(k: int, needed: int, threshold: int, c: int,
     if threshold < needed:
         got = tolerated_colluders(k, threshold) if authenticated else threshold - 1
         what = "an active" if authenticated else "a passive"
-        raise ConfigError(
-            f"--threshold {threshold} with k={k} tolerates fewer than {c} colluders ({max(got, 0)} "
-            f"colluding neighbours against {what} server): use --threshold >= {needed} (or drop "
-            "it), or lower --max-colluders")
+        reason = (f"is not a majority of the k + 1 = {k + 1} holders" if threshold <= (k + 1) // 2
+                  else f"tolerates fewer than {c} colluders ({max(got, 0)} colluding neighbours "
+                  f"against {what} server)")
+        raise ConfigError(f"--threshold {threshold} with k={k} {reason}: use --threshold >= "
+                          f"{needed} (or drop it), or lower --max-colluders")
     return threshold
 
 

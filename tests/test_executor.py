@@ -227,3 +227,12 @@ def test_identities_are_registered_once_per_run_not_every_round(ray_cluster: Non
         assert sorted(registered) == [8, 9]
     finally:
         ex.close()
+
+
+@needs_ray
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_no_authenticated_training_runs_on_both_executors(ray_cluster: None, executor: str) -> None:
+    # the clients in the actors hold an explicit permissive policy: before, they got the
+    # default one and refused the unauthenticated config with PolicyViolation
+    rounds = _train(executor, authenticated=False, rounds=1)
+    assert len(rounds) == 1 and not rounds[0].get("aborted") and rounds[0]["survivors"] >= 3
