@@ -243,25 +243,31 @@ class SecAggAggregator(_RingBase):
         self.remote = remote
         self.identities = IdentityStore(None if ring.hardened else ring.seed)
 
-    def round_params(self, n: int, restart: bool = False) -> RoundParams:
+    def round_params(self, n: int, restart: bool = False, min_threshold: int = 0) -> RoundParams:
         """(k, t) for a cohort of ``n`` and the guarantee they deliver (see :func:`choose_round`).
 
         ``restart``: the cohort is what is left after a reveal-stage dropout, so it cannot be
         enlarged; if no SecAgg+ degree meets the halting target, the complete graph is taken
         (the most live holders per secret) with the t the colluder bound needs, and its
-        halting bound is reported. The colluder bound is never relaxed.
+        halting bound is reported. The colluder bound is never relaxed. ``min_threshold``:
+        a restart keeps at least the first attempt's t, so a sum never covers fewer clients
+        than the noise plan assumed (distributed DP noise: any t survivors carry it all).
         """
         s = self.secagg
         if n < 3:
             raise ConfigError(f"--cohort: secure aggregation needs at least 3 clients per round, got {n}")
         try:
-            return choose_round(n, s.graph, s.neighbors, s.threshold, s.dropout, s.max_colluders,
-                                s.authenticated, s.halting_bits)
+            p = choose_round(n, s.graph, s.neighbors, s.threshold, s.dropout, s.max_colluders,
+                             s.authenticated, s.halting_bits)
         except ConfigError:
             if not restart:
                 raise
-            return choose_round(n, "complete", None, s.threshold, s.dropout, s.max_colluders,
-                                s.authenticated, s.halting_bits)
+            p = choose_round(n, "complete", None, s.threshold, s.dropout, s.max_colluders,
+                             s.authenticated, s.halting_bits)
+        if p.t < min_threshold:  # the complete graph has the most holders for that t
+            p = choose_round(n, "complete", None, max(min_threshold, s.threshold or 0), s.dropout,
+                             s.max_colluders, s.authenticated, s.halting_bits)
+        return p
 
     def round_nonce(self, round_id: int, attempt: int = 0) -> bytes:
         """The fresh nonce of a protocol round: from the OS CSPRNG (hardened runs), or derived
@@ -271,8 +277,8 @@ class SecAggAggregator(_RingBase):
         return KeystreamRNG.from_seed(self.settings.seed, f"nonce/{round_id}/{attempt}").bytes(NONCE_BYTES)
 
     def protocol_config(self, round_id: int, cohort: list[int], length: int,
-                        attempt: int = 0) -> ProtocolConfig:
-        p = self.round_params(len(cohort), restart=attempt > 0)
+                        attempt: int = 0, min_threshold: int = 0) -> ProtocolConfig:
+        p = self.round_params(len(cohort), restart=attempt > 0, min_threshold=min_threshold)
         return ProtocolConfig(round_id, tuple(cohort), length, self.settings.bits, p.t, p.graph,
                               None if p.graph == "complete" else p.k, self.secagg.authenticated,
                               nonce=self.round_nonce(round_id, attempt))
@@ -325,14 +331,16 @@ class SecAggAggregator(_RingBase):
         t0 = time.perf_counter()
         restarts: list[dict[str, Any]] = []
         alive = cohort
+        first_t = 0  # a restart keeps at least the first attempt's t
         for attempt in range(MAX_ATTEMPTS):
             try:
-                config = self.protocol_config(round_id, alive, layout.size, attempt)
+                config = self.protocol_config(round_id, alive, layout.size, attempt, first_t)
             except ConfigError as exc:
                 if attempt == 0:
                     raise
                 raise ProtocolAbort(f"cannot restart with the {len(alive)} clients left after a "
                                     f"reveal-stage dropout: {exc}") from exc
+            first_t = first_t or config.threshold
             try:
                 result = self._attempt(config, codec, work, attempt)
                 break
@@ -347,7 +355,7 @@ class SecAggAggregator(_RingBase):
                     raise ProtocolAbort(f"{exc}; only {len(left)} clients left to restart with "
                                         "(need at least 3)") from exc
                 alive = left
-        params = self.round_params(len(alive), restart=bool(restarts))
+        params = self.round_params(len(alive), restart=bool(restarts), min_threshold=first_t)
         summed = sorted(result.summed)
         vec = codec.decode_sum(result.total, len(summed))
         entry = config.entry_bytes
