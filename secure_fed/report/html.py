@@ -244,8 +244,11 @@ def _guarantee_text(run: RunData) -> str:
     text = (f"<strong>{esc(str(g['guarantee']))}.</strong> The run asked for at most "
             f"<strong>c = {esc(str(g.get('max_colluders')))}</strong> colluding neighbours per "
             f"client (--max-colluders); (k, t) were chosen from c, the expected dropout and the "
-            f"halting target by protocol.params.round_params, and every client refused a "
-            f"config below that bound.")
+            f"halting target by protocol.params.round_params.")
+    if g.get("model") == "active":
+        text += (" Every client held a policy refusing, before any secret left it, a config "
+                 "that was unauthenticated, had no fresh round nonce or tolerated fewer "
+                 "colluders.")
     if g.get("model") == "passive":
         text += (" <strong>Passive server only</strong> (--no-authenticated): against a "
                  "server that deviates from the protocol the run promises nothing.")
