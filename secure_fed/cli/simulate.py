@@ -34,9 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", choices=("complete", "harary"), default="complete",
                         help="complete = SecAgg; harary = SecAgg+ with --neighbors per client")
     parser.add_argument("--neighbors", type=int, default=None,
-                        help="k, graph neighbours per client (harary only)")
+                        help="k, graph neighbours per client (harary only; default: chosen "
+                             "from --max-colluders, --dropout and --halting-bits)")
     parser.add_argument("--threshold", type=int, default=None,
-                        help="t, shares needed to reconstruct (default: majority of k + 1)")
+                        help="t, shares needed to reconstruct (default: the smallest meeting "
+                             "--max-colluders; a smaller one is refused)")
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="probability that each client drops out")
     parser.add_argument("--dropout-stage", choices=STAGES, default="masked",
