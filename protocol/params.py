@@ -310,7 +310,7 @@ def _refusal(n: int, dropout: float, c: int, authenticated: bool, graph: str,
     halt, k, t = best
     hint = f"the best is k={k}, t={t}, halting with probability <= {halt:.3g}"
     fix = "lower --max-colluders, enlarge the cohort, lower the expected dropout or loosen "
-    fix += "the halting target (halting_bits)"
+    fix += "the halting target (--halting-bits)"
     if graph != "auto":
         fix += ", or let the graph be chosen (graph='auto')"
     return f"{head} ({hint}): {fix}"
