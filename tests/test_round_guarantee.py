@@ -20,7 +20,7 @@ from secure_fed.cli import simulate as simulate_cli
 from secure_fed.cli.main import main
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
-from secure_fed.run.records import round_line
+from secure_fed.run.records import guarantee_line, round_line
 from secure_fed.run.trainer import Trainer
 
 LAYOUT = VectorLayout.build([("a", (5,), 10.0)])
@@ -104,7 +104,7 @@ def test_config_audit_and_report_state_the_delivered_guarantee(tmp_path: Path) -
 
 def test_no_authenticated_training_says_passive_and_uses_a_permissive_policy() -> None:
     t = _trainer(authenticated=False)
-    line = t.guarantee_line()
+    line = guarantee_line(t.round_params)
     assert line is not None and "passive server only" in line
     assert t.round_params is not None and t.round_params.model == "passive"
     agg = t.aggregator

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from secure_fed.report.guarantee import guarantee_text
 from secure_fed.report.load import (
     REPORT_NAME,
     UNITS,
@@ -226,40 +227,6 @@ def _server_text(run: RunData, agg: str) -> str:
             "signed) and so learn an individual client's input.")
 
 
-def _guarantee(run: RunData) -> dict[str, Any] | None:
-    """The delivered guarantee (protocol.params.RoundParams.to_dict()): config.json's, else
-    the last round record's."""
-    g = run.config.get("secure_aggregation")
-    if not isinstance(g, dict):
-        rec = last_with(run.rounds, "guarantee")
-        g = rec.get("guarantee") if rec is not None else None
-    return g if isinstance(g, dict) and g.get("guarantee") else None
-
-
-def _guarantee_text(run: RunData) -> str:
-    g = _guarantee(run)
-    if g is None:
-        return ("This run recorded no colluder bound (it predates --max-colluders): the "
-                "threshold paragraph below is all it states.")
-    text = (f"<strong>{esc(str(g['guarantee']))}.</strong> The run asked for at most "
-            f"<strong>c = {esc(str(g.get('max_colluders')))}</strong> colluding neighbours per "
-            f"client (--max-colluders); (k, t) were chosen from c, the expected dropout and the "
-            f"halting target by protocol.params.round_params.")
-    if g.get("model") == "active":
-        text += (" Every client held a policy refusing, before any secret left it, a config "
-                 "that was unauthenticated, had no fresh round nonce or tolerated fewer "
-                 "colluders.")
-    if g.get("model") == "passive":
-        text += (" <strong>Passive server only</strong> (--no-authenticated): against a "
-                 "server that deviates from the protocol the run promises nothing.")
-    restarted = sum(len(_list(r.get("restarts"))) for r in run.rounds)
-    if restarted:
-        text += (f" {restarted} protocol round{'s were' if restarted != 1 else ' was'} restarted "
-                 "after a reveal-stage dropout (fresh keys, nonce and graph among the clients "
-                 "still alive); the audit log records each.")
-    return text
-
-
 def _threshold_text(run: RunData, agg: str) -> str:
     t = _threshold(run)
     plus = (" SecAgg+ picks the graph from public randomness, so its guarantee is "
@@ -417,7 +384,7 @@ def threat_section(run: RunData) -> str:
     agg = aggregator(run)
     items = [("Server", _server_text(run, agg))]
     if agg != "plaintext":
-        items.append(("Delivered guarantee", _guarantee_text(run)))
+        items.append(("Delivered guarantee", guarantee_text(run)))
         items.append(("Threshold and collusion", _threshold_text(run, agg)))
     items += [("Differential privacy and secure aggregation", _dp_text(run, agg)),
               ("Dropouts", _dropout_text(run)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
+from protocol.params import RoundParams
 from secure_fed.fl.fedhpro import HpRound
 
 
@@ -40,6 +41,18 @@ class StopRecord(TypedDict):
     epsilon: dict[str, Any] | None  # spent per accountant when it stopped
 
 
+def guarantee_line(params: RoundParams | None) -> str | None:
+    """The secure aggregation guarantee a run delivers, in one line (None without SecAgg);
+    printed at the start of ``train``."""
+    if params is None:
+        return None
+    line = f"secure aggregation: {params.describe()}"
+    if not params.authenticated:
+        line += ("; --no-authenticated: passive server only (an active server can "
+                 "impersonate clients and recover inputs)")
+    return line
+
+
 def round_line(rec: RoundRecord, rounds: int, secure: bool) -> str:
     """The console line of a round of a ``rounds``-round run (``secure``: under SecAgg, with
     the survivors)."""
@@ -63,4 +76,4 @@ def round_line(rec: RoundRecord, rounds: int, secure: bool) -> str:
     return line
 
 
-__all__ = ["HpRound", "RoundRecord", "StopRecord", "round_line"]
+__all__ = ["HpRound", "RoundRecord", "StopRecord", "guarantee_line", "round_line"]

@@ -69,7 +69,7 @@ from secure_fed.fl.program import (
 from secure_fed.fl.server import Broadcast, FedServer
 from secure_fed.privacy.noise import PrivacySettings, RunPrivacy, SgdPlan, share_factor
 from secure_fed.privacy.upload import UploadSpec
-from secure_fed.run.records import RoundRecord, StopRecord, round_line
+from secure_fed.run.records import RoundRecord, StopRecord, guarantee_line, round_line
 from secure_fed.run.rundir import (
     JOURNAL,
     AuditLog,
@@ -139,7 +139,10 @@ class Trainer:
         self.client_model = copy.deepcopy(model)  # the simulator's one reusable client model
         self.client_round = CLIENT_ROUNDS[cfg.algorithm]
         self._secagg_probe: SecAggAggregator | None = None
-        self.threshold = self._threshold()
+        # (k, t) of a full cohort and the guarantee they deliver (protocol.params.round_params)
+        self.round_params: RoundParams | None = None if cfg.secagg == "off" else SecAggAggregator(
+            RingSettings(bits=cfg.bits), self._secagg_settings()).round_params(cfg.cohort)
+        self.threshold = 1 if self.round_params is None else self.round_params.t  # t (1 without SecAgg)
         self.privacy: RunPrivacy | None = None
         self.noise_multiplier = 0.0
         self.server = self._make_server(model)
@@ -183,27 +186,6 @@ class Trainer:
             dropout_seed=derive_seed(cfg.seed, 4), server_workers=cfg.server_workers,
             max_colluders=cfg.max_colluders, halting_bits=cfg.halting_bits,
         )
-
-    def _threshold(self) -> int:
-        """The protocol threshold t for a full cohort (1 without secure aggregation); sets
-        :attr:`round_params`, the (k, t) and guarantee of a full cohort (None without)."""
-        self.round_params: RoundParams | None = None
-        if self.cfg.secagg == "off":
-            return 1
-        probe = SecAggAggregator(RingSettings(bits=self.cfg.bits), self._secagg_settings())
-        self.round_params = probe.round_params(self.cfg.cohort)
-        return self.round_params.t
-
-    def guarantee_line(self) -> str | None:
-        """The secure aggregation guarantee this run delivers, in one line (None without)."""
-        p = self.round_params
-        if p is None:
-            return None
-        line = f"secure aggregation: {p.describe()}"
-        if not p.authenticated:
-            line += ("; --no-authenticated: passive server only (an active server can "
-                     "impersonate clients and recover inputs)")
-        return line
 
     def _make_server(self, model: nn.Module) -> FedServer:
         cfg = self.cfg
@@ -574,9 +556,9 @@ class Trainer:
                "survivors": 0, "cohort": len(cohort), "bytes_up_per_client": None, "seconds": seconds}
         self.history.append(rec)
         if self.audit is not None:
+            g = None if self.round_params is None else self.round_params.to_dict()
             self.audit.append({"kind": "round", "round": round_id, "aborted": reason, "cohort": cohort,
-                               "aggregator": self.aggregator.name,
-                               "guarantee": None if self.round_params is None else self.round_params.to_dict(), "dp": self._dp_record(), "events": [],
+                               "aggregator": self.aggregator.name, "guarantee": g, "dp": self._dp_record(), "events": [],
                                "epsilon": self.epsilons(), "accuracy": rec["accuracy"], "timings": {"total": seconds}})
         return rec
 
@@ -585,7 +567,7 @@ class Trainer:
         if self.start_round == 1 and not self.history:
             self.set_noise(self.plan_noise())
             self.write_static_outputs()
-            if (guarantee := self.guarantee_line()) is not None:
+            if (guarantee := guarantee_line(self.round_params)) is not None:
                 self.log(guarantee)
             if self.privacy is not None:
                 self.log(f"DP {self.cfg.dp}-level, {self.cfg.mechanism} noise ({self.cfg.noise_placement}), "
