@@ -70,7 +70,12 @@ def halting_bound(n: int, k: int, t: int, dropout: float) -> float:
 
     For the complete graph (k = n - 1) every client has the same holders, so the events
     coincide and no union factor is needed: P[Bin(n - 1, 1 - dropout) < t].
+
+    With no dropout the round never halts (all k + 1 >= t holders of every secret are
+    alive), even for t = k + 1, where the neighbours-only count above would say 1.
     """
+    if dropout == 0.0:
+        return 0.0
     factor = 1 if k >= n - 1 else n
     return min(1.0, factor * binom_cdf_below(k, 1.0 - dropout, t))
 
