@@ -15,9 +15,10 @@ authenticated key advertisement and a consistency round. Entry points:
 from protocol.client import SecAggClient
 from protocol.config import PROTOCOL_VERSION, ProtocolConfig
 from protocol.dropout import STAGES, DropoutSchedule
+from protocol.identities import make_identities
 from protocol.params import GraphParams, RoundParams, choose_graph_params, round_params
 from protocol.policy import ClientPolicy
-from protocol.runner import RoundResult, StageStats, make_identities, run_secure_round
+from protocol.runner import RoundResult, StageStats, run_secure_round
 from protocol.server import SecAggServer, Stage
 from protocol.simulator import SimulationResult, simulate
 

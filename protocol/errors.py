@@ -41,4 +41,14 @@ class InvalidPublicKey(AuthenticationFailure):
 
 class RevealMissing(ProtocolAbort):
     """A committed client did not reveal its graph randomness: the round aborts (a restart
-    is a fresh round with fresh keys and commitments)."""
+    is a fresh round with fresh keys and commitments).
+
+    ``committed``: the clients whose key commitments the server collected; ``missing``:
+    those of them that did not reveal. A restart may run among ``committed`` minus
+    ``missing`` (the clients still alive), with a fresh config and fresh keys."""
+
+    def __init__(self, message: str, committed: tuple[int, ...] = (),
+                 missing: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.committed = tuple(committed)
+        self.missing = tuple(missing)

@@ -70,7 +70,12 @@ def halting_bound(n: int, k: int, t: int, dropout: float) -> float:
 
     For the complete graph (k = n - 1) every client has the same holders, so the events
     coincide and no union factor is needed: P[Bin(n - 1, 1 - dropout) < t].
+
+    With no dropout the round never halts (all k + 1 >= t holders of every secret are
+    alive), even for t = k + 1, where the neighbours-only count above would say 1.
     """
+    if dropout == 0.0:
+        return 0.0
     factor = 1 if k >= n - 1 else n
     return min(1.0, factor * binom_cdf_below(k, 1.0 - dropout, t))
 
@@ -193,7 +198,8 @@ class RoundParams:
         bound = (f"at most {who} (c < 2t - k - 1 = {2 * self.t - self.k - 1})"
                  if self.model == "active" else f"at most {who} (fewer than t = {self.t})")
         graph = "SecAgg (complete graph)" if self.graph == "complete" else "SecAgg+ (Harary)"
-        return (f"{graph}, n={self.n}, k={self.k}, t={self.t}: inputs hidden from an "
+        article = "an" if self.model == "active" else "a"
+        return (f"{graph}, n={self.n}, k={self.k}, t={self.t}: inputs hidden from {article} "
                 f"{self.model} server with {bound}; halts with probability <= "
                 f"{self.halting_probability:.3g} at {self.dropout:.0%} dropout")
 
@@ -229,7 +235,8 @@ def _candidates(n: int, graph: str, neighbors: int | None) -> list[int]:
 
 def round_params(n: int, dropout: float, max_colluders: int, authenticated: bool = True, *,
                  graph: str = "auto", neighbors: int | None = None,
-                 halting_bits: float = 20.0, corrupt: float = 0.0) -> RoundParams:
+                 halting_bits: float = 20.0, corrupt: float = 0.0,
+                 threshold: int | None = None) -> RoundParams:
     """(k, t) for a cohort of n from a stated adversary and dropout target (server side,
     or whoever configures the round).
 
@@ -243,6 +250,12 @@ def round_params(n: int, dropout: float, max_colluders: int, authenticated: bool
     the smallest t meeting the colluder bound for each k (larger t only halts more) and
     the smallest k meeting the halting target. Raises :class:`ConfigError` naming what to
     change when nothing meets both.
+
+    ``threshold``: an explicit t (a ``--threshold`` flag). k is chosen as without it; t
+    must then be at least the t the colluder bound needs for that k (else
+    :class:`ConfigError` naming the smallest t accepted), and the returned halting bound
+    is the one of the explicit t (a larger t only halts more; it is not held to the
+    halting target, the caller chose it).
     """
     if n < 3:
         raise ConfigError(f"need a cohort of at least 3 clients, got {n}")
@@ -263,10 +276,31 @@ def round_params(n: int, dropout: float, max_colluders: int, authenticated: bool
             best = (halt, k, t)
         if halt <= 2.0 ** -halting_bits:
             kind = "complete" if k == n - 1 else "harary"
+            if threshold is not None:
+                t = _explicit_threshold(k, t, threshold, max_colluders, authenticated)
+                halt = halting_bound(n, k, t, dropout)
             return RoundParams(n, kind, k, t, max_colluders, model, dropout, halt, corrupt,
                                _leak(n, k, t, corrupt, authenticated))
     raise ConfigError(_refusal(n, dropout, max_colluders, authenticated, graph, halting_bits,
                                best))
+
+
+def _explicit_threshold(k: int, needed: int, threshold: int, c: int,
+                        authenticated: bool) -> int:
+    if isinstance(threshold, bool) or not isinstance(threshold, int):
+        raise ConfigError(f"threshold must be an integer, got {threshold!r}")
+    if threshold > k + 1:
+        raise ConfigError(f"--threshold {threshold} exceeds the k + 1 = {k + 1} holders of each "
+                          f"secret (k={k}): use --threshold in {needed}..{k + 1} or drop it")
+    if threshold < needed:
+        got = tolerated_colluders(k, threshold) if authenticated else threshold - 1
+        what = "an active" if authenticated else "a passive"
+        reason = (f"is not a majority of the k + 1 = {k + 1} holders" if threshold <= (k + 1) // 2
+                  else f"tolerates fewer than {c} colluders ({max(got, 0)} colluding neighbours "
+                  f"against {what} server)")
+        raise ConfigError(f"--threshold {threshold} with k={k} {reason}: use --threshold >= "
+                          f"{needed} (or drop it), or lower --max-colluders")
+    return threshold
 
 
 def _refusal(n: int, dropout: float, c: int, authenticated: bool, graph: str,
@@ -281,7 +315,7 @@ def _refusal(n: int, dropout: float, c: int, authenticated: bool, graph: str,
     halt, k, t = best
     hint = f"the best is k={k}, t={t}, halting with probability <= {halt:.3g}"
     fix = "lower --max-colluders, enlarge the cohort, lower the expected dropout or loosen "
-    fix += "the halting target (halting_bits)"
+    fix += "the halting target (--halting-bits)"
     if graph != "auto":
         fix += ", or let the graph be chosen (graph='auto')"
     return f"{head} ({hint}): {fix}"

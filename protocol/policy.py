@@ -6,7 +6,7 @@ config against it in :meth:`protocol.client.SecAggClient.start`, before any key 
 leaves it, raising :class:`PolicyViolation` that names what to change.
 
 The default policy is the sound one for an active server: authentication (signed keys
-and the consistency round) is required, and the config must tolerate ``min_colluders``
+and the consistency round) and a fresh round nonce are required, and the config must tolerate ``min_colluders``
 colluding neighbours per client (c < 2t - k - 1, see :mod:`protocol.params`). Plaintext
 or unauthenticated simulations pass :meth:`ClientPolicy.permissive` explicitly.
 """
@@ -81,5 +81,6 @@ class ClientPolicy:
                                   f"{self.min_bits}..{self.max_bits}")
 
 
-DEFAULT_POLICY = ClientPolicy()
-"""The policy a client holds when none is given: authenticated rounds only."""
+DEFAULT_POLICY = ClientPolicy(require_nonce=True)
+"""The policy a client holds when none is given: authenticated rounds with a fresh round
+nonce only (a config without a nonce lets a same-round advertisement be replayed)."""

@@ -27,12 +27,13 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from crypto.rng import KeystreamRNG, random_bytes
-from crypto.signing import SigningKeyPair, generate_signing_keypair
+from crypto.rng import KeystreamRNG
+from crypto.signing import SigningKeyPair
 from protocol.client import SecAggClient
 from protocol.config import ProtocolConfig
 from protocol.dropout import STAGES, DropoutSchedule
 from protocol.errors import AuthenticationFailure, ProtocolAbort
+from protocol.identities import make_identities
 from protocol.policy import ClientPolicy
 from protocol.server import SecAggServer
 
@@ -141,18 +142,6 @@ class LocalClientPool:
 
     def exchange(self, stage: str, messages: Mapping[int, bytes | None]) -> Iterator[ClientReply]:
         return exchange_with(self.clients, stage, messages)
-
-
-def make_identities(ids: Iterable[int], rng: KeystreamRNG | None = None
-                    ) -> dict[int, SigningKeyPair]:
-    """Long-term Ed25519 identities (client side, kept across rounds); seeded only in tests.
-
-    With a seeded ``rng``, client u's key comes from ``rng.spawn(f"identity/{u}")``: it
-    depends on u alone, so a client can derive it wherever it runs.
-    """
-    if rng is None:
-        return {u: generate_signing_keypair(random_bytes(32)) for u in ids}
-    return {u: generate_signing_keypair(rng.spawn(f"identity/{u}").bytes(32)) for u in ids}
 
 
 class _Meter:

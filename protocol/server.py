@@ -414,7 +414,8 @@ class SecAggServer:
         if missing:
             self.stage = Stage.ABORTED
             raise RevealMissing(f"{len(missing)} committed clients did not reveal their graph "
-                                "randomness; the round aborts (restart it as a fresh round)")
+                                "randomness; the round aborts (restart it as a fresh round)",
+                                tuple(self._committed), tuple(missing))
         self.survivors["reveal"] = self._committed
         reveals = b"".join(self._reveals[u] for u in self._committed)
         ids = np.asarray(self._committed, dtype=">u4").tobytes()

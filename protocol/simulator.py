@@ -18,21 +18,20 @@ from functools import partial
 
 import numpy as np
 
-from crypto.errors import ConfigError
 from crypto.prg import dtype_for_bits
 from crypto.rng import KeystreamRNG
 from crypto.signing import SigningKeyPair
 from protocol.client import SecAggClient
 from protocol.config import ProtocolConfig
 from protocol.dropout import DropoutSchedule
-from protocol.params import RoundParams, round_params, tolerated_colluders
+from protocol.identities import make_identities
+from protocol.params import RoundParams, round_params
 from protocol.policy import ClientPolicy
 from protocol.runner import (
     ClientPool,
     LocalClientPool,
     Progress,
     RoundResult,
-    make_identities,
     run_round,
 )
 from protocol.vectors import reduce_in_place
@@ -123,12 +122,9 @@ def simulate(n_clients: int, length: int, bits: int = 32, graph: str = "complete
     if max_colluders is not None or (graph != "complete" and neighbors is None):
         c = max_colluders or 0
         params = round_params(n_clients, dropout, c, authenticated, graph=graph,
-                              neighbors=neighbors, halting_bits=halting_bits)
+                              neighbors=neighbors, halting_bits=halting_bits,
+                              threshold=threshold)
         graph, neighbors = params.graph, (None if params.graph == "complete" else params.k)
-        if threshold is not None and authenticated and tolerated_colluders(
-                params.k, threshold) < c:
-            raise ConfigError(f"threshold t={threshold} tolerates fewer than {c} colluders "
-                              f"with k={params.k}: use t >= {params.t} or drop --threshold")
     k = n_clients - 1 if graph == "complete" else neighbors
     t = threshold if threshold is not None else (
         params.t if params is not None else default_threshold(k or 0))

@@ -90,7 +90,14 @@ benchmarks/RESULTS.md, "Residual release: budget split"): ratios 5 and 10 tie on
 (mean of the last 5 rounds 0.855 and 0.859, final 0.873 both), ahead of ratios 1-3; at 5
 the noised release keeps cosine 0.69 to the clean one (0.44 at 10) and 26% of class-rounds
 are matched after round 2 (4.5% at 10)."""
-RECORDED_KEYS = frozenset({"environment", "noise_multiplier_used", "threshold_used", "noise_plan"})
+DEFAULT_MAX_COLLUDERS = 1
+"""--max-colluders: colluding clients among any client's neighbours a round tolerates by
+default. Sound for the default cohort of 10 at 10% dropout: protocol.params.round_params
+gives the complete graph, k = 9, t = 6 (c < 2t - k - 1 = 2 against an active server)."""
+DEFAULT_HALTING_BITS = 6.0
+"""--halting-bits: a protocol round halts with probability <= 2^-6 (1/64) at the stated
+dropout; a halted round restarts (reveal-stage dropout) or is recorded as aborted."""
+RECORDED_KEYS = frozenset({"environment", "noise_multiplier_used", "threshold_used", "secure_aggregation", "noise_plan"})
 """Keys config.json records about a run beyond its settings (ignored when reading it back)."""
 
 
@@ -139,6 +146,8 @@ class TrainConfig:
     bits: int = 32
     authenticated: bool = True
     dropout: float = 0.1
+    max_colluders: int = DEFAULT_MAX_COLLUDERS
+    halting_bits: float = DEFAULT_HALTING_BITS
     dp: str = "sample"
     noise_placement: str = "distributed"
     mechanism: str = "discrete"
@@ -199,6 +208,8 @@ class TrainConfig:
         need(self.threshold is None or self.threshold >= 2, "--threshold", f"must be >= 2 (got {self.threshold})")
         need(2 <= self.bits <= 64, "--bits", f"must be in 2..64 (got {self.bits})")
         need(0 <= self.dropout < 1, "--dropout", f"must be in [0, 1) (got {self.dropout})")
+        need(self.max_colluders >= 0, "--max-colluders", f"must be >= 0 (got {self.max_colluders})")
+        need(0 < self.halting_bits <= 64, "--halting-bits", f"must be in (0, 64] (got {self.halting_bits})")
         need(0 < self.clip < float("inf"), "--clip", f"must be > 0 and finite (got {self.clip})")
         need(self.noise_multiplier is None or 0 < self.noise_multiplier < float("inf"), "--noise-multiplier", f"must be a finite number > 0 (got {self.noise_multiplier})")
         need(self.target_epsilon is None or 0 < self.target_epsilon < float("inf"), "--target-epsilon",

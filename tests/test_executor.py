@@ -141,7 +141,9 @@ def test_a_client_error_reaches_the_server_side_as_its_own_type(ray_cluster: Non
 
 TRAIN = dict(clients=6, cohort=5, rounds=3, batch_size=64, rounds_of_hp=5, meta_steps=10,
              meta_per_class=5, hardened=False, seed=4, dropout=0.2, secagg="secagg+",
-             dp="sample", noise_multiplier=1.5, target_epsilon=None)
+             dp="sample", noise_multiplier=1.5, target_epsilon=None,
+             # 5 clients at 20% dropout meet no colluder bound at a tight halting target
+             max_colluders=0, halting_bits=2.0)
 
 
 def _train(executor: str, **kw: object) -> list[dict]:
@@ -225,3 +227,12 @@ def test_identities_are_registered_once_per_run_not_every_round(ray_cluster: Non
         assert sorted(registered) == [8, 9]
     finally:
         ex.close()
+
+
+@needs_ray
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_no_authenticated_training_runs_on_both_executors(ray_cluster: None, executor: str) -> None:
+    # the clients in the actors hold an explicit permissive policy: before, they got the
+    # default one and refused the unauthenticated config with PolicyViolation
+    rounds = _train(executor, authenticated=False, rounds=1)
+    assert len(rounds) == 1 and not rounds[0].get("aborted") and rounds[0]["survivors"] >= 3

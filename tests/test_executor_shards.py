@@ -30,7 +30,9 @@ from secure_fed.run.trainer import Trainer
 
 CFG = dict(clients=6, cohort=5, rounds=2, batch_size=64, rounds_of_hp=5, meta_steps=10,
            meta_per_class=5, hardened=False, seed=4, dropout=0.2, secagg="secagg+",
-           dp="sample", noise_multiplier=1.5, target_epsilon=None, out="unused")
+           dp="sample", noise_multiplier=1.5, target_epsilon=None, out="unused",
+           # 5 clients at 20% dropout meet no colluder bound at a tight halting target
+           max_colluders=0, halting_bits=2.0)
 
 
 @pytest.fixture(scope="module")

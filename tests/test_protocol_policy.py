@@ -35,7 +35,12 @@ def test_default_policy_requires_authentication() -> None:
     cfg = ProtocolConfig(0, tuple(range(5)), 4, 32, 3, authenticated=False)
     _refuses(cfg, None, "requires authentication")
     assert _client(cfg, ClientPolicy.permissive()).start()  # explicit, for simulations
-    assert _client(ProtocolConfig(0, tuple(range(5)), 4, 32, 3), None).start()
+    assert _client(ProtocolConfig(0, tuple(range(5)), 4, 32, 3, nonce=fresh_nonce()), None).start()
+
+
+def test_default_policy_requires_a_round_nonce() -> None:
+    assert DEFAULT_POLICY.require_nonce and not ClientPolicy.permissive().require_nonce
+    _refuses(ProtocolConfig(0, tuple(range(5)), 4, 32, 3), None, "nonce")
 
 
 def test_min_colluders_refuses_todays_digits_default_and_accepts_round_params() -> None:

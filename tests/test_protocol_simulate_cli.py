@@ -20,7 +20,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_simulate_prints_table_and_verifies(capsys: pytest.CaptureFixture[str]) -> None:
     rc = simulate_cli.run(_args("--clients", "12", "--length", "50", "--graph", "harary",
-                                "--neighbors", "4", "--threshold", "3", "--dropout", "0.2",
+                                "--neighbors", "4", "--threshold", "3", "--max-colluders", "0", "--dropout", "0.2",
                                 "--dropout-stage", "share", "--seed", "4", "--quiet",
                                 "--memory"))
     out = capsys.readouterr().out

@@ -12,7 +12,6 @@ counts clients, and a config that cannot fit is refused before any client works.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,12 +24,15 @@ from crypto.prg import dtype_for_bits
 from crypto.rng import KeystreamRNG
 from crypto.signing import SigningKeyPair
 from protocol import DropoutSchedule, ProtocolConfig, run_secure_round
+from protocol.config import NONCE_BYTES, fresh_nonce
 from protocol.dropout import STAGES
-from protocol.errors import ProtocolAbort
-from protocol.params import choose_graph_params
-from protocol.runner import make_identities, run_round
-from protocol.simulator import default_threshold
+from protocol.errors import ProtocolAbort, RevealMissing
+from protocol.identities import IdentityStore, client_identity
+from protocol.params import RoundParams, round_params
+from protocol.policy import ClientPolicy
+from protocol.runner import RoundResult, run_round
 from secure_fed.aggregation.layout import Aggregate, ClientWork, VectorLayout
+from secure_fed.config import DEFAULT_HALTING_BITS, DEFAULT_MAX_COLLUDERS
 from secure_fed.errors import ConfigError, EncodingOverflow
 
 NOISE_TAIL_Z = 12.0
@@ -171,9 +173,18 @@ class RingAggregator(_RingBase):
         })
 
 
+MAX_ATTEMPTS = 3
+"""Protocol rounds tried per training round: the first and up to two restarts after a
+reveal-stage dropout (each with fresh keys, nonce and graph among the clients still alive)."""
+
+
 @dataclass(frozen=True)
 class SecAggSettings:
-    """SecAgg / SecAgg+ parameters (``neighbors``/``threshold`` None: chosen per cohort)."""
+    """SecAgg / SecAgg+ parameters (``neighbors``/``threshold`` None: chosen per cohort).
+
+    ``max_colluders`` c and ``halting_bits``: the stated adversary and the halting target
+    from which :func:`protocol.params.round_params` chooses (k, t) (see :func:`choose_round`).
+    """
 
     graph: str = "harary"  # "complete" = SecAgg, "harary" = SecAgg+
     neighbors: int | None = None
@@ -182,13 +193,47 @@ class SecAggSettings:
     dropout: float = 0.0
     dropout_seed: int = 0
     server_workers: int = 1  # processes for the server's unmasking (1: this one only)
+    max_colluders: int = DEFAULT_MAX_COLLUDERS
+    halting_bits: float = DEFAULT_HALTING_BITS
+
+    def client_policy(self) -> ClientPolicy:
+        """Client side: the weakest config a client of this run accepts. Authenticated runs:
+        authentication, a fresh round nonce and (k, t) tolerating ``max_colluders`` against
+        an active server. Unauthenticated runs: an explicit permissive policy (the run then
+        holds only against a passive server, and says so)."""
+        if not self.authenticated:
+            return ClientPolicy.permissive()
+        return ClientPolicy(require_authentication=True, require_nonce=True,
+                            min_colluders=self.max_colluders)
+
+
+def choose_round(n: int, graph: str, neighbors: int | None, threshold: int | None,
+                 dropout: float, max_colluders: int, authenticated: bool,
+                 halting_bits: float = DEFAULT_HALTING_BITS) -> RoundParams:
+    """The (k, t) of a cohort of ``n`` and the guarantee they deliver: the one place where
+    ``train`` and ``simulate`` choose them (through :func:`protocol.params.round_params`).
+
+    ``graph``: ``complete`` (SecAgg) or ``harary`` (SecAgg+: the smallest even Harary degree
+    meeting the colluder bound and the ``halting_bits`` target, else the complete graph; a
+    given ``neighbors`` is used as is). A k fixed by the caller (complete graph, given
+    ``neighbors``) is held to the colluder bound only; its halting bound is reported. An explicit ``threshold`` below what ``max_colluders``
+    needs is refused with a :class:`ConfigError` naming the flag to change.
+    """
+    kind = "complete" if graph == "complete" else ("harary" if neighbors is not None else "auto")
+    # the halting target chooses k; a k fixed by the caller (the complete graph, --neighbors)
+    # is only checked against the colluder bound, and its halting bound is reported
+    target = halting_bits if kind == "auto" else 0.0
+    return round_params(n, dropout, max_colluders, authenticated, graph=kind,
+                        neighbors=None if graph == "complete" else neighbors,
+                        halting_bits=target, threshold=threshold)
 
 
 class SecAggAggregator(_RingBase):
     """SecAgg (complete graph) or SecAgg+ (Harary graph): the server learns only the sum.
 
     ``remote``: clients hosted by an executor (:mod:`secure_fed.executor`), which then run
-    the client side of the protocol where they live; None runs them in this process.
+    the client side of the protocol where they live; None runs them in this process (their
+    signing keys then live in :attr:`identities`, a :class:`protocol.identities.IdentityStore`).
     """
 
     def __init__(self, ring: RingSettings, secagg: SecAggSettings, remote: Any = None) -> None:
@@ -196,69 +241,121 @@ class SecAggAggregator(_RingBase):
         self.secagg = secagg
         self.name = "secagg" if secagg.graph == "complete" else "secagg+"
         self.remote = remote
-        self._identities: dict[int, SigningKeyPair] = {}
+        self.identities = IdentityStore(None if ring.hardened else ring.seed)
 
-    def protocol_config(self, round_id: int, cohort: list[int], length: int) -> ProtocolConfig:
+    def round_params(self, n: int, restart: bool = False, min_threshold: int = 0) -> RoundParams:
+        """(k, t) for a cohort of ``n`` and the guarantee they deliver (see :func:`choose_round`).
+
+        ``restart``: the cohort is what is left after a reveal-stage dropout, so it cannot be
+        enlarged; if no SecAgg+ degree meets the halting target, the complete graph is taken
+        (the most live holders per secret) with the t the colluder bound needs, and its
+        halting bound is reported. The colluder bound is never relaxed. ``min_threshold``:
+        a restart keeps at least the first attempt's t, so a sum never covers fewer clients
+        than the noise plan assumed (distributed DP noise: any t survivors carry it all).
+        """
         s = self.secagg
-        n = len(cohort)
         if n < 3:
             raise ConfigError(f"--cohort: secure aggregation needs at least 3 clients per round, got {n}")
-        graph, k, t = s.graph, s.neighbors, s.threshold
-        if graph == "complete":
-            k = n - 1
-        elif k is None:
-            try:
-                params = choose_graph_params(n, dropout=min(max(s.dropout, 0.05), 0.5))
-                graph, k = params.graph, params.k
-                t = t if t is not None else params.t
-            except ConfigError:
-                # Cohorts too small for the helper's targets: a degree of ~2 log2(n), the
-                # usual SecAgg+ choice, made valid for the Harary construction.
-                k = min(n - 1, 2 * math.ceil(math.log2(n)))
-                if k % 2 == 1 and n % 2 == 1:
-                    k -= 1
-                graph = "complete" if k == n - 1 else "harary"
-        if t is None:
-            t = default_threshold(k)
-        return ProtocolConfig(round_id, tuple(cohort), length, self.settings.bits, t, graph,
-                              None if graph == "complete" else k, s.authenticated)
+        try:
+            p = choose_round(n, s.graph, s.neighbors, s.threshold, s.dropout, s.max_colluders,
+                             s.authenticated, s.halting_bits)
+        except ConfigError:
+            if not restart:
+                raise
+            p = choose_round(n, "complete", None, s.threshold, s.dropout, s.max_colluders,
+                             s.authenticated, s.halting_bits)
+        if p.t < min_threshold:  # the complete graph has the most holders for that t
+            p = choose_round(n, "complete", None, max(min_threshold, s.threshold or 0), s.dropout,
+                             s.max_colluders, s.authenticated, s.halting_bits)
+        return p
+
+    def round_nonce(self, round_id: int, attempt: int = 0) -> bytes:
+        """The fresh nonce of a protocol round: from the OS CSPRNG (hardened runs), or derived
+        from the seed, the training round and the attempt (reproducible runs)."""
+        if self.settings.hardened:
+            return fresh_nonce()
+        return KeystreamRNG.from_seed(self.settings.seed, f"nonce/{round_id}/{attempt}").bytes(NONCE_BYTES)
+
+    def protocol_config(self, round_id: int, cohort: list[int], length: int,
+                        attempt: int = 0, min_threshold: int = 0) -> ProtocolConfig:
+        p = self.round_params(len(cohort), restart=attempt > 0, min_threshold=min_threshold)
+        return ProtocolConfig(round_id, tuple(cohort), length, self.settings.bits, p.t, p.graph,
+                              None if p.graph == "complete" else p.k, self.secagg.authenticated,
+                              nonce=self.round_nonce(round_id, attempt))
 
     def client_identity(self, cid: int) -> SigningKeyPair:
         """Client side: client ``cid``'s long-term key (seeded by (seed, cid) when reproducible)."""
-        rng = None if self.settings.hardened else KeystreamRNG.from_seed(self.settings.seed, "identities")
-        return make_identities((cid,), rng)[cid]
+        return client_identity(cid, None if self.settings.hardened else self.settings.seed)
 
-    def protocol_rng(self, round_id: int, cid: int) -> KeystreamRNG | None:
+    def protocol_rng(self, round_id: int, cid: int, attempt: int = 0) -> KeystreamRNG | None:
         """Client side: the protocol randomness of ``cid`` in a round (None: the OS CSPRNG)."""
         if self.settings.hardened:
             return None
-        return KeystreamRNG.from_seed(self.settings.seed, f"protocol/{round_id}").spawn(f"client/{cid}")
+        return self._round_rng(round_id, attempt).spawn(f"client/{cid}")
 
-    def _identities_for(self, cohort: list[int]) -> dict[int, SigningKeyPair]:
-        for c in cohort:
-            if c not in self._identities:
-                self._identities[c] = self.client_identity(c)
-        return {c: self._identities[c] for c in cohort}
+    def _round_rng(self, round_id: int, attempt: int) -> KeystreamRNG:
+        label = f"protocol/{round_id}" if attempt == 0 else f"protocol/{round_id}/{attempt}"
+        return KeystreamRNG.from_seed(self.settings.seed, label)
+
+    def _drops(self, round_id: int, cohort: list[int], attempt: int) -> DropoutSchedule:
+        label = f"dropout/{round_id}" if attempt == 0 else f"dropout/{round_id}/{attempt}"
+        stages = STAGES if self.secagg.authenticated else tuple(s for s in STAGES if s != "consistency")
+        return DropoutSchedule.random(cohort, self.secagg.dropout, stages,
+                                      KeystreamRNG.from_seed(self.secagg.dropout_seed, label))
+
+    def _attempt(self, config: ProtocolConfig, codec: LayoutCodec, work: Mapping[int, ClientWork],
+                 attempt: int) -> RoundResult:
+        round_id, cohort = config.round_id, list(config.cohort)
+        drops = self._drops(round_id, cohort, attempt)
+        if self.remote is not None:  # clients run where the executor hosts them
+            pool, identity_keys = self.remote.open_pool(config, codec, attempt)
+            return run_round(pool, config, drops, identity_keys, server_workers=self.secagg.server_workers)
+        rng = None if self.settings.hardened else self._round_rng(round_id, attempt)
+        return run_secure_round(
+            self.client_encoder(round_id, codec, work), config, drops,
+            identities=self.identities.for_ids(cohort) if config.authenticated else None, rng=rng,
+            server_workers=self.secagg.server_workers, policy=self.secagg.client_policy(),
+        )
 
     def aggregate(self, round_id: int, layout: VectorLayout, work: Mapping[int, ClientWork]) -> Aggregate:
+        """One training round's secure sum. A dropout at the reveal stage aborts a protocol
+        round by design (no subset of reveals may decide the graph); the round is then
+        restarted as a fresh protocol round (fresh nonce, keys and graph; (k, t) chosen
+        again for the smaller cohort) among the clients still alive, up to
+        :data:`MAX_ATTEMPTS` protocol rounds in all, and each restart is recorded in the
+        aggregate's ``restarts``. Any other abort, or the last attempt's, propagates
+        (:class:`ProtocolAbort`: the training round is recorded as aborted)."""
         cohort = sorted(work)
-        config = self.protocol_config(round_id, cohort, layout.size)
+        # the codec is fixed for the full cohort: a sum of fewer clients stays in range
         codec = LayoutCodec.for_cohort(layout, self.settings.bits, len(cohort), self.settings.noise_std)
-        drops = DropoutSchedule.random(
-            cohort, self.secagg.dropout, STAGES if self.secagg.authenticated else tuple(s for s in STAGES if s != "consistency"),
-            KeystreamRNG.from_seed(self.secagg.dropout_seed, f"dropout/{round_id}"),
-        )
-        rng = None if self.settings.hardened else KeystreamRNG.from_seed(self.settings.seed, f"protocol/{round_id}")
         t0 = time.perf_counter()
-        if self.remote is not None:  # clients run where the executor hosts them
-            pool, identity_keys = self.remote.open_pool(config, codec)
-            result = run_round(pool, config, drops, identity_keys, server_workers=self.secagg.server_workers)
-        else:
-            result = run_secure_round(
-                self.client_encoder(round_id, codec, work), config, drops,
-                identities=self._identities_for(cohort) if config.authenticated else None, rng=rng,
-                server_workers=self.secagg.server_workers,
-            )
+        restarts: list[dict[str, Any]] = []
+        alive = cohort
+        first_t = 0  # a restart keeps at least the first attempt's t
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                config = self.protocol_config(round_id, alive, layout.size, attempt, first_t)
+            except ConfigError as exc:
+                if attempt == 0:
+                    raise
+                raise ProtocolAbort(f"cannot restart with the {len(alive)} clients left after a "
+                                    f"reveal-stage dropout: {exc}") from exc
+            first_t = first_t or config.threshold
+            try:
+                result = self._attempt(config, codec, work, attempt)
+                break
+            except RevealMissing as exc:
+                left = sorted(set(exc.committed) - set(exc.missing))
+                restarts.append({"attempt": attempt + 1, "cohort": alive, "committed": list(exc.committed),
+                                 "missing_reveals": list(exc.missing), "restart_cohort": left})
+                if attempt + 1 == MAX_ATTEMPTS:
+                    raise ProtocolAbort(f"{exc} (after {MAX_ATTEMPTS} protocol rounds, each ended by a "
+                                        "reveal-stage dropout)") from exc
+                if len(left) < 3:
+                    raise ProtocolAbort(f"{exc}; only {len(left)} clients left to restart with "
+                                        "(need at least 3)") from exc
+                alive = left
+        params = self.round_params(len(alive), restart=bool(restarts), min_threshold=first_t)
         summed = sorted(result.summed)
         vec = codec.decode_sum(result.total, len(summed))
         entry = config.entry_bytes
@@ -266,16 +363,18 @@ class SecAggAggregator(_RingBase):
             "aggregator": self.name,
             "graph": config.graph, "neighbors": config.degree, "threshold": config.threshold, "bits": config.bits,
             "survivors": {k: sorted(v) for k, v in result.survivors.items()},
-            "summed": summed, "dropped": sorted(result.dropped), "refused": sorted(result.refused),
+            "summed": summed, "dropped": sorted(set(cohort) - set(summed)), "refused": sorted(result.refused),
             "bytes": {s.stage: {"up": s.total_up, "down": s.total_down} for s in result.stages},
             "bytes_up_per_client": sum(s.total_up for s in result.stages) / max(len(cohort), 1),
             "masked_bytes_per_entry": entry,
             "seconds": {s.stage: {"client_median": s.client_median_seconds, "server": s.server_seconds} for s in result.stages},
             "protocol_seconds": time.perf_counter() - t0,
             "session_id": result.session_id.hex(),
+            "restarts": restarts, "protocol_cohort": alive, "guarantee": params.to_dict(),
             "codec_gamma": {b.name: codec.gamma(b.name) for b in layout.blocks},
             "error_bound": codec.error_bound(len(summed)),
         })
 
 
-__all__ = ["LayoutCodec", "ProtocolAbort", "RingAggregator", "RingSettings", "SecAggAggregator", "SecAggSettings"]
+__all__ = ["DEFAULT_HALTING_BITS", "DEFAULT_MAX_COLLUDERS", "LayoutCodec", "ProtocolAbort", "RingAggregator", "RingSettings",
+           "SecAggAggregator", "SecAggSettings", "choose_round"]

@@ -20,6 +20,8 @@ from protocol.dropout import STAGES
 from protocol.errors import ProtocolAbort
 from protocol.runner import RoundResult
 from protocol.simulator import SimulationResult, simulate
+from secure_fed.aggregation.secagg import choose_round
+from secure_fed.config import DEFAULT_HALTING_BITS, DEFAULT_MAX_COLLUDERS
 from secure_fed.errors import ConfigError
 from secure_fed.executor import add_arguments as add_executor_arguments
 from secure_fed.executor import make_executor
@@ -33,9 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", choices=("complete", "harary"), default="complete",
                         help="complete = SecAgg; harary = SecAgg+ with --neighbors per client")
     parser.add_argument("--neighbors", type=int, default=None,
-                        help="k, graph neighbours per client (harary only)")
+                        help="k, graph neighbours per client (harary only; default: chosen "
+                             "from --max-colluders, --dropout and --halting-bits)")
     parser.add_argument("--threshold", type=int, default=None,
-                        help="t, shares needed to reconstruct (default: majority of k + 1)")
+                        help="t, shares needed to reconstruct (default: the smallest meeting "
+                             "--max-colluders; a smaller one is refused)")
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="probability that each client drops, all of them at the stage "
                              "--dropout-stage (unlike train's --dropout, which draws each "
@@ -48,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(protects against an active server); as in train")
     parser.add_argument("--unauthenticated", dest="authenticated", action="store_false",
                         help=argparse.SUPPRESS)  # deprecated spelling of --no-authenticated
+    parser.add_argument("--max-colluders", type=int, default=DEFAULT_MAX_COLLUDERS,
+                        help="c: colluding neighbours per client to tolerate; (k, t) not given "
+                             "are chosen from it, --dropout and --halting-bits, as in train")
+    parser.add_argument("--halting-bits", type=float, default=DEFAULT_HALTING_BITS,
+                        help="the round may halt with probability at most 2^-bits at --dropout")
     parser.add_argument("--memory", action="store_true",
                         help="trace the server's peak memory with tracemalloc (slows the server; "
                              "without it the table's memory column counts resident state only)")
@@ -102,12 +111,19 @@ def run(args: argparse.Namespace) -> int:
     """Run the simulation; returns the process exit status."""
     if args.server_workers < 1:
         raise ConfigError(f"--server-workers: must be >= 1 (1 = the server's own process; got {args.server_workers})")
+    authenticated = args.authenticated
+    # (k, t) and the guarantee: chosen exactly as train chooses them (--graph harary: SecAgg+)
+    params = choose_round(args.clients, args.graph, args.neighbors, args.threshold, args.dropout,
+                          args.max_colluders, authenticated, args.halting_bits)
+    print(f"guarantee: {params.describe()}" + ("" if authenticated else
+          "; unauthenticated: passive server only"), flush=True)
     executor = make_executor(args.executor, args.ray_address, args.workers)
     update, close = _progress_bar(args.quiet)
     try:
         sim: SimulationResult = simulate(
-            args.clients, args.length, args.bits, args.graph, args.neighbors, args.threshold,
-            args.dropout, args.dropout_stage, args.seed, args.authenticated,
+            args.clients, args.length, args.bits, params.graph,
+            None if params.graph == "complete" else params.k, params.t,
+            args.dropout, args.dropout_stage, args.seed, authenticated,
             progress=update, trace_memory=args.memory,
             pool_factory=executor.simulation_pool_factory(), server_workers=args.server_workers)
     except ProtocolAbort as exc:

@@ -79,11 +79,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("secure aggregation")
     g.add_argument("--secagg", choices=SECAGG_MODES, default=d.secagg, help="off: a trusted aggregator sums in the clear; secagg: Bonawitz et al. (complete graph); secagg+: Bell et al. (sparse Harary graph)")
-    g.add_argument("--neighbors", type=int, default=d.neighbors, help="SecAgg+ graph degree k (default: chosen for the cohort size and --dropout)")
-    g.add_argument("--threshold", type=int, default=d.threshold, help="Shamir threshold t (default: chosen with k; must satisfy (k+1)/2 < t <= k+1)")
+    g.add_argument("--neighbors", type=int, default=d.neighbors, help="SecAgg+ graph degree k (default: chosen for the cohort size, --dropout and --max-colluders)")
+    g.add_argument("--threshold", type=int, default=d.threshold, help="Shamir threshold t (default: the smallest meeting --max-colluders; a smaller one is refused)")
     g.add_argument("--bits", type=int, default=d.bits, help="ring Z_{2^bits} of the masked sum (each entry travels as ceil(bits/8) bytes)")
     g.add_argument("--authenticated", action=argparse.BooleanOptionalAction, default=d.authenticated, help="Ed25519-signed key advertisements and a consistency round (protects against an active server)")
     g.add_argument("--dropout", type=float, default=d.dropout, help="simulated probability that a client drops, at a stage drawn uniformly (seeded by --seed)")
+    g.add_argument("--max-colluders", type=int, default=d.max_colluders,
+                   help="c: colluding clients among any client's neighbours the secure sum must tolerate (authenticated: against an active server, "
+                        "c < 2t - k - 1; else fewer than t); (k, t) are chosen from it, --dropout and --halting-bits by protocol.params.round_params")
+    g.add_argument("--halting-bits", type=float, default=d.halting_bits,
+                   help="a protocol round may halt (too few live share holders) with probability at most 2^-bits at --dropout")
 
     g = p.add_argument_group("differential privacy")
     g.add_argument("--dp", choices=DP_MODES, default=d.dp, help="privacy unit: sample (per-sample clipping + DP-SGD), client (clip the whole upload), or off")

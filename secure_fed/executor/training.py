@@ -128,10 +128,11 @@ class TrainingRole:
     def client(self, config: ProtocolConfig, u: int, identity: SigningKeyPair | None,
                identity_keys: Mapping[int, bytes] | None, extra: Any) -> SecAggClient:
         assert self.secagg is not None
-        codec = extra
+        codec, attempt = extra
         encode = self.secagg.client_encoder(config.round_id, codec, {u: partial(self.client_work, u)})
         return SecAggClient(u, config, partial(encode, u), identity, identity_keys,
-                            self.secagg.protocol_rng(config.round_id, u))
+                            self.secagg.protocol_rng(config.round_id, u, attempt),
+                            policy=self.secagg.secagg.client_policy())
 
     def finish_round(self) -> Side:
         side, self.side = self.side, new_side()
@@ -178,9 +179,11 @@ class RemoteTrainingClients:
 
         return {u: partial(fetch, u) for u in cohort}
 
-    def open_pool(self, config: ProtocolConfig, codec: Any) -> tuple[RayClientPool, Mapping[int, bytes] | None]:
-        """The round's clients, built in their actors; and their identity public keys."""
-        return self.pool, self.pool.open(config, codec)
+    def open_pool(self, config: ProtocolConfig, codec: Any, attempt: int = 0
+                  ) -> tuple[RayClientPool, Mapping[int, bytes] | None]:
+        """The round's clients, built in their actors (``attempt``: the protocol round of
+        this training round, > 0 after a restart: fresh keys); and their identity public keys."""
+        return self.pool, self.pool.open(config, (codec, attempt))
 
     def end_round(self) -> Side:
         """Close the round in every actor; returns the clients' statistics, merged."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from secure_fed.report.audits import audits_section
+from secure_fed.report.guarantee import guarantee_text
 from secure_fed.report.load import (
     REPORT_NAME,
     UNITS,
@@ -237,7 +238,8 @@ def _threshold_text(run: RunData, agg: str) -> str:
     return (f"Secrets are Shamir-shared with threshold <strong>t = {t}</strong>. Any t "
             f"share-holders of one client together can rebuild its masks: a server that "
             f"colludes with t or more of them can unmask that client's individual input. With "
-            f"fewer than t colluders the server learns only the sum, from which the colluding "
+            f"fewer than t colluders a server that follows the protocol learns only the sum (one "
+            f"that deviates needs fewer: c < 2t - k - 1, as stated above), from which the colluding "
             f"clients can subtract their own inputs: what is revealed is the sum of the honest "
             f"survivors. A round with fewer than t survivors aborts and reveals nothing; a "
             f"released sum can cover as few as t clients.{plus}")
@@ -304,6 +306,7 @@ def threat_section(run: RunData) -> str:
     agg = aggregator(run)
     items = [("Server", _server_text(run, agg))]
     if agg != "plaintext":
+        items.append(("Delivered guarantee", guarantee_text(run)))
         items.append(("Threshold and collusion", _threshold_text(run, agg)))
     items += [("Differential privacy and secure aggregation", _dp_text(run, agg)),
               ("Dropouts", _dropout_text(run)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
+from protocol.params import RoundParams
 from secure_fed.fl.fedhpro import HpRound
 
 
@@ -27,6 +28,7 @@ class RoundRecord(TypedDict):
     bytes_up_per_client: int | None
     seconds: float
     aborted: NotRequired[str]
+    restarts: NotRequired[int]  # protocol rounds restarted after a reveal-stage dropout
     personalized_accuracy: NotRequired[float]  # final round only
     hp: NotRequired[HpRound]  # FedHPro: the round's hyper-prototype matching
 
@@ -37,6 +39,18 @@ class StopRecord(TypedDict):
     round: int
     reason: str
     epsilon: dict[str, Any] | None  # spent per accountant when it stopped
+
+
+def guarantee_line(params: RoundParams | None) -> str | None:
+    """The secure aggregation guarantee a run delivers, in one line (None without SecAgg);
+    printed at the start of ``train``."""
+    if params is None:
+        return None
+    line = f"secure aggregation: {params.describe()}"
+    if not params.authenticated:
+        line += ("; --no-authenticated: passive server only (an active server can "
+                 "impersonate clients and recover inputs)")
+    return line
 
 
 def round_line(rec: RoundRecord, rounds: int, secure: bool) -> str:
@@ -50,6 +64,8 @@ def round_line(rec: RoundRecord, rounds: int, secure: bool) -> str:
         line += f"  eps {rec['epsilon']:.3f}"
     if secure:
         line += f"  survivors {rec['survivors']}/{rec['cohort']}"
+    if n := rec.get("restarts"):
+        line += f"  restarted {'once' if n == 1 else f'{n} times'} after a reveal dropout"
     if (up := rec["bytes_up_per_client"]) is not None:
         line += f"  up {up / 1024:.1f} KiB/client"
     line += f"  {rec['seconds']:.2f}s"
@@ -60,4 +76,4 @@ def round_line(rec: RoundRecord, rounds: int, secure: bool) -> str:
     return line
 
 
-__all__ = ["HpRound", "RoundRecord", "StopRecord", "round_line"]
+__all__ = ["HpRound", "RoundRecord", "StopRecord", "guarantee_line", "round_line"]

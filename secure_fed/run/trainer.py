@@ -26,6 +26,7 @@ from crypto.rng import KeystreamRNG
 from dp.accountants import epsilon_with_fallback
 from dp.events import event_from_dict, event_to_dict
 from dp.ledger import PrivacyLedger
+from protocol.params import RoundParams
 from secure_fed.aggregation.layout import (
     Aggregate,
     Aggregator,
@@ -67,7 +68,7 @@ from secure_fed.fl.program import (
 from secure_fed.fl.server import Broadcast, FedServer
 from secure_fed.privacy.noise import NoisePlan, RunPrivacy, SgdPlan, share_factor
 from secure_fed.privacy.upload import UploadSpec
-from secure_fed.run.records import RoundRecord, StopRecord, round_line
+from secure_fed.run.records import RoundRecord, StopRecord, guarantee_line, round_line
 from secure_fed.run.resume import record_restart, resume
 from secure_fed.run.rundir import (
     JOURNAL,
@@ -131,7 +132,10 @@ class Trainer:
         self.client_model = copy.deepcopy(model)  # the simulator's one reusable client model
         self.client_round = CLIENT_ROUNDS[cfg.algorithm]
         self._secagg_probe: SecAggAggregator | None = None
-        self.threshold = self._threshold()
+        # (k, t) of a full cohort and the guarantee they deliver (protocol.params.round_params)
+        self.round_params: RoundParams | None = None if cfg.secagg == "off" else SecAggAggregator(
+            RingSettings(bits=cfg.bits), self._secagg_settings()).round_params(cfg.cohort)
+        self.threshold = 1 if self.round_params is None else self.round_params.t  # t (1 without SecAgg)
         self.privacy: RunPrivacy | None = None
         self.noise_multiplier = 0.0
         self.server = self._make_server(model)
@@ -174,14 +178,8 @@ class Trainer:
             graph="complete" if cfg.secagg == "secagg" else "harary", neighbors=cfg.neighbors,
             threshold=cfg.threshold, authenticated=cfg.authenticated, dropout=cfg.dropout,
             dropout_seed=derive_seed(cfg.seed, 4), server_workers=cfg.server_workers,
+            max_colluders=cfg.max_colluders, halting_bits=cfg.halting_bits,
         )
-
-    def _threshold(self) -> int:
-        """The protocol threshold t for a full cohort (1 without secure aggregation)."""
-        if self.cfg.secagg == "off":
-            return 1
-        probe = SecAggAggregator(RingSettings(bits=self.cfg.bits), self._secagg_settings())
-        return probe.protocol_config(1, list(range(self.cfg.cohort)), 1).threshold
 
     def _make_server(self, model: nn.Module) -> FedServer:
         cfg = self.cfg
@@ -265,6 +263,7 @@ class Trainer:
         cfg["threshold_used"] = self.threshold if self.cfg.secagg != "off" else None
         plan = self.noise_plan
         cfg["noise_plan"] = None if plan is None else dataclasses.asdict(plan)
+        cfg["secure_aggregation"] = None if self.round_params is None else self.round_params.to_dict()
         write_json(self.run_dir / "config.json", cfg)
         if self.audit is not None and not self.audit.records:  # the chain starts from this config.json
             self.audit.append({"kind": "config", "config_sha256": file_sha256(self.run_dir / "config.json")})
@@ -436,6 +435,8 @@ class Trainer:
             "bytes_up_per_client": cast("int | None", agg.meta.get("bytes_up_per_client")),
             "seconds": t_end - t0,
         }
+        if restarts := cast("list[Any]", agg.meta.get("restarts") or []):
+            rec["restarts"] = len(restarts)
         if final and side["pers"]:
             rec["personalized_accuracy"] = float(np.mean(list(side["pers"].values())))
         if isinstance(self.server, FedHProServer) and self.server.hp_round is not None:
@@ -496,6 +497,7 @@ class Trainer:
             "bytes": meta.get("bytes"), "bytes_up_per_client": meta.get("bytes_up_per_client"),
             "upload_entries": self.layout.size, "protocol_seconds": meta.get("seconds"),
             "dp": dp, "events": events, "epsilon": eps,
+            "guarantee": meta.get("guarantee"), "restarts": meta.get("restarts", []),
             "aggregate_sha256": agg.digest(), "server": stats, "accuracy": acc, "loss": loss, "timings": timings,
         }
 
@@ -512,8 +514,9 @@ class Trainer:
                "survivors": 0, "cohort": len(cohort), "bytes_up_per_client": None, "seconds": seconds}
         self.history.append(rec)
         if self.audit is not None:
+            g = None if self.round_params is None else self.round_params.to_dict()
             self.audit.append({"kind": "round", "round": round_id, "aborted": reason, "cohort": cohort,
-                               "aggregator": self.aggregator.name, "dp": self._dp_record(), "events": [],
+                               "aggregator": self.aggregator.name, "guarantee": g, "dp": self._dp_record(), "events": [],
                                "epsilon": self.epsilons(), "accuracy": rec["accuracy"], "timings": {"total": seconds}})
         return rec
 
@@ -524,6 +527,8 @@ class Trainer:
         if self.start_round == 1 and not self.history:
             self.set_noise(self._planned_noise if self._planned_noise is not None else self.plan_noise())
             self.write_static_outputs()
+            if (guarantee := guarantee_line(self.round_params)) is not None:
+                self.log(guarantee)
             if self.privacy is not None:
                 self.log(f"DP {self.cfg.dp}-level, {self.cfg.mechanism} noise ({self.cfg.noise_placement}), "
                          f"noise multiplier {self.noise_multiplier:.4f}{self._split_note()}, clip {self.cfg.clip}, delta {self.cfg.delta}"
