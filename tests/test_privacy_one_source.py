@@ -96,7 +96,8 @@ def test_budget_with_trains_flags_plans_as_train_does(tmp_path: Path) -> None:
     trainer, _ = _planned_run(tmp_path, {})
     trainer.close()
     flags = ["--clients", "4", "--cohort", "4", "--rounds", "3", "--batch-size", "64", "--rounds-of-hp", "2",
-             "--meta-steps", "2", "--meta-per-class", "2", "--partition", "dirichlet", "--no-hardened"]
+             "--meta-steps", "2", "--meta-per-class", "2", "--partition", "dirichlet", "--no-hardened",
+             "--halting-bits", "1"]  # as BASE: 4 clients at 10% dropout
     rc, out, err = run_budget("--json", "--train", *flags)
     assert rc == 0, err
     res = json.loads(out)

@@ -38,8 +38,7 @@ def _simulate_guarantee(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
     parser = argparse.ArgumentParser()
     simulate_cli.add_arguments(parser)
-    assert simulate_cli.run(parser.parse_args([*argv, "--length", "4", "--quiet",
-                                               "--no-memory"])) == 0
+    assert simulate_cli.run(parser.parse_args([*argv, "--length", "4", "--quiet"])) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("guarantee:"))
     return line.removeprefix("guarantee: ").split("; unauthenticated")[0]
 
@@ -63,7 +62,7 @@ def test_train_and_simulate_choose_the_same_k_and_t(capsys: pytest.CaptureFixtur
     t = _trainer(secagg=secagg, max_colluders=c, dropout=dropout, authenticated=auth, cohort=12)
     assert t.round_params is not None
     sim = _simulate_guarantee(capsys, "--clients", "12", "--graph", graph, "--max-colluders", str(c),
-                              "--dropout", str(dropout), *([] if auth else ["--unauthenticated"]))
+                              "--dropout", str(dropout), *([] if auth else ["--no-authenticated"]))
     assert sim == t.round_params.describe()
 
 
