@@ -286,8 +286,9 @@ def report(results: list[dict[str, Any]]) -> None:
         print(f"\n#### {dataset}, {mode}: {s['clients']} clients, alpha {s['alpha']}, {s['local_epochs']} local epochs, "
               f"lr {s['lr']}, momentum {s['momentum']}, {s['rounds']} rounds\n")
         print("| arm | seeds | mean acc, last 10 (mean ± sd over seeds) | per seed | final acc | "
-              "swing (mean abs round-to-round change, last 20) | matched after round 2 | release cosine (median) | epsilon | s/run |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "swing (mean abs round-to-round change, last 20) | matched after round 2 | release cosine (median) | "
+              "DP-SGD sigma | release sigma | epsilon | s/run |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for arm in (a for a in ARMS if a in arms):
             rs = [arms[arm][k] for k in sorted(arms[arm])]
             sc = [r["last10"] for r in rs]
@@ -296,9 +297,12 @@ def report(results: list[dict[str, Any]]) -> None:
             matched = [r["matched_after_2"] for r in rs if r.get("matched_after_2") is not None]
             cos = [r["cosine_median"] for r in rs if r.get("cosine_median") is not None]
             eps = [r["epsilon"] for r in rs if r.get("epsilon") is not None]
+            sig = [r["sigma"] for r in rs if r.get("sigma")]
+            rsig = [r["release_sigma"] for r in rs if r.get("release_sigma")]
             print(f"| {arm} | {sorted(arms[arm])} | {statistics.mean(sc):.4f} ± {sd:.4f} | {per} | "
                   f"{statistics.mean(r['final'] for r in rs):.4f} | {statistics.mean(r['swing_last20'] for r in rs):.4f} | "
                   f"{f'{statistics.mean(matched):.3f}' if matched else '-'} | {f'{statistics.mean(cos):.3f}' if cos else '-'} | "
+                  f"{f'{min(sig):.2f}-{max(sig):.2f}' if sig else '-'} | {f'{min(rsig):.1f}-{max(rsig):.1f}' if rsig else '-'} | "
                   f"{f'{max(eps):.2f}' if eps else '-'} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
         for a, b in (("fedhpro", "fedavg"), ("fedhpro", "random"), ("random", "fedavg")):
             if a not in arms or b not in arms:
@@ -319,7 +323,7 @@ def report(results: list[dict[str, Any]]) -> None:
                 sh = arms["fedavg"][k]["shadow"]
                 print(f"| {k} | {sh['matched_classes']} | {sh['nhp_matched']:.4f} | {sh['nhp_random_start']:.4f} | "
                       f"{sh['movement_total']:.4f} |")
-        own = [(arm, k, r) for arm in arms for k, r in sorted(arms[arm].items()) if r.get("own_nhp") is not None]
+        own = [(arm, k, r) for arm in arms for k, r in sorted(arms[arm].items()) if r.get("own_nhp") is not None and r["own_nhp_classes"] > 1]  # 1 class: trivially 1
         if own:
             print("\nNearest-hyper-prototype accuracy of each arm's broadcast anchors on its own model (pulled toward them):",
                   "; ".join(f"{arm} seed {k}: {r['own_nhp']:.4f} ({r['own_nhp_classes']} classes)" for arm, k, r in own))
