@@ -272,6 +272,11 @@ def t_interval(xs: list[float]) -> tuple[float, float, float]:
     return m, m - h, m + h
 
 
+def largest_step(r: dict[str, Any]) -> float:
+    acc = r["accuracy"][-20:]
+    return max((abs(x - y) for x, y in zip(acc, acc[1:], strict=False)), default=0.0)
+
+
 def load_results(out: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
 
@@ -286,7 +291,7 @@ def report(results: list[dict[str, Any]]) -> None:
         print(f"\n#### {dataset}, {mode}: {s['clients']} clients, alpha {s['alpha']}, {s['local_epochs']} local epochs, "
               f"lr {s['lr']}, momentum {s['momentum']}, {s['rounds']} rounds\n")
         print("| arm | seeds | mean acc, last 10 (mean ± sd over seeds) | per seed | final acc | "
-              "swing (mean abs round-to-round change, last 20) | matched after round 2 | release cosine (median) | "
+              "swing, last 20 rounds (mean / largest abs change between rounds) | matched after round 2 | release cosine (median) | "
               "DP-SGD sigma | release sigma | epsilon | s/run |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for arm in (a for a in ARMS if a in arms):
@@ -300,7 +305,7 @@ def report(results: list[dict[str, Any]]) -> None:
             sig = [r["sigma"] for r in rs if r.get("sigma")]
             rsig = [r["release_sigma"] for r in rs if r.get("release_sigma")]
             print(f"| {arm} | {sorted(arms[arm])} | {statistics.mean(sc):.4f} ± {sd:.4f} | {per} | "
-                  f"{statistics.mean(r['final'] for r in rs):.4f} | {statistics.mean(r['swing_last20'] for r in rs):.4f} | "
+                  f"{statistics.mean(r['final'] for r in rs):.4f} | {statistics.mean(r['swing_last20'] for r in rs):.4f} / {max(largest_step(r) for r in rs):.4f} | "
                   f"{f'{statistics.mean(matched):.3f}' if matched else '-'} | {f'{statistics.mean(cos):.3f}' if cos else '-'} | "
                   f"{f'{min(sig):.2f}-{max(sig):.2f}' if sig else '-'} | {f'{min(rsig):.1f}-{max(rsig):.1f}' if rsig else '-'} | "
                   f"{f'{max(eps):.2f}' if eps else '-'} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
