@@ -30,9 +30,11 @@ from secure_fed.run.trainer import Trainer
 RELEASE = ("cls_grad_b", "class_count")
 
 
-def measure(ratio: float, seed: int, rounds: int, **overrides: Any) -> dict[str, float]:
-    cfg = TrainConfig(release_noise_ratio=ratio, seed=seed, rounds=rounds, hardened=False, **overrides)
-    trainer = Trainer(cfg, progress=False, log=lambda s: None, write_outputs=False)
+def record_release_cosines(trainer: Trainer) -> list[float]:
+    """Instrument ``trainer`` (FedHPro under DP, local executor) so that every applied round
+    appends to the returned list the cosine of the release the server decodes (U and the
+    count coordinate, noised) to the same survivors' uploads before noise. Call before
+    ``trainer.run()``; the list fills as the rounds run."""
     clean: dict[tuple[int, int], np.ndarray] = {}
     inner = trainer.program.round_fn
 
@@ -48,11 +50,20 @@ def measure(ratio: float, seed: int, rounds: int, **overrides: Any) -> dict[str,
     def recording_apply(agg: Any, bc: Any) -> dict[str, float]:
         noised = np.concatenate([agg.block(n).ravel() for n in RELEASE])
         summed = list(agg.meta.get("summed", []))
-        truth = sum(clean[(agg.round_id, c)] for c in summed)
+        truth = sum(clean.pop((agg.round_id, c)) for c in summed)
+        for key in [k for k in clean if k[0] <= agg.round_id]:  # dropped clients' uploads
+            del clean[key]
         cosines.append(float(noised @ truth / (np.linalg.norm(noised) * np.linalg.norm(truth))))
         return apply(agg, bc)
 
     trainer.server.apply = recording_apply  # type: ignore[method-assign]
+    return cosines
+
+
+def measure(ratio: float, seed: int, rounds: int, **overrides: Any) -> dict[str, float]:
+    cfg = TrainConfig(release_noise_ratio=ratio, seed=seed, rounds=rounds, hardened=False, **overrides)
+    trainer = Trainer(cfg, progress=False, log=lambda s: None, write_outputs=False)
+    cosines = record_release_cosines(trainer)
     trainer.run()
     hist = [r for r in trainer.history if "hp" in r]
     late = [r["hp"] for r in hist if r["round"] > 2]
