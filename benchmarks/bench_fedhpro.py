@@ -206,6 +206,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     tr = Trainer(cfg, progress=False, log=lambda s: None, write_outputs=False)
+    p_start = tr.server.hyper_prototypes.detach().clone() if isinstance(tr.server, FedHProServer) else None
     cosines = record_release_cosines(tr) if cfg.splits_budget else None
     shadow = ShadowMatcher(tr) if cfg.algorithm == "fedavg" else None
     tr.run()
@@ -224,6 +225,8 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         late = [r["hp"] for r in tr.history if "hp" in r and r["round"] > 2]
         out["matched_after_2"] = sum(len(h["matched_classes"]) for h in late) / max(sum(h["num_classes"] for h in late), 1)
         out["hp_movement"] = [r["hp"]["hp_movement"] for r in tr.history if "hp" in r]
+        p_end = tr.server.hyper_prototypes.detach()
+        out["hp_movement_total"] = float((p_end - p_start).norm() / p_start.norm())
         mask = tr.server.broadcast_mask()
         out["own_nhp"] = nhp_accuracy(model, tx, ty, tr.server.hyper_prototypes, mask) if bool(mask.any()) else None
         out["own_nhp_classes"] = int(mask.sum())
@@ -288,8 +291,9 @@ def report(results: list[dict[str, Any]]) -> None:
     for (dataset, mode), arms in sorted(groups.items()):
         any_run = next(iter(next(iter(arms.values())).values()))
         s = any_run["settings"]
+        hp = "".join(f", {k.replace('_', '-')} {s[k]}" for k in ("hp_lr", "rounds_of_hp") if k in s)
         print(f"\n#### {dataset}, {mode}: {s['clients']} clients, alpha {s['alpha']}, {s['local_epochs']} local epochs, "
-              f"lr {s['lr']}, momentum {s['momentum']}, {s['rounds']} rounds\n")
+              f"lr {s['lr']}, momentum {s['momentum']}, {s['rounds']} rounds{hp}\n")
         print("| arm | seeds | mean acc, last 10 (mean ± sd over seeds) | per seed | final acc | "
               "swing, last 20 rounds (mean / largest abs change between rounds) | matched after round 2 | release cosine (median) | "
               "DP-SGD sigma | release sigma | epsilon | s/run |")
@@ -328,6 +332,11 @@ def report(results: list[dict[str, Any]]) -> None:
                 sh = arms["fedavg"][k]["shadow"]
                 print(f"| {k} | {sh['matched_classes']} | {sh['nhp_matched']:.4f} | {sh['nhp_random_start']:.4f} | "
                       f"{sh['movement_total']:.4f} |")
+        moved = [(arm, k, r["hp_movement_total"]) for arm in arms for k, r in sorted(arms[arm].items())
+                 if r.get("hp_movement_total") is not None]
+        if moved:
+            print("\nHyper-prototype movement over the run, |P_end - P_start| / |P_start|:",
+                  "; ".join(f"{arm} seed {k}: {m:.4f}" for arm, k, m in moved))
         own = [(arm, k, r) for arm in arms for k, r in sorted(arms[arm].items()) if r.get("own_nhp") is not None and r["own_nhp_classes"] > 1]  # 1 class: trivially 1
         if own:
             print("\nNearest-hyper-prototype accuracy of each arm's broadcast anchors on its own model (pulled toward them):",
@@ -346,6 +355,8 @@ def main() -> int:
     ap.add_argument("--local-epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--hp-lr", type=float, default=None, help="FedHPro's --hp-lr (default: the product's)")
+    ap.add_argument("--rounds-of-hp", type=int, default=None, help="FedHPro's --rounds-of-hp (default: the product's)")
     ap.add_argument("--out", type=Path, default=Path("fedhpro_runs"), help="one JSON per run; finished runs are skipped")
     ap.add_argument("--jobs", type=int, default=2, help="parallel worker processes (1 torch thread each)")
     ap.add_argument("--report", action="store_true", help="only print the tables from --out")
@@ -356,6 +367,10 @@ def main() -> int:
         return 0
     common = {"clients": args.clients, "cohort": args.clients, "alpha": args.alpha, "local_epochs": args.local_epochs,
               "lr": args.lr, "momentum": args.momentum, "hardened": False, "threads": 1}
+    if args.hp_lr is not None:  # one folder per schedule: run names do not carry it
+        common["hp_lr"] = args.hp_lr
+    if args.rounds_of_hp is not None:
+        common["rounds_of_hp"] = args.rounds_of_hp
     jobs = [{"dataset": d, "mode": m, "arm": a, "seed": s, "rounds": args.rounds, "common": common, "out": str(args.out)}
             for d in args.datasets for m in args.modes for s in args.seeds for a in args.arms]
     for j in jobs:
