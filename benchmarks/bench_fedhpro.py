@@ -2,7 +2,9 @@
 
 Arms (``--arms``): ``fedavg``; ``fedhpro`` (the product's defaults for FedHPro); ``random``
 (``--hp-control random``: the same release uploaded and charged, fixed N(0, 1) anchors,
-never matched). Modes (``--modes``): ``plain`` (``--secagg off --dp off``) and ``epsN``
+never matched); ``fedproto`` and the other prototype methods (not in the default set).
+An arm the product refuses in a mode (e.g. FedProto under DP) is recorded as refused,
+with the product's one-line reason, and shown so in the report. Modes (``--modes``): ``plain`` (``--secagg off --dp off``) and ``epsN``
 (``--dp sample`` at target epsilon N with the defaults: SecAgg+ with 10% dropout,
 distributed discrete noise, the default release noise ratio). Every run uses seeded
 randomness (``hardened=False``), so the arms pair by seed (same partition, same initial
@@ -58,7 +60,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "fedavg": {"algorithm": "fedavg"},
     "fedhpro": {"algorithm": "fedhpro"},
     "random": {"algorithm": "fedhpro", "hp_control": "random"},
+    "fedproto": {"algorithm": "fedproto"},
 }
+DEFAULT_ARMS = ["fedavg", "fedhpro", "random"]
 LAST = 10  # the score: mean accuracy over the last LAST rounds
 
 
@@ -197,12 +201,17 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
     from bench_release import record_release_cosines
 
     from secure_fed.config import TrainConfig
+    from secure_fed.errors import ConfigError
     from secure_fed.fl.fedhpro import FedHProServer
     from secure_fed.run.trainer import Trainer
 
     settings = {**ARMS[job["arm"]], **mode_settings(job["mode"]), **job["common"],
                 "dataset": job["dataset"], "seed": job["seed"], "rounds": job["rounds"]}
-    cfg = TrainConfig(**settings)
+    try:
+        cfg = TrainConfig(**settings)
+    except ConfigError as e:  # the product refuses this arm in this mode: record why
+        return {"dataset": job["dataset"], "mode": job["mode"], "arm": job["arm"], "seed": job["seed"],
+                "settings": settings, "refused": str(e)}
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     tr = Trainer(cfg, progress=False, log=lambda s: None, write_outputs=False)
@@ -247,6 +256,8 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def progress_line(r: dict[str, Any], done: int, total: int) -> str:
+    if "refused" in r:
+        return f"[{done}/{total}] {run_name(r['dataset'], r['mode'], r['arm'], r['seed'])} refused: {r['refused']}"
     bits = [f"[{done}/{total}] {run_name(r['dataset'], r['mode'], r['arm'], r['seed'])}",
             f"last10 {r['last10']:.4f}", f"final {r['final']:.4f}"]
     if r.get("matched_after_2") is not None:
@@ -300,6 +311,10 @@ def report(results: list[dict[str, Any]]) -> None:
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for arm in (a for a in ARMS if a in arms):
             rs = [arms[arm][k] for k in sorted(arms[arm])]
+            if any("refused" in r for r in rs):
+                why = next(r["refused"] for r in rs if "refused" in r)
+                print(f"| {arm} | {sorted(arms[arm])} | refused by the product: {why} | - | - | - | - | - | - | - | - | - |")
+                continue
             sc = [r["last10"] for r in rs]
             sd = statistics.stdev(sc) if len(sc) > 1 else 0.0
             per = ", ".join(f"{r['seed']}: {r['last10']:.4f}" for r in rs)
@@ -313,10 +328,12 @@ def report(results: list[dict[str, Any]]) -> None:
                   f"{f'{statistics.mean(matched):.3f}' if matched else '-'} | {f'{statistics.mean(cos):.3f}' if cos else '-'} | "
                   f"{f'{min(sig):.2f}-{max(sig):.2f}' if sig else '-'} | {f'{min(rsig):.1f}-{max(rsig):.1f}' if rsig else '-'} | "
                   f"{f'{max(eps):.2f}' if eps else '-'} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
-        for a, b in (("fedhpro", "fedavg"), ("fedhpro", "random"), ("random", "fedavg")):
+        pairs = [(a, "fedavg") for a in ARMS if a not in ("fedavg", "random")] + [("fedhpro", "random"), ("random", "fedavg")]
+        for a, b in pairs:
             if a not in arms or b not in arms:
                 continue
-            seeds = sorted(set(arms[a]) & set(arms[b]))
+            seeds = sorted(k for k in set(arms[a]) & set(arms[b])
+                           if "refused" not in arms[a][k] and "refused" not in arms[b][k])
             if not seeds:
                 continue
             gaps = [100 * (arms[a][k]["last10"] - arms[b][k]["last10"]) for k in seeds]
@@ -347,7 +364,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["digits"])
     ap.add_argument("--modes", nargs="+", default=["plain", "eps8"], help="plain and/or epsN (DP at target epsilon N)")
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS),
+                    help=f"default: {' '.join(DEFAULT_ARMS)}")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--clients", type=int, default=20)
