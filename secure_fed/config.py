@@ -157,6 +157,9 @@ class TrainConfig:
     hpal_weight: float = 1.0
     proto_weight: float = 1.0
     proto_clip: float = DEFAULT_PROTO_CLIP
+    pa_steps: int = 100
+    pa_lr: float = 0.01
+    pu_norm: float = 3.0
     classifier: str = "fedavg"
     feature_dim: int | None = None
     secagg: str = "secagg+"
@@ -241,6 +244,9 @@ class TrainConfig:
              "splits the budget between the per-class release and DP-SGD, so it needs --dp sample and an algorithm with a "
              f"per-class release ({', '.join(PER_CLASS_RELEASE)}; elsewhere one mechanism runs: leave it at 1)")
         need(0 < self.proto_clip < float("inf"), "--proto-clip", f"must be > 0 and finite (got {self.proto_clip})")
+        need(0 <= self.pa_steps <= 100_000, "--pa-steps", f"must be in [0, 100000] (got {self.pa_steps})")
+        need(0 < self.pa_lr < float("inf"), "--pa-lr", f"must be > 0 and finite (got {self.pa_lr})")
+        need(0 < self.pu_norm < float("inf"), "--pu-norm", f"must be > 0 and finite (got {self.pu_norm})")
         need(self.dp == "off" or self.noise_multiplier is not None or self.target_epsilon is not None,
              "--noise-multiplier", "give --noise-multiplier or --target-epsilon when --dp is on")
         need(self.dp == "off" or self.algorithm != "fedproto", "--algorithm",

@@ -110,6 +110,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "class's prototype sum (--dp sample and client; with the count coordinate, one sample moves the release by "
                         "at most this over sqrt(1 - 0.5^2)). Those methods read only the prototypes' directions, and the noise "
                         "scales with this norm")
+    g.add_argument("--pa-steps", type=int, default=d.pa_steps,
+                   help="protonorm: Prototype Alignment steps (projected gradient descent on the Thomson energy of the unit "
+                        "prototypes) per round; the paper gives no value, 100 is this implementation's choice")
+    g.add_argument("--pa-lr", type=float, default=d.pa_lr, help="protonorm: Prototype Alignment step size (no value in the paper; our choice)")
+    g.add_argument("--pu-norm", type=float, default=d.pu_norm,
+                   help="protonorm: Prototype Upscaling, the norm the aligned unit prototypes are scaled to (no value in the paper; our choice)")
     g.add_argument("--hardened", action=argparse.BooleanOptionalAction, default=d.hardened, help="secrets and noise from the OS CSPRNG (--no-hardened: seeded noise, for experiments and tests only)")
     g.add_argument("--reproducible", dest="hardened", action="store_false", help="alias of --no-hardened: --seed also drives noise and secrets")
 

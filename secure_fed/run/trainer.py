@@ -65,6 +65,7 @@ from secure_fed.fl.program import (
     derive_seed,
     new_side,
 )
+from secure_fed.fl.protonorm import ProtoNormServer, protonorm_client_round
 from secure_fed.fl.server import Broadcast, FedServer
 from secure_fed.privacy.noise import NoisePlan, RunPrivacy, SgdPlan, share_factor
 from secure_fed.privacy.release import upload_spec
@@ -87,6 +88,7 @@ CLIENT_ROUNDS: dict[str, ClientRound] = {
     "fedhpro": fedhpro_client_round,
     "fedavg": fedavg_client_round,
     "fedproto": fedproto_client_round,
+    "protonorm": protonorm_client_round,
 }
 
 
@@ -188,6 +190,8 @@ class Trainer:
             return FedHProServer(model, self.num_classes, self.device, cfg, gen, self.spec)  # noise set in set_noise
         if cfg.algorithm == "fedproto":
             return FedProtoServer(model, self.num_classes, self.device, self.spec)
+        if cfg.algorithm == "protonorm":
+            return ProtoNormServer(model, self.num_classes, self.device, self.spec, cfg)
         return FedAvgServer(model, self.num_classes, self.device, self.spec)
 
     def _make_aggregator(self) -> Aggregator:
