@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,8 @@ def test_dp_sample_run_charges_its_release_as_opacus_does_and_the_inversion_audi
         ref.history = [(3.0, cfg.release_rate, cfg.rounds)]
         assert RDPAccountant().epsilon(mine, cfg.delta) == pytest.approx(ref.get_epsilon(delta=cfg.delta), rel=1e-3)
     assert main(["audit", str(tmp_path / "pn"), "--which", "inversion", "--inversion-points", "first", "--quiet"]) == 0
+    audit = json.loads((tmp_path / "pn" / "audit_results.json").read_text())
+    assert "applicable" in json.dumps(audit) and '"applicable": false' not in json.dumps(audit)
 
 
 @pytest.mark.parametrize(("secagg", "dp"), [("secagg", "client"), ("off", "sample")])
@@ -132,3 +135,18 @@ def test_learns_above_chance_on_digits() -> None:
                 progress=False, log=lambda s: None, write_outputs=False)
     t.run()
     assert t.history[-1]["accuracy"] > 0.3  # chance is 0.1
+
+
+def test_inversion_audit_reads_the_prototype_release(tmp_path: Path) -> None:
+    """Without DP a client's own prototype upload gives its class means and counts exactly;
+    the audit reads the declared release (proto_sum + class_count), not FedHPro's blocks."""
+    from secure_fed.audit.inversion import audit_inversion
+
+    cfg = TrainConfig(**{**SMALL, "rounds": 1}, secagg="secagg+", dp="off", target_epsilon=None, out=str(tmp_path), run_id="plain")
+    Trainer(cfg, progress=False, log=lambda s: None).run()
+    res = audit_inversion(tmp_path / "plain", points="first", progress=False)
+    assert res["summary"]["applicable"] is True
+    (point,) = res["raw"]["points"]
+    upload = point["views"]["upload"]["pooled"]
+    assert upload["cosine_mean"] == pytest.approx(1.0, abs=1e-6) and upload["count_hit_rate"] == 1.0
+    assert upload["label_precision"] == 1.0 and upload["label_recall"] == 1.0

@@ -3,7 +3,11 @@
 Clients train with cross-entropy plus ``--proto-weight`` * MSE(f, p_y) toward the global
 prototype of the label (the FedProto regularizer ProtoNorm builds on) and upload per-class
 feature sums and counts through the secure sum, with the model delta (FedAvg of the model,
-as this harness's FedProto does). The server, from the :class:`Aggregate` only:
+as this harness's FedProto does). Unlike the paper, whose clients send the prototypes of their
+locally trained models, the sums here are of the *received global model's* features,
+computed before local training: a secure sum adds features, and features of different local
+models live in different spaces; the global model's are one space. The prototypes so lag
+local training by one round. The server, from the :class:`Aggregate` only:
 
 1. averages the summed features per class and normalizes each to the unit sphere;
 2. Prototype Alignment (PA): ``--pa-steps`` steps of projected gradient descent, rate
@@ -127,8 +131,9 @@ class ProtoNormServer(FedServer):
 def protonorm_client_round(bc: Broadcast, shard: ClientShard, model: nn.Module, ctx: ClientContext) -> ClientOutput:
     """One client's ProtoNorm round (client side).
 
-    Trains with CE + ``--proto-weight`` * MSE(f, p_y) toward the broadcast prototypes, then
-    uploads per-class feature sums of the trained model. DP off: exact sums and counts,
+    Uploads per-class feature sums under the received global model (before training; the
+    paper's clients send their locally trained model's prototypes, see the module docstring),
+    then trains with CE + ``--proto-weight`` * MSE(f, p_y) toward the broadcast prototypes. DP off: exact sums and counts,
     n_k-weighted delta. Sample unit: a Poisson(``--release-rate``) subsample, each feature
     clipped to ``--proto-clip`` plus the count coordinate (:func:`dp.clipping.per_class_feature_sums`);
     DP-SGD local training. Client unit: the per-sample-clipped sums over n_k and holder
@@ -145,7 +150,9 @@ def protonorm_client_round(bc: Broadcast, shard: ClientShard, model: nn.Module, 
         def extra(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return cfg.proto_weight * nn.functional.mse_loss(f, gp[y])
 
-    loss, sgd = train_locally(model, shard, ctx, extra)
+    # The release is computed on the received global model, before local training: every
+    # client's features then live in one feature space (the sum mixes no local models), and
+    # the release does not depend on this round's DP-SGD.
     feats = extract_features(model, shard.x)
     blocks: dict[str, np.ndarray] = {}
     if spec.dp == "sample":
@@ -161,6 +168,7 @@ def protonorm_client_round(bc: Broadcast, shard: ClientShard, model: nn.Module, 
         onehot = nn.functional.one_hot(shard.y, num_classes).to(feats.dtype)
         blocks[PROTO_BLOCK] = (onehot.T @ feats).double().cpu().numpy()
         blocks[COUNT_BLOCK] = onehot.sum(0).double().cpu().numpy()
+    loss, sgd = train_locally(model, shard, ctx, extra)
     delta = (flat_params(model) - theta0).double().cpu().numpy()
     blocks.update(weighted_delta(delta, shard.n, spec))
     return ClientOutput(blocks, loss, sgd)
