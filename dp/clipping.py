@@ -32,6 +32,7 @@ import torch
 from dp.errors import ConfigError
 
 OPACUS_EPS = 1e-6  # Opacus flat clipping: factor = min(1, C / (norm + 1e-6))
+SHRINK_FLOAT64 = 1e-12  # per_class_feature_sums: relative margin for float64 rounding of the norm
 _ONEHOT_FLOPS = 2.0e7  # below this k*C*B*dim, a dense one-hot product is cheaper
 _MEMBERS_FLOPS = 1.0e6  # below this C*B*dim, class sums by one-hot products beat index_add
 
@@ -315,3 +316,87 @@ def per_class_weight_sums(
     weight = f.new_zeros(n_cls, n_cls, dim)
     _add_present(weight, gs, f, y, counts, present)
     return weight, int((factor < 1.0).sum())
+
+
+# -- the prototype release: per-class sums of clipped features ---------------------------------
+@dataclass(frozen=True, slots=True)
+class FeatureSums:
+    """Per-class sums of per-sample clipped features of one client's batch (client side).
+
+    feature (C x dim): row c is sum over class-c samples of s_i f_i, s_i = min(1, clip /
+    (|f_i| + 1e-6)); count (C): the summed constant count coordinate; clipped: samples whose
+    factor s_i was < 1.
+    """
+
+    feature: torch.Tensor
+    count: torch.Tensor
+    clipped: int
+
+    def flat(self) -> torch.Tensor:
+        """Both blocks as one vector, layout feature | count."""
+        return torch.cat([self.feature.reshape(-1), self.count.reshape(-1)])
+
+
+def feature_release_norm(clip: float, count_coordinate: float | None) -> float:
+    """L2 bound of one sample's contribution to :func:`per_class_feature_sums`: its feature
+    clipped to ``clip`` and the count coordinate c together, sqrt(clip^2 + c^2)."""
+    c = 0.0 if count_coordinate is None else float(count_coordinate)
+    return math.sqrt(clip * clip + c * c)
+
+
+@torch.no_grad()
+def per_class_feature_sums(
+    f: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    clip: float,
+    count_coordinate: float | None = None,
+    into: FeatureSums | None = None,
+) -> FeatureSums:
+    """Per-class sums of features clipped per sample to L2 norm ``clip`` (client side).
+
+    f: features (B x dim) of any extractor; y: labels (B, int64) in [0, num_classes);
+    clip: L2 norm per sample of the feature (Opacus's factor min(1, clip / (norm + 1e-6)),
+    the norm taken in float64 so that no input, however large, escapes it);
+    count_coordinate: constant extra coordinate c of each sample, *not* scaled: the feature
+    is clipped on its own, so the count sum is exactly c times the samples summed (before
+    noise) and one sample moves the release (feature | count) by at most
+    :func:`feature_release_norm` (clip, c) under add/remove-one-sample adjacency.
+    Non-finite features are refused (a model that produced them has diverged).
+
+    into: a release of the same shapes to which this batch's sums are added in place.
+    """
+    if f.dim() != 2 or y.dim() != 1 or f.shape[0] != y.shape[0]:
+        raise ConfigError(f"need f (B x dim) and y (B), got {tuple(f.shape)} and {tuple(y.shape)}")
+    check_clip(clip)
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    if not bool(torch.isfinite(f).all()):
+        raise ConfigError("features contain NaN or infinity: the model has diverged (lower --lr)")
+    y = y.to(torch.long)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ConfigError(f"labels must be in [0, {num_classes}), got {int(y.min())}..{int(y.max())}")
+    dim = f.shape[1]
+    if into is not None and into.feature.shape != (num_classes, dim):
+        raise ConfigError(f"into has shape {tuple(into.feature.shape)}; these inputs need {(num_classes, dim)}")
+    f64 = f.to(torch.float64)
+    # scale first so that squaring cannot overflow, then the exact Opacus factor
+    peak = f64.abs().amax(dim=1, keepdim=True).clamp_min(1e-300) if dim else f64.new_ones(f.shape[0], 1)
+    norm = (torch.linalg.vector_norm(f64 / peak, dim=1) * peak.squeeze(1)) if dim else f64.new_zeros(f.shape[0])
+    factor = torch.clamp(clip / (norm + OPACUS_EPS), max=1.0)
+    # Floating point: the float64 norm is off by a few ulps (relative ~dim * 1e-16), and
+    # rounding to a narrower dtype moves a norm by at most (1 + eps) more; shrink by both so
+    # the stored contribution is within ``clip`` exactly as computed (a relative 1e-12 in float64).
+    narrow = 0.0 if f.dtype == torch.float64 else torch.finfo(f.dtype).eps
+    shrink = (1.0 - SHRINK_FLOAT64) / (1.0 + narrow)
+    scaled = (f64 * (factor * shrink)[:, None]).to(f.dtype)
+    if into is None:
+        into = FeatureSums(f.new_zeros(num_classes, dim), f.new_zeros(num_classes), 0)
+    into.feature.index_add_(0, y, scaled)
+    if count_coordinate is not None:
+        # the coordinate as stored, rounded toward zero so that it never exceeds the stated one
+        c = torch.tensor(float(count_coordinate), dtype=f.dtype, device=f.device)
+        if float(c) > float(count_coordinate):
+            c = torch.nextafter(c, torch.zeros_like(c))
+        into.count.index_add_(0, y, c.expand(y.shape[0]).contiguous())
+    return dataclasses.replace(into, clipped=into.clipped + int((factor < 1.0).sum()))

@@ -18,6 +18,8 @@ class Algorithm(StrEnum):
     FEDHPRO = "fedhpro"
     FEDAVG = "fedavg"
     FEDPROTO = "fedproto"
+    PROTONORM = "protonorm"
+    FEDSA = "fedsa"
 
 
 class Classifier(StrEnum):
@@ -97,6 +99,22 @@ gives the complete graph, k = 9, t = 6 (c < 2t - k - 1 = 2 against an active ser
 DEFAULT_HALTING_BITS = 6.0
 """--halting-bits: a protocol round halts with probability <= 2^-6 (1/64) at the stated
 dropout; a halted round restarts (reveal-stage dropout) or is recorded as aborted."""
+PER_CLASS_RELEASE: dict[str, str] = {
+    Algorithm.FEDHPRO: "residual",
+    Algorithm.PROTONORM: "prototype",
+    Algorithm.FEDSA: "prototype",
+}
+"""--algorithm -> the kind of per-class release it makes under --dp sample (one row per
+algorithm; what each kind releases, and its sensitivity, is in
+:mod:`secure_fed.privacy.release`). An algorithm without a row releases only its DP-SGD
+delta under --dp sample."""
+DEFAULT_PROTO_CLIP = 1.0
+"""--proto-clip: L2 norm each sample's feature is clipped to in the prototype release
+(ProtoNorm, FedSA). Both methods read only the directions of the released prototypes
+(ProtoNorm normalizes them before alignment, FedSA before the anchor update), and the
+release's noise scales with this norm; a clip below the features' norms makes every sample
+add (a multiple of) its feature's direction, which is what those steps read. The norm of a
+feature varies with the model and training; raise it to keep magnitudes."""
 RECORDED_KEYS = frozenset({"environment", "noise_multiplier_used", "threshold_used", "secure_aggregation", "noise_plan"})
 """Keys config.json records about a run beyond its settings (ignored when reading it back)."""
 
@@ -138,6 +156,10 @@ class TrainConfig:
     hpcl_weight: float = 0.1
     hpal_weight: float = 1.0
     proto_weight: float = 1.0
+    proto_clip: float = DEFAULT_PROTO_CLIP
+    pa_steps: int = 100
+    pa_lr: float = 0.01
+    pu_norm: float = 3.0
     classifier: str = "fedavg"
     feature_dim: int | None = None
     secagg: str = "secagg+"
@@ -219,10 +241,16 @@ class TrainConfig:
         r = self.release_noise_ratio
         need(r is None or 0 < r < float("inf"), "--release-noise-ratio", f"must be > 0 and finite (got {r})")
         need(r is None or r == 1.0 or self.splits_budget, "--release-noise-ratio",
-             "splits the budget between FedHPro's per-class release and DP-SGD, so it needs --dp sample and --algorithm fedhpro (elsewhere one mechanism runs: leave it at 1)")
+             "splits the budget between the per-class release and DP-SGD, so it needs --dp sample and an algorithm with a "
+             f"per-class release ({', '.join(PER_CLASS_RELEASE)}; elsewhere one mechanism runs: leave it at 1)")
+        need(0 < self.proto_clip < float("inf"), "--proto-clip", f"must be > 0 and finite (got {self.proto_clip})")
+        need(0 <= self.pa_steps <= 100_000, "--pa-steps", f"must be in [0, 100000] (got {self.pa_steps})")
+        need(0 < self.pa_lr < float("inf"), "--pa-lr", f"must be > 0 and finite (got {self.pa_lr})")
+        need(0 < self.pu_norm < float("inf"), "--pu-norm", f"must be > 0 and finite (got {self.pu_norm})")
         need(self.dp == "off" or self.noise_multiplier is not None or self.target_epsilon is not None,
              "--noise-multiplier", "give --noise-multiplier or --target-epsilon when --dp is on")
-        need(self.dp == "off" or self.algorithm != "fedproto", "--algorithm", "fedproto runs without DP only; use --dp off, or fedhpro/fedavg")
+        need(self.dp == "off" or self.algorithm != "fedproto", "--algorithm",
+             f"fedproto runs without DP only; use --dp off, or one of {', '.join(a for a in ALGORITHMS if a != 'fedproto')}")
         need(not (self.dp != "off" and self.noise_placement == "distributed" and self.secagg == "off"), "--noise-placement",
              "distributed noise needs --secagg secagg or secagg+ (without it the server sees each share alone); use local")
         need(self.secagg == "off" or self.cohort >= 3, "--cohort", f"secure aggregation needs at least 3 clients per round (got {self.cohort})")
@@ -237,9 +265,9 @@ class TrainConfig:
 
     @property
     def splits_budget(self) -> bool:
-        """Whether two DP mechanisms share the budget: FedHPro's per-class release and
-        DP-SGD (--dp sample); elsewhere one mechanism runs."""
-        return self.dp == "sample" and self.algorithm == "fedhpro"
+        """Whether two DP mechanisms share the budget: the algorithm's per-class release
+        (:data:`PER_CLASS_RELEASE`) and DP-SGD (--dp sample); elsewhere one mechanism runs."""
+        return self.dp == "sample" and self.algorithm in PER_CLASS_RELEASE
 
     def release_ratio(self) -> float:
         """The release's noise multiplier over DP-SGD's: --release-noise-ratio, else

@@ -1,4 +1,4 @@
-"""Upload-inversion audit: what a curious server recovers from FedHPro's per-class uploads.
+"""Upload-inversion audit: what a curious server recovers from per-class uploads (FedHPro, ProtoNorm).
 
 The attack (server side, :func:`invert`) is analytic. For client samples i of class c with
 features f_i >= 0 (every model here ends its feature extractor with a ReLU) and softmax
@@ -19,6 +19,10 @@ whose blocks are nonzero: the holder indicators without DP, else a chi-square en
 each class's blocks against the public noise level. Because this project uploads *sums*,
 the reference implementation's count leak (feature-gradient norm over the bias-gradient
 norm of per-class *means*, which is 1/n_c) is gone: on sums that ratio is 1 by construction.
+
+A prototype release (ProtoNorm, FedSA: ``proto_sum`` + ``class_count``, declared in
+:mod:`secure_fed.privacy.release`) is attacked directly (:func:`invert_prototypes`): the
+summed features over the count are the class means, exact without DP.
 
 The audit (:func:`audit_inversion`) runs on a finished run folder. It rebuilds the run from
 ``config.json`` (data, partition, model, upload layout, aggregator) and ``checkpoint.pt``
@@ -58,11 +62,12 @@ from secure_fed.aggregation.layout import (
     VectorLayout,
 )
 from secure_fed.aggregation.secagg import LayoutCodec, RingAggregator, SecAggAggregator
-from secure_fed.config import TrainConfig
+from secure_fed.config import PER_CLASS_RELEASE, TrainConfig
 from secure_fed.errors import ConfigError, ProtocolAbort
 from secure_fed.fl.client import extract_features
 from secure_fed.fl.program import derive_seed
 from secure_fed.fl.server import Broadcast
+from secure_fed.privacy.release import COUNT_BLOCK, PROTO_BLOCK, has_release
 from secure_fed.run.rundir import load_config
 from secure_fed.run.trainer import Trainer
 
@@ -117,9 +122,10 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def class_block_energy(layout: VectorLayout, vector: np.ndarray, c: int) -> tuple[float, int]:
-    """Sum of squares and entry count of class ``c``'s blocks (feature, weight, bias, count)."""
+    """Sum of squares and entry count of class ``c``'s blocks (feature, weight, bias,
+    prototype, count)."""
     energy, entries = 0.0, 0
-    for name in ("feat_grad", "cls_grad_w", "cls_grad_b", "class_count"):
+    for name in ("feat_grad", "cls_grad_w", "cls_grad_b", PROTO_BLOCK, COUNT_BLOCK):
         if name in layout.names():
             block = np.asarray(layout.view(vector, name)[c], dtype=np.float64)
             energy += float(np.sum(block * block))
@@ -144,8 +150,36 @@ def _presence(layout: VectorLayout, vector: np.ndarray, k: AttackerKnowledge, nu
     return score > DETECTION_Z, score
 
 
+def invert_prototypes(layout: VectorLayout, vector: np.ndarray, k: AttackerKnowledge) -> Inversion:
+    """The attack on a prototype release (``proto_sum`` + ``class_count``: ProtoNorm, FedSA).
+
+    The class mean is the summed features over the count: without DP the count block is
+    exact; under sample-level DP the subsample's count is ``class_count / coordinate`` (the
+    features are clipped to ``--proto-clip``, so only directions survive clipping) and the
+    client's count that over the release rate; under client-level DP the sum is already
+    divided by n_k and the count block holds holder indicators, so the mean's direction is
+    the sum's and a present class is guessed to hold one sample.
+    """
+    sums = np.asarray(layout.view(vector, PROTO_BLOCK), dtype=np.float64)  # C x dim
+    count = np.asarray(layout.view(vector, COUNT_BLOCK), dtype=np.float64)  # C
+    present, score = _presence(layout, vector, k, sums.shape[0])
+    if k.dp == "sample":
+        released = count / k.count_coordinate
+        counts = released / k.release_rate
+    elif k.dp == "client":
+        released = np.ones_like(count)
+        counts = np.ones_like(count)
+    else:
+        released = counts = count
+    means = sums / np.maximum(released, 1.0)[:, None]
+    return Inversion(means, np.where(present, np.maximum(counts, 1.0), 0.0), present, score)
+
+
 def invert(layout: VectorLayout, vector: np.ndarray, k: AttackerKnowledge) -> Inversion:
-    """The analytic attack on one upload or one sum of uploads (server side, pure numpy)."""
+    """The analytic attack on one upload or one sum of uploads (server side, pure numpy);
+    a prototype release goes to :func:`invert_prototypes`."""
+    if PROTO_BLOCK in layout.names():
+        return invert_prototypes(layout, vector, k)
     w = np.asarray(k.weight, dtype=np.float64)
     b = np.asarray(k.bias, dtype=np.float64)
     num_classes, dim = w.shape
@@ -466,7 +500,8 @@ def _plots(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _not_applicable(cfg: TrainConfig) -> dict[str, Any]:
-    why = f"algorithm {cfg.algorithm} uploads no per-class gradients; the inversion audit applies to fedhpro runs"
+    why = (f"algorithm {cfg.algorithm} declares no per-class release; the inversion audit applies to runs of "
+           f"{', '.join(PER_CLASS_RELEASE)}")
     return {"name": NAME, "summary": {"applicable": False, "verdict": why}, "passed": None, "plots": [], "raw": {"reason": why}}
 
 
@@ -488,7 +523,7 @@ def audit_inversion(run_dir: Path, *, seed: int | None = None, points: Any = POI
     if audit_seed < 0:
         raise ConfigError(f"--seed: must be >= 0 (got {seed})")
     cfg, raw_cfg = _load_config(run_dir)
-    if cfg.algorithm != "fedhpro":
+    if not has_release(cfg.algorithm):
         return _not_applicable(cfg)
     trainer = _AuditTrainer(cfg, audit_seed)
     results = []
@@ -535,4 +570,4 @@ def _result(cfg: TrainConfig, results: list[dict[str, Any]], max_advantage: floa
     }
 
 
-__all__ = ["AttackerKnowledge", "Inversion", "audit_inversion", "invert", "score_client"]
+__all__ = ["AttackerKnowledge", "Inversion", "audit_inversion", "invert", "invert_prototypes", "score_client"]

@@ -70,14 +70,14 @@ from secure_fed.aggregation.secagg import LayoutCodec
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
 from secure_fed.privacy.noise import (
-    WEIGHT_RELEASE_BLOCKS,
+    RELEASE_BLOCKS,
     ClientNoise,
     PrivacySettings,
     RunPrivacy,
     noised_blocks,
     release_multiplier,
 )
-from secure_fed.privacy.upload import UploadSpec
+from secure_fed.privacy.release import declared_release
 from secure_fed.run.rundir import JOURNAL, load_config, load_json, read_audit, read_journal
 
 NAME = "one_run"
@@ -178,6 +178,7 @@ class ReleaseSpec:
     bits: int
     secure: bool
     blocks: tuple[tuple[str, tuple[int, ...], float], ...]
+    release_blocks: tuple[str, ...] = RELEASE_BLOCKS  # the algorithm's declared per-class release (sample unit)
 
     def __post_init__(self) -> None:
         if not 1 <= self.survivors <= self.cohort:
@@ -185,7 +186,7 @@ class ReleaseSpec:
         if not self.blocks:
             raise ConfigError("the release has no noised blocks to audit")
         names = tuple(b[0] for b in self.blocks)
-        if noised_blocks(self.layout, self.unit) != names:
+        if noised_blocks(self.layout, self.unit, self.release_blocks) != names:
             raise ConfigError(f"blocks {names} are not all noised for unit {self.unit!r}; sample unit noises "
                               "the per-class release blocks only")
 
@@ -199,7 +200,7 @@ class ReleaseSpec:
 
     def settings(self) -> PrivacySettings:
         return PrivacySettings(self.unit, self.placement, self.mechanism, self.clip, self.noise_multiplier,
-                               self.delta, 1.0, "rdp", secure=self.secure)
+                               self.delta, 1.0, "rdp", secure=self.secure, release_blocks=self.release_blocks)
 
     def ring(self) -> bool:
         """Whether uploads are encoded into the ring (SecAgg, or discrete noise in-ring)."""
@@ -438,15 +439,16 @@ def run_release_specs(run_dir: Path) -> tuple[list[ReleaseSpec], list[Event], Tr
         return [], [], cfg
     layout_doc = load_json(run_dir / "layout.json")
     layout = VectorLayout.build([(b["name"], tuple(b["shape"]), b["bound"]) for b in layout_doc])
-    names = noised_blocks(layout, cfg.dp)
+    decl = declared_release(cfg)
+    names = noised_blocks(layout, cfg.dp, () if decl is None else decl.blocks)
     clip = cfg.clip
-    if cfg.algorithm != "fedhpro" and cfg.dp == "sample":
+    if decl is None and cfg.dp == "sample":
         names = ()  # FedAvg under sample DP releases only the DP-SGD delta: no release noise
-    elif cfg.splits_budget:
-        # FedHPro's per-class release (its own sensitivity); the meta classifier's weight
-        # block is a second mechanism with its own event, not audited here.
-        names = tuple(n for n in names if n not in WEIGHT_RELEASE_BLOCKS)
-        clip = UploadSpec(cfg.dp, cfg.clip).release_sensitivity
+    elif cfg.splits_budget and decl is not None:
+        # The algorithm's per-class release (its declared sensitivity); blocks it releases
+        # apart (FedHPro's meta weight block) are a second mechanism with its own event, not
+        # audited here.
+        clip = decl.sensitivity
     blocks = tuple((n, layout.block(n).shape, float(layout.block(n).bound or 0.0)) for n in names)
     z = raw.get("noise_multiplier_used")
     journal = {int(e["round"]): e["events"] for e in read_journal(run_dir / JOURNAL)} if (run_dir / JOURNAL).exists() else {}
@@ -467,7 +469,8 @@ def run_release_specs(run_dir: Path) -> tuple[list[ReleaseSpec], list[Event], Tr
             z_release = release_multiplier(float(z_dp), cfg.release_ratio())
         specs.append(ReleaseSpec(
             cfg.mechanism, cfg.noise_placement, cfg.dp, float(z_release), clip, cfg.delta,
-            threshold, cfg.cohort, len(summed), cfg.bits, cfg.secagg != "off", blocks))
+            threshold, cfg.cohort, len(summed), cfg.bits, cfg.secagg != "off", blocks,
+            RELEASE_BLOCKS if decl is None else decl.blocks))
         rel = [event_from_dict(e) for e in journal.get(int(rec["round"]), [])
                if e.get("label") in ("per_class_release", "client_update")]
         if rel:

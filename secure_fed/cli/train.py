@@ -102,9 +102,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--accountant", choices=ACCOUNTANTS, default=d.accountant, help="accountant whose epsilon is printed (RDP is always recorded too)")
     g.add_argument("--release-rate", type=float, default=d.release_rate, help="Poisson rate at which a client's samples enter its per-class gradient release")
     g.add_argument("--release-noise-ratio", type=float, default=d.release_noise_ratio,
-                   help="budget split (--dp sample, fedhpro): the per-class release's noise multiplier is this times DP-SGD's; "
+                   help="budget split (--dp sample, an algorithm with a per-class release: fedhpro, protonorm, fedsa): the per-class release's noise multiplier is this times DP-SGD's; "
                         "above 1 the release is noisier and DP-SGD, planned from --target-epsilon, gets less noise "
                         f"(default: {DEFAULT_RELEASE_NOISE_RATIO:g} where the budget is split, measured best on digits; 1 elsewhere)")
+    g.add_argument("--proto-clip", type=float, default=d.proto_clip,
+                   help="prototype release (protonorm, fedsa): L2 norm each sample's feature is clipped to before it enters its "
+                        "class's prototype sum (--dp sample and client; with the count coordinate, one sample moves the release by "
+                        "at most this over sqrt(1 - 0.5^2)). Those methods read only the prototypes' directions, and the noise "
+                        "scales with this norm")
+    g.add_argument("--pa-steps", type=int, default=d.pa_steps,
+                   help="protonorm: Prototype Alignment steps (projected gradient descent on the Thomson energy of the unit "
+                        "prototypes) per round; the paper gives no value, 100 is this implementation's choice")
+    g.add_argument("--pa-lr", type=float, default=d.pa_lr, help="protonorm: Prototype Alignment step size (no value in the paper; our choice)")
+    g.add_argument("--pu-norm", type=float, default=d.pu_norm,
+                   help="protonorm: Prototype Upscaling, the norm the aligned unit prototypes are scaled to (no value in the paper; our choice)")
     g.add_argument("--hardened", action=argparse.BooleanOptionalAction, default=d.hardened, help="secrets and noise from the OS CSPRNG (--no-hardened: seeded noise, for experiments and tests only)")
     g.add_argument("--reproducible", dest="hardened", action="store_false", help="alias of --no-hardened: --seed also drives noise and secrets")
 

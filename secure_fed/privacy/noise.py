@@ -38,9 +38,14 @@ from secure_fed.aggregation.layout import VectorLayout
 from secure_fed.aggregation.secagg import LayoutCodec
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
-from secure_fed.privacy.upload import RESIDUAL_SENSITIVITY
+from secure_fed.privacy.release import declared_release
 
 RELEASE_BLOCKS = ("feat_grad", "cls_grad_w", "cls_grad_b", "class_count")
+"""FedHPro's release blocks: the default of :attr:`PrivacySettings.release_blocks` (a run's
+come from its algorithm's :class:`~secure_fed.privacy.release.ReleaseDecl`)."""
+WEIGHT_RELEASE_BLOCKS = ("cls_grad_w",)
+"""Released as their own mechanism (clip ``clip``) when ``PrivacySettings.weight_release``
+(the default of :attr:`PrivacySettings.separate_blocks`)."""
 
 
 def release_multiplier(sigma: float, ratio: float) -> float:
@@ -64,7 +69,9 @@ class PrivacySettings:
     secure: bool = True  # is the sum computed under SecAgg (else the server sees each upload)
     release_noise_ratio: float = 1.0  # the release's noise multiplier over DP-SGD's
     release_sensitivity: float | None = None  # L2 sensitivity of the per-class release (None: clip)
-    weight_release: bool = False  # the meta classifier's weight block is its own mechanism (clip)
+    weight_release: bool = False  # the separate blocks (FedHPro's meta weight block) are their own mechanism (clip)
+    release_blocks: tuple[str, ...] = RELEASE_BLOCKS  # blocks of the per-class release (sample unit), if in the layout
+    separate_blocks: tuple[str, ...] = WEIGHT_RELEASE_BLOCKS  # released apart at clip when weight_release
 
     @property
     def release_noise_multiplier(self) -> float:
@@ -102,15 +109,12 @@ class PrivacySettings:
             raise ConfigError("--release-noise-ratio needs --dp sample: with --dp client one mechanism runs")
 
 
-def noised_blocks(layout: VectorLayout, unit: str) -> tuple[str, ...]:
-    """Names of the blocks the DP mechanism covers (client unit: all of them)."""
+def noised_blocks(layout: VectorLayout, unit: str, release_blocks: Sequence[str] = RELEASE_BLOCKS) -> tuple[str, ...]:
+    """Names of the blocks the DP mechanism covers (client unit: all of them; sample unit:
+    those of ``release_blocks`` in the layout)."""
     if unit == "client":
         return layout.names()
-    return tuple(n for n in layout.names() if n in RELEASE_BLOCKS)
-
-
-WEIGHT_RELEASE_BLOCKS = ("cls_grad_w",)
-"""Released as their own mechanism (clip ``clip``) when ``PrivacySettings.weight_release``."""
+    return tuple(n for n in layout.names() if n in release_blocks)
 
 
 @dataclass(frozen=True)
@@ -130,12 +134,12 @@ def releases(layout: VectorLayout, settings: PrivacySettings) -> tuple[Release, 
     mechanism clipped to ``clip``, with its own ledger event. Both use the release's noise
     multiplier.
     """
-    names = noised_blocks(layout, settings.unit)
+    names = noised_blocks(layout, settings.unit, settings.release_blocks)
     if not names:
         return ()
     if settings.unit == "client":
         return (Release("client_update", names, settings.clip),)
-    weight = tuple(n for n in names if n in WEIGHT_RELEASE_BLOCKS) if settings.weight_release else ()
+    weight = tuple(n for n in names if n in settings.separate_blocks) if settings.weight_release else ()
     rest = tuple(n for n in names if n not in weight)
     out = [Release("per_class_release", rest, settings.release_clip)] if rest else []
     if weight:
@@ -155,7 +159,7 @@ class ClientNoise:
         self.s = settings
         self.layout = layout
         self.threshold = threshold
-        self.blocks = noised_blocks(layout, settings.unit)
+        self.blocks = noised_blocks(layout, settings.unit, settings.release_blocks)
         self.releases = releases(layout, settings)
 
     def _slices(self, release: Release) -> list[slice]:
@@ -313,17 +317,24 @@ class RunPrivacy:
     @classmethod
     def for_config(cls, cfg: TrainConfig, layout: VectorLayout, threshold: int,
                    sample_counts: Sequence[int]) -> RunPrivacy:
-        """The privacy of the run ``cfg`` describes (``cfg.dp`` must not be off)."""
+        """The privacy of the run ``cfg`` describes (``cfg.dp`` must not be off). The per-class
+        release (blocks, sensitivity, blocks released apart) is the one ``cfg.algorithm``
+        declares in :data:`secure_fed.privacy.release.PER_CLASS_RELEASES`."""
+        decl = declared_release(cfg)
+        sample = cfg.dp == "sample" and decl is not None
+        separate = decl.separate if decl is not None else ()
         settings = PrivacySettings(
             cfg.dp, cfg.noise_placement, cfg.mechanism, cfg.clip, cfg.noise_multiplier or 1.0,
             cfg.delta, cfg.release_rate, cfg.accountant, secure=cfg.secagg != "off",
             release_noise_ratio=cfg.release_ratio(),
-            release_sensitivity=RESIDUAL_SENSITIVITY if cfg.splits_budget else None,
-            weight_release=cfg.splits_budget and cfg.classifier == "meta",
+            release_sensitivity=decl.sensitivity if sample and decl is not None else None,
+            weight_release=sample and any(n in layout.names() for n in separate),
+            release_blocks=(decl.blocks + decl.separate) if decl is not None else (),
+            separate_blocks=separate,
         )
         shape = RunShape(cfg.rounds, cfg.cohort, cfg.bits, cfg.batch_size, cfg.local_epochs,
                          tuple(int(n) for n in sample_counts), cfg.noise_multiplier, cfg.target_epsilon)
-        return cls(settings, layout, threshold, has_release=cfg.algorithm == "fedhpro", shape=shape)
+        return cls(settings, layout, threshold, has_release=decl is not None, shape=shape)
 
     def at(self, sigma: float) -> RunPrivacy:
         """The same run at noise multiplier ``sigma``."""

@@ -4,8 +4,11 @@ The :class:`UploadSpec` is public and identical for every client of a run. It de
 (DESIGN.md section 6) which blocks may travel:
 
 * ``dp="off"``: exact per-class gradient sums, class-holder indicators, n_k * delta and n_k.
-* ``dp="sample"``: the per-class release (softmax residuals plus a constant count
-  coordinate per sample, within :data:`RESIDUAL_SENSITIVITY` without clipping, and noised;
+* ``dp="sample"``: the per-class release (FedHPro: softmax residuals plus a constant count
+  coordinate per sample, within :data:`RESIDUAL_SENSITIVITY` without clipping; ProtoNorm and
+  FedSA: features clipped to ``--proto-clip`` plus the count coordinate, within
+  :func:`prototype_sensitivity`; which blocks, and the bound, are declared per algorithm in
+  :mod:`secure_fed.privacy.release`; noised;
   with the meta classifier also the weight gradients, clipped to ``clip``, noised apart) and the DP-SGD model delta, averaged with
   uniform weights over the survivors. No n_k, no exact counts, no holder indicators.
 * ``dp="client"``: every block inside one vector clipped to ``clip`` and noised
@@ -24,6 +27,7 @@ import math
 from dataclasses import dataclass
 
 from dp.clipping import RESIDUAL_NORM_BOUND
+from secure_fed.config import DEFAULT_PROTO_CLIP
 from secure_fed.errors import ConfigError
 
 DP_MODES = ("off", "sample", "client")
@@ -38,6 +42,13 @@ RESIDUAL_SENSITIVITY = RESIDUAL_NORM_BOUND / math.sqrt(1.0 - COUNT_SHARE ** 2)
 residual (norm <= sqrt(2), no clipping needed) and the count coordinate
 COUNT_SHARE * RESIDUAL_SENSITIVITY, so its contribution has norm
 <= sqrt(2 + COUNT_SHARE^2 S^2) = S with S = sqrt(2) / sqrt(1 - COUNT_SHARE^2) (= 1.633)."""
+def prototype_sensitivity(proto_clip: float) -> float:
+    """L2 sensitivity of the prototype release (sample unit): one sample adds its feature
+    clipped to ``proto_clip`` and the count coordinate COUNT_SHARE * S, so its contribution
+    has norm <= sqrt(proto_clip^2 + COUNT_SHARE^2 S^2) = S, S = proto_clip / sqrt(1 - COUNT_SHARE^2)."""
+    if not (proto_clip > 0 and math.isfinite(proto_clip)):
+        raise ConfigError(f"--proto-clip must be > 0 and finite (got {proto_clip})")
+    return proto_clip / math.sqrt(1.0 - COUNT_SHARE ** 2)
 
 
 @dataclass(frozen=True)
@@ -47,23 +58,35 @@ class UploadSpec:
     dp: str = "off"
     clip: float = 1.0  # validated where it enters: TrainConfig (--clip) and dp.clipping.check_clip
     train_size: int = 1  # N: training samples in the whole federation (public)
+    release_sensitivity: float = RESIDUAL_SENSITIVITY
+    """L2 sensitivity of the algorithm's per-class release (sample unit), as its
+    :class:`~secure_fed.privacy.release.ReleaseDecl` states it (default: FedHPro's
+    :data:`RESIDUAL_SENSITIVITY`, independent of ``--clip``)."""
+    proto_clip: float = DEFAULT_PROTO_CLIP  # --proto-clip: per-sample feature norm of the prototype release
 
     def __post_init__(self) -> None:
         if self.dp not in DP_MODES:
             raise ConfigError(f"--dp must be one of {', '.join(DP_MODES)} (got {self.dp!r})")
         if self.train_size < 1:
             raise ConfigError("train_size must be >= 1")
+        if not (self.release_sensitivity > 0 and math.isfinite(self.release_sensitivity)):
+            raise ConfigError(f"release sensitivity must be > 0 and finite (got {self.release_sensitivity})")
+        prototype_sensitivity(self.proto_clip)  # validates --proto-clip
 
     @property
     def count_coordinate(self) -> float:
         """Value of the constant count coordinate each sample adds (sample unit)."""
         return COUNT_SHARE * self.release_sensitivity
 
-    @property
-    def release_sensitivity(self) -> float:
-        """L2 sensitivity of the per-class residual release (sample unit), independent of
-        ``--clip``: see :data:`RESIDUAL_SENSITIVITY`."""
-        return RESIDUAL_SENSITIVITY
+    def prototype_bound(self) -> float:
+        """Bound of one entry of the prototype block (C x dim, summed features): clipped to
+        ``proto_clip`` per sample under DP (client unit: divided by n_k, then the whole
+        vector clipped to ``clip``); :data:`PLAIN_VALUE_BOUND` per sample without DP."""
+        if self.dp == "sample":
+            return self.proto_clip * self.train_size
+        if self.dp == "client":
+            return min(self.proto_clip, self.clip)
+        return PLAIN_VALUE_BOUND * self.train_size
 
     def residual_bound(self) -> float:
         """Bound of one entry of the per-class residual block U (C x C): every entry of a

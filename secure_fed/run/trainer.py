@@ -65,9 +65,10 @@ from secure_fed.fl.program import (
     derive_seed,
     new_side,
 )
+from secure_fed.fl.protonorm import ProtoNormServer, protonorm_client_round
 from secure_fed.fl.server import Broadcast, FedServer
 from secure_fed.privacy.noise import NoisePlan, RunPrivacy, SgdPlan, share_factor
-from secure_fed.privacy.upload import UploadSpec
+from secure_fed.privacy.release import upload_spec
 from secure_fed.run.records import RoundRecord, StopRecord, guarantee_line, round_line
 from secure_fed.run.resume import record_restart, resume
 from secure_fed.run.rundir import (
@@ -87,6 +88,7 @@ CLIENT_ROUNDS: dict[str, ClientRound] = {
     "fedhpro": fedhpro_client_round,
     "fedavg": fedavg_client_round,
     "fedproto": fedproto_client_round,
+    "protonorm": protonorm_client_round,
 }
 
 
@@ -121,7 +123,7 @@ class Trainer:
         ]
         self.test_x = to_device(self.data.test_x, self.device)
         self.test_y = to_device(self.data.test_y, self.device)
-        self.spec = UploadSpec(cfg.dp, cfg.clip, int(labels.shape[0]))
+        self.spec = upload_spec(cfg, int(labels.shape[0]))
         if cfg.dp != "off" and cfg.delta > 1.0 / labels.shape[0]:
             self.log(f"warning: --delta {cfg.delta:g} is above 1/n = 1/{labels.shape[0]} training samples: "
                      "a mechanism that publishes one random sample outright meets (epsilon, delta) at that delta; "
@@ -188,6 +190,8 @@ class Trainer:
             return FedHProServer(model, self.num_classes, self.device, cfg, gen, self.spec)  # noise set in set_noise
         if cfg.algorithm == "fedproto":
             return FedProtoServer(model, self.num_classes, self.device, self.spec)
+        if cfg.algorithm == "protonorm":
+            return ProtoNormServer(model, self.num_classes, self.device, self.spec, cfg)
         return FedAvgServer(model, self.num_classes, self.device, self.spec)
 
     def _make_aggregator(self) -> Aggregator:
