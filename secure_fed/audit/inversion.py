@@ -20,6 +20,14 @@ each class's blocks against the public noise level. Because this project uploads
 the reference implementation's count leak (feature-gradient norm over the bias-gradient
 norm of per-class *means*, which is 1/n_c) is gone: on sums that ratio is 1 by construction.
 
+Prototype uploads (FedProto, ProtoNorm, FedSA: the algorithms of :data:`PROTOTYPE_UPLOADERS`,
+whose per-class release is ``proto_sum`` + ``class_count``) are attacked directly
+(:func:`_invert_prototypes`): a class's summed features over its count is its mean feature
+(exact without DP; under ``--dp sample`` the mean of the subsample's clipped features, the
+count read from the count coordinate; under ``--dp client`` the counts are holder
+indicators, so the recovered mean is the class mean scaled by n_c / n_k: its cosine is
+exact, its relative L2 is not).
+
 The audit (:func:`audit_inversion`) runs on a finished run folder. It rebuilds the run from
 ``config.json`` (data, partition, model, upload layout, aggregator) and ``checkpoint.pt``
 (final global state and noise multiplier), then replays one round of client work with the
@@ -119,7 +127,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 def class_block_energy(layout: VectorLayout, vector: np.ndarray, c: int) -> tuple[float, int]:
     """Sum of squares and entry count of class ``c``'s blocks (feature, weight, bias, count)."""
     energy, entries = 0.0, 0
-    for name in ("feat_grad", "cls_grad_w", "cls_grad_b", "class_count"):
+    for name in ("feat_grad", "cls_grad_w", "cls_grad_b", "proto_sum", "class_count"):
         if name in layout.names():
             block = np.asarray(layout.view(vector, name)[c], dtype=np.float64)
             energy += float(np.sum(block * block))
@@ -144,8 +152,23 @@ def _presence(layout: VectorLayout, vector: np.ndarray, k: AttackerKnowledge, nu
     return score > DETECTION_Z, score
 
 
+def _invert_prototypes(layout: VectorLayout, vector: np.ndarray, k: AttackerKnowledge) -> Inversion:
+    """The attack on a prototype upload (``proto_sum`` + ``class_count``): summed features
+    over the count (the count coordinate's units under ``--dp sample``)."""
+    sums = np.asarray(layout.view(vector, "proto_sum"), dtype=np.float64)  # C x dim
+    cnt = np.asarray(layout.view(vector, "class_count"), dtype=np.float64)  # C
+    num_classes = sums.shape[0]
+    present, score = _presence(layout, vector, k, num_classes)
+    summed = np.abs(cnt / k.count_coordinate) if k.dp == "sample" else np.abs(cnt)  # noise may flip a sign
+    means = np.where(summed[:, None] > 0, sums / np.maximum(summed, 1e-300)[:, None], 0.0)
+    counts = cnt / (k.count_coordinate * k.release_rate) if k.dp == "sample" else cnt
+    return Inversion(means, np.where(present, np.maximum(counts, 1.0), 0.0), present, score)
+
+
 def invert(layout: VectorLayout, vector: np.ndarray, k: AttackerKnowledge) -> Inversion:
     """The analytic attack on one upload or one sum of uploads (server side, pure numpy)."""
+    if "cls_grad_b" not in layout.names() and "proto_sum" in layout.names():
+        return _invert_prototypes(layout, vector, k)
     w = np.asarray(k.weight, dtype=np.float64)
     b = np.asarray(k.bias, dtype=np.float64)
     num_classes, dim = w.shape
@@ -231,6 +254,12 @@ def _pool(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
 
 
 # -- replaying a round of the run ------------------------------------------------------------
+TRAINED_PROTOTYPES = ("fedproto", "fedsa")
+"""Algorithms whose per-class upload sums the features of the client's *locally trained*
+model: the truth a recovered mean is scored against is the client's class means under that
+model (elsewhere under the round's broadcast model)."""
+
+
 class _AuditTrainer(Trainer):
     """The run's trainer with the audit's seeded client randomness (DP sampling and noise)."""
 
@@ -247,16 +276,22 @@ class _AuditTrainer(Trainer):
 
 
 class _Tap:
-    """Records each client's upload on the client side, before masking (the insecure view)."""
+    """Records each client's upload on the client side, before masking (the insecure view);
+    with ``model`` (the trainer's reusable client model), also each client's model as its
+    round left it (for algorithms whose upload is computed after local training)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: torch.nn.Module | None = None) -> None:
         self.floats: dict[int, np.ndarray] = {}
         self.encoded: dict[int, np.ndarray] = {}
+        self.model = model
+        self.trained: dict[int, dict[str, torch.Tensor]] = {}
 
     def work(self, cid: int, fn: ClientWork) -> ClientWork:
         def run() -> np.ndarray:
             vec = fn()
             self.floats[cid] = vec.copy()
+            if self.model is not None:
+                self.trained[cid] = copy.deepcopy(self.model.state_dict())
             return vec
 
         return run
@@ -288,15 +323,17 @@ def _tapped_aggregator(trainer: Trainer, tap: _Tap, seed: int) -> Aggregator:
 
 
 @torch.no_grad()
-def _truth(trainer: Trainer, bc: Broadcast) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
-    """Per-client class means and counts under the broadcast model, and the population's."""
+def _truth(trainer: Trainer, bc: Broadcast, trained: dict[int, dict[str, torch.Tensor]] | None = None
+           ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """Per-client class means and counts under the broadcast model (a client in ``trained``:
+    under its locally trained model, the features its upload summed), and the population's."""
     model = copy.deepcopy(trainer.server.model)
-    model.load_state_dict(bc.model_state)
     c = trainer.num_classes
     means, counts = [], []
     pop_sum: np.ndarray | None = None
     pop_n = np.zeros(c)
-    for shard in trainer.shards:
+    for k, shard in enumerate(trainer.shards):
+        model.load_state_dict((trained or {}).get(k, bc.model_state))
         f = extract_features(model, shard.x).double().cpu().numpy()
         y = shard.y.cpu().numpy()
         n = np.bincount(y, minlength=c).astype(np.float64)
@@ -320,15 +357,18 @@ def _knowledge(trainer: Trainer, bc: Broadcast, uploads: int) -> AttackerKnowled
     )
 
 
-def _replay_round(trainer: Trainer, round_id: int, seed: int) -> tuple[Broadcast, dict[int, np.ndarray], Aggregate | None, str | None]:
+def _replay_round(trainer: Trainer, round_id: int, seed: int, trained: dict[int, dict[str, torch.Tensor]] | None = None
+                  ) -> tuple[Broadcast, dict[int, np.ndarray], Aggregate | None, str | None]:
     """One round of the real client work and aggregation on the current global state.
 
     Returns the broadcast, every client's upload as it left the client (before masking), the
-    aggregate the server receives (None if the protocol aborted) and the abort reason.
+    aggregate the server receives (None if the protocol aborted) and the abort reason. For
+    an algorithm of :data:`TRAINED_PROTOTYPES`, ``trained`` (if given) receives each
+    client's locally trained model state.
     """
     bc = trainer.server.broadcast(round_id)
     cohort = trainer.cohort(round_id)
-    tap = _Tap()
+    tap = _Tap(trainer.client_model if trainer.cfg.algorithm in TRAINED_PROTOTYPES else None)
     aggregator = _tapped_aggregator(trainer, tap, seed)
     side: dict[str, dict[int, Any]] = {"loss": {}, "sgd": {}, "pers": {}}
     # Trainer.client_work is the client's whole round as training runs it (FedHPro work,
@@ -340,6 +380,8 @@ def _replay_round(trainer: Trainer, round_id: int, seed: int) -> tuple[Broadcast
     except ProtocolAbort as exc:
         agg, reason = None, str(exc)
     uploads = {cid: tap.upload(cid) for cid in sorted(tap.floats)}
+    if trained is not None:
+        trained.update(tap.trained)
     return bc, uploads, agg, reason
 
 
@@ -349,8 +391,9 @@ def _per_client_guess(inv: Inversion, uploads: int) -> Guess:
 
 def _audit_point(trainer: Trainer, point: str, round_id: int, seed: int) -> dict[str, Any]:
     """Attack one replayed round: each client's upload, the server's aggregate, the baseline."""
-    bc, uploads, agg, reason = _replay_round(trainer, round_id, seed)
-    means, counts, pop_means, pop_counts = _truth(trainer, bc)
+    trained: dict[int, dict[str, torch.Tensor]] = {}
+    bc, uploads, agg, reason = _replay_round(trainer, round_id, seed, trained)
+    means, counts, pop_means, pop_counts = _truth(trainer, bc, trained)
     layout, batch = trainer.layout, trainer.cfg.batch_size
     summed: list[int] = []
     if agg is not None:
@@ -465,8 +508,14 @@ def _plots(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+PROTOTYPE_UPLOADERS = ("fedproto", "protonorm", "fedsa")
+"""Algorithms whose per-class upload is ``proto_sum`` + ``class_count`` (attacked by
+:func:`_invert_prototypes`); with ``fedhpro`` the algorithms the audit applies to."""
+
+
 def _not_applicable(cfg: TrainConfig) -> dict[str, Any]:
-    why = f"algorithm {cfg.algorithm} uploads no per-class gradients; the inversion audit applies to fedhpro runs"
+    why = (f"algorithm {cfg.algorithm} uploads no per-class gradients or prototypes; the inversion audit applies to "
+           f"{', '.join(('fedhpro', *PROTOTYPE_UPLOADERS))} runs")
     return {"name": NAME, "summary": {"applicable": False, "verdict": why}, "passed": None, "plots": [], "raw": {"reason": why}}
 
 
@@ -488,7 +537,7 @@ def audit_inversion(run_dir: Path, *, seed: int | None = None, points: Any = POI
     if audit_seed < 0:
         raise ConfigError(f"--seed: must be >= 0 (got {seed})")
     cfg, raw_cfg = _load_config(run_dir)
-    if cfg.algorithm != "fedhpro":
+    if cfg.algorithm != "fedhpro" and cfg.algorithm not in PROTOTYPE_UPLOADERS:
         return _not_applicable(cfg)
     trainer = _AuditTrainer(cfg, audit_seed)
     results = []
