@@ -358,3 +358,17 @@ def test_inversion_audit_runs_on_a_fedsa_run(dp: str, tmp_path: Path) -> None:
     else:
         assert res["raw"]["points"][0]["noise_std_sum"] > 0
         assert up["small_count_hit_rate"] < 0.5
+
+
+def test_a_resumed_run_ends_where_an_unbroken_one_does(tmp_path: Path) -> None:
+    kw: dict[str, Any] = dict(secagg="off", dp="off", target_epsilon=None, clients=4, cohort=4, rounds=2, run_id="res")
+    first = _trainer(tmp_path, **kw)
+    first.run(until=1)
+    second = Trainer(first.cfg, progress=False, log=lambda s: None, run_dir=tmp_path / "res")
+    second.resume_from(tmp_path / "res")
+    second.run()
+    full = _trainer(None, **kw)
+    full.run()
+    assert isinstance(second.server, FedSAServer) and isinstance(full.server, FedSAServer)
+    torch.testing.assert_close(second.server.anchors, full.server.anchors)
+    assert second.history[-1]["accuracy"] == full.history[-1]["accuracy"]
