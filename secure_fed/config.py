@@ -190,6 +190,11 @@ class TrainConfig:
     ray_address: str | None = None
     workers: int = 0
     server_workers: int = 1
+    fedsa_tau: float = 0.5  # FedSA: RMCL temperature (the seed gives none; 0.5 learnt faster than 0.1 on digits)
+    fedsa_margin: float = 0.1  # FedSA: RMCL additive cosine margin on the own-class anchor
+    fedsa_rmcl_weight: float = 1.0  # FedSA: weight of RMCL
+    fedsa_cc_weight: float = 1.0  # FedSA: weight of classifier calibration on the anchors
+    fedsa_momentum: float = 0.9  # FedSA: EMA keep-rate of the anchors on the server
 
     def __post_init__(self) -> None:
         self.validate()
@@ -262,6 +267,11 @@ class TrainConfig:
         need(self.executor in EXECUTORS, "--executor", f"must be one of {', '.join(EXECUTORS)} (got {self.executor!r})")
         need(self.workers >= 0, "--workers", f"must be >= 0 (0 = one per CPU; got {self.workers})")
         need(self.server_workers >= 1, "--server-workers", f"must be >= 1 (1 = the server's own process; got {self.server_workers})")
+        need(0 < self.fedsa_tau < float("inf"), "--fedsa-tau", f"must be > 0 and finite (got {self.fedsa_tau})")
+        need(0 <= self.fedsa_margin < 2, "--fedsa-margin", f"must be in [0, 2) (a cosine margin; got {self.fedsa_margin})")
+        for flag, v in (("--fedsa-rmcl-weight", self.fedsa_rmcl_weight), ("--fedsa-cc-weight", self.fedsa_cc_weight)):
+            need(0 <= v < float("inf"), flag, f"must be >= 0 and finite (got {v})")
+        need(0 <= self.fedsa_momentum < 1, "--fedsa-momentum", f"must be in [0, 1) (got {self.fedsa_momentum})")
 
     @property
     def splits_budget(self) -> bool:

@@ -20,9 +20,14 @@ each class's blocks against the public noise level. Because this project uploads
 the reference implementation's count leak (feature-gradient norm over the bias-gradient
 norm of per-class *means*, which is 1/n_c) is gone: on sums that ratio is 1 by construction.
 
-A prototype release (ProtoNorm, FedSA: ``proto_sum`` + ``class_count``, declared in
-:mod:`secure_fed.privacy.release`) is attacked directly (:func:`invert_prototypes`): the
-summed features over the count are the class means, exact without DP.
+Prototype uploads (FedProto, ProtoNorm, FedSA: the algorithms of :data:`PROTOTYPE_UPLOADERS`,
+whose per-class upload is ``proto_sum`` + ``class_count``, declared for ``--dp sample`` in
+:mod:`secure_fed.privacy.release`) are attacked directly (:func:`invert_prototypes`): a
+class's summed features over its count is its mean feature (exact without DP; under
+``--dp sample`` the mean of the subsample's features clipped to ``--proto-clip``, the count
+read from the count coordinate; under ``--dp client`` the counts are holder indicators, so
+the recovered mean is the class mean scaled by n_c / n_k: its cosine is exact, its relative
+L2 is not).
 
 The audit (:func:`audit_inversion`) runs on a finished run folder. It rebuilds the run from
 ``config.json`` (data, partition, model, upload layout, aggregator) and ``checkpoint.pt``
@@ -67,7 +72,7 @@ from secure_fed.errors import ConfigError, ProtocolAbort
 from secure_fed.fl.client import extract_features
 from secure_fed.fl.program import derive_seed
 from secure_fed.fl.server import Broadcast
-from secure_fed.privacy.release import COUNT_BLOCK, PROTO_BLOCK, has_release
+from secure_fed.privacy.release import COUNT_BLOCK, PROTO_BLOCK
 from secure_fed.run.rundir import load_config
 from secure_fed.run.trainer import Trainer
 
@@ -151,34 +156,30 @@ def _presence(layout: VectorLayout, vector: np.ndarray, k: AttackerKnowledge, nu
 
 
 def invert_prototypes(layout: VectorLayout, vector: np.ndarray, k: AttackerKnowledge) -> Inversion:
-    """The attack on a prototype release (``proto_sum`` + ``class_count``: ProtoNorm, FedSA).
+    """The attack on a prototype upload (``proto_sum`` + ``class_count``: FedProto,
+    ProtoNorm, FedSA).
 
     The class mean is the summed features over the count: without DP the count block is
     exact; under sample-level DP the subsample's count is ``class_count / coordinate`` (the
     features are clipped to ``--proto-clip``, so only directions survive clipping) and the
     client's count that over the release rate; under client-level DP the sum is already
     divided by n_k and the count block holds holder indicators, so the mean's direction is
-    the sum's and a present class is guessed to hold one sample.
+    the sum's. Noise may flip a count's sign: its magnitude is used, and a class whose count
+    reads zero gets a zero mean.
     """
     sums = np.asarray(layout.view(vector, PROTO_BLOCK), dtype=np.float64)  # C x dim
-    count = np.asarray(layout.view(vector, COUNT_BLOCK), dtype=np.float64)  # C
+    cnt = np.asarray(layout.view(vector, COUNT_BLOCK), dtype=np.float64)  # C
     present, score = _presence(layout, vector, k, sums.shape[0])
-    if k.dp == "sample":
-        released = count / k.count_coordinate
-        counts = released / k.release_rate
-    elif k.dp == "client":
-        released = np.ones_like(count)
-        counts = np.ones_like(count)
-    else:
-        released = counts = count
-    means = sums / np.maximum(released, 1.0)[:, None]
+    summed = np.abs(cnt / k.count_coordinate) if k.dp == "sample" else np.abs(cnt)
+    means = np.where(summed[:, None] > 0, sums / np.maximum(summed, 1e-300)[:, None], 0.0)
+    counts = cnt / (k.count_coordinate * k.release_rate) if k.dp == "sample" else cnt
     return Inversion(means, np.where(present, np.maximum(counts, 1.0), 0.0), present, score)
 
 
 def invert(layout: VectorLayout, vector: np.ndarray, k: AttackerKnowledge) -> Inversion:
     """The analytic attack on one upload or one sum of uploads (server side, pure numpy);
-    a prototype release goes to :func:`invert_prototypes`."""
-    if PROTO_BLOCK in layout.names():
+    a prototype upload goes to :func:`invert_prototypes`."""
+    if "cls_grad_b" not in layout.names() and PROTO_BLOCK in layout.names():
         return invert_prototypes(layout, vector, k)
     w = np.asarray(k.weight, dtype=np.float64)
     b = np.asarray(k.bias, dtype=np.float64)
@@ -265,6 +266,12 @@ def _pool(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
 
 
 # -- replaying a round of the run ------------------------------------------------------------
+TRAINED_PROTOTYPES = ("fedproto", "fedsa")
+"""Algorithms whose per-class upload sums the features of the client's *locally trained*
+model: the truth a recovered mean is scored against is the client's class means under that
+model (elsewhere under the round's broadcast model)."""
+
+
 class _AuditTrainer(Trainer):
     """The run's trainer with the audit's seeded client randomness (DP sampling and noise)."""
 
@@ -281,16 +288,22 @@ class _AuditTrainer(Trainer):
 
 
 class _Tap:
-    """Records each client's upload on the client side, before masking (the insecure view)."""
+    """Records each client's upload on the client side, before masking (the insecure view);
+    with ``model`` (the trainer's reusable client model), also each client's model as its
+    round left it (for algorithms whose upload is computed after local training)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: torch.nn.Module | None = None) -> None:
         self.floats: dict[int, np.ndarray] = {}
         self.encoded: dict[int, np.ndarray] = {}
+        self.model = model
+        self.trained: dict[int, dict[str, torch.Tensor]] = {}
 
     def work(self, cid: int, fn: ClientWork) -> ClientWork:
         def run() -> np.ndarray:
             vec = fn()
             self.floats[cid] = vec.copy()
+            if self.model is not None:
+                self.trained[cid] = copy.deepcopy(self.model.state_dict())
             return vec
 
         return run
@@ -322,15 +335,17 @@ def _tapped_aggregator(trainer: Trainer, tap: _Tap, seed: int) -> Aggregator:
 
 
 @torch.no_grad()
-def _truth(trainer: Trainer, bc: Broadcast) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
-    """Per-client class means and counts under the broadcast model, and the population's."""
+def _truth(trainer: Trainer, bc: Broadcast, trained: dict[int, dict[str, torch.Tensor]] | None = None
+           ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """Per-client class means and counts under the broadcast model (a client in ``trained``:
+    under its locally trained model, the features its upload summed), and the population's."""
     model = copy.deepcopy(trainer.server.model)
-    model.load_state_dict(bc.model_state)
     c = trainer.num_classes
     means, counts = [], []
     pop_sum: np.ndarray | None = None
     pop_n = np.zeros(c)
-    for shard in trainer.shards:
+    for k, shard in enumerate(trainer.shards):
+        model.load_state_dict((trained or {}).get(k, bc.model_state))
         f = extract_features(model, shard.x).double().cpu().numpy()
         y = shard.y.cpu().numpy()
         n = np.bincount(y, minlength=c).astype(np.float64)
@@ -354,15 +369,18 @@ def _knowledge(trainer: Trainer, bc: Broadcast, uploads: int) -> AttackerKnowled
     )
 
 
-def _replay_round(trainer: Trainer, round_id: int, seed: int) -> tuple[Broadcast, dict[int, np.ndarray], Aggregate | None, str | None]:
+def _replay_round(trainer: Trainer, round_id: int, seed: int, trained: dict[int, dict[str, torch.Tensor]] | None = None
+                  ) -> tuple[Broadcast, dict[int, np.ndarray], Aggregate | None, str | None]:
     """One round of the real client work and aggregation on the current global state.
 
     Returns the broadcast, every client's upload as it left the client (before masking), the
-    aggregate the server receives (None if the protocol aborted) and the abort reason.
+    aggregate the server receives (None if the protocol aborted) and the abort reason. For
+    an algorithm of :data:`TRAINED_PROTOTYPES`, ``trained`` (if given) receives each
+    client's locally trained model state.
     """
     bc = trainer.server.broadcast(round_id)
     cohort = trainer.cohort(round_id)
-    tap = _Tap()
+    tap = _Tap(trainer.client_model if trainer.cfg.algorithm in TRAINED_PROTOTYPES else None)
     aggregator = _tapped_aggregator(trainer, tap, seed)
     side: dict[str, dict[int, Any]] = {"loss": {}, "sgd": {}, "pers": {}}
     # Trainer.client_work is the client's whole round as training runs it (FedHPro work,
@@ -374,6 +392,8 @@ def _replay_round(trainer: Trainer, round_id: int, seed: int) -> tuple[Broadcast
     except ProtocolAbort as exc:
         agg, reason = None, str(exc)
     uploads = {cid: tap.upload(cid) for cid in sorted(tap.floats)}
+    if trained is not None:
+        trained.update(tap.trained)
     return bc, uploads, agg, reason
 
 
@@ -383,8 +403,9 @@ def _per_client_guess(inv: Inversion, uploads: int) -> Guess:
 
 def _audit_point(trainer: Trainer, point: str, round_id: int, seed: int) -> dict[str, Any]:
     """Attack one replayed round: each client's upload, the server's aggregate, the baseline."""
-    bc, uploads, agg, reason = _replay_round(trainer, round_id, seed)
-    means, counts, pop_means, pop_counts = _truth(trainer, bc)
+    trained: dict[int, dict[str, torch.Tensor]] = {}
+    bc, uploads, agg, reason = _replay_round(trainer, round_id, seed, trained)
+    means, counts, pop_means, pop_counts = _truth(trainer, bc, trained)
     layout, batch = trainer.layout, trainer.cfg.batch_size
     summed: list[int] = []
     if agg is not None:
@@ -499,9 +520,17 @@ def _plots(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+PROTOTYPE_UPLOADERS = ("fedproto", "protonorm", "fedsa")
+"""Algorithms whose per-class upload is ``proto_sum`` + ``class_count`` (attacked by
+:func:`invert_prototypes`)."""
+APPLICABLE = tuple(dict.fromkeys((*PER_CLASS_RELEASE, *PROTOTYPE_UPLOADERS)))
+"""The algorithms the audit applies to: every per-class release (FedHPro's residual, the
+prototype release) and FedProto's plaintext prototype upload."""
+
+
 def _not_applicable(cfg: TrainConfig) -> dict[str, Any]:
-    why = (f"algorithm {cfg.algorithm} declares no per-class release; the inversion audit applies to runs of "
-           f"{', '.join(PER_CLASS_RELEASE)}")
+    why = (f"algorithm {cfg.algorithm} uploads no per-class gradients or prototypes; the inversion audit applies to "
+           f"{', '.join(APPLICABLE)} runs")
     return {"name": NAME, "summary": {"applicable": False, "verdict": why}, "passed": None, "plots": [], "raw": {"reason": why}}
 
 
@@ -523,7 +552,7 @@ def audit_inversion(run_dir: Path, *, seed: int | None = None, points: Any = POI
     if audit_seed < 0:
         raise ConfigError(f"--seed: must be >= 0 (got {seed})")
     cfg, raw_cfg = _load_config(run_dir)
-    if not has_release(cfg.algorithm):
+    if cfg.algorithm not in APPLICABLE:
         return _not_applicable(cfg)
     trainer = _AuditTrainer(cfg, audit_seed)
     results = []

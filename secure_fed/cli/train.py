@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--imbalance", type=float, default=d.imbalance, help="long-tail imbalance ratio rho of the global training set (1 = balanced)")
 
     g = p.add_argument_group("federated training")
-    g.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm, help="FedHPro or a baseline in the same harness")
+    g.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm, help="FedHPro or a baseline in the same harness (fedsa: README, \"FedSA\")")
     g.add_argument("--cohort", type=int, default=d.cohort, help="clients per round (sampled without replacement)")
     g.add_argument("--rounds", type=int, default=d.rounds, action=_Given,
                    help="communication rounds; with --resume, the new total: extends the run")
@@ -76,6 +76,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hpal-weight", type=float, default=d.hpal_weight, help="weight of the HPAL loss")
     g.add_argument("--classifier", choices=CLASSIFIERS, default=d.classifier, help="fedavg: keep the averaged classifier; meta: replace it by one trained on the meta prototypes")
     g.add_argument("--proto-weight", type=float, default=d.proto_weight, help="FedProto: weight of the prototype distance loss")
+
+    g = p.add_argument_group("FedSA (semantic anchors; the paper's values are not in its seed text, these are this project's)")
+    g.add_argument("--fedsa-tau", type=float, default=d.fedsa_tau, help="temperature of RMCL, the margin-enhanced contrastive loss of each feature's cosine to the anchors")
+    g.add_argument("--fedsa-margin", type=float, default=d.fedsa_margin, help="cosine margin subtracted from the own-class anchor's similarity in RMCL")
+    g.add_argument("--fedsa-rmcl-weight", type=float, default=d.fedsa_rmcl_weight, help="weight of RMCL in the local loss")
+    g.add_argument("--fedsa-cc-weight", type=float, default=d.fedsa_cc_weight,
+                   help="weight of classifier calibration (the classifier's cross-entropy on the anchors); under --dp sample it runs "
+                        "after DP-SGD on the public anchors only, as many steps as DP-SGD took")
+    g.add_argument("--fedsa-momentum", type=float, default=d.fedsa_momentum,
+                   help="server EMA: each anchor becomes n(m * anchor + (1 - m) * n(summed prototype)) for the classes whose count clears the gate")
 
     g = p.add_argument_group("secure aggregation")
     g.add_argument("--secagg", choices=SECAGG_MODES, default=d.secagg, help="off: a trusted aggregator sums in the clear; secagg: Bonawitz et al. (complete graph); secagg+: Bell et al. (sparse Harary graph)")

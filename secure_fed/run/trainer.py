@@ -55,6 +55,7 @@ from secure_fed.fl.client import ClientShard, evaluate
 from secure_fed.fl.data.datasets import load_dataset
 from secure_fed.fl.data.partition import class_histogram, make_partition
 from secure_fed.fl.fedhpro import FedHProServer, fedhpro_client_round
+from secure_fed.fl.fedsa import FedSAServer, fedsa_client_round
 from secure_fed.fl.models import build_model
 from secure_fed.fl.program import (
     ClientProgram,
@@ -89,6 +90,7 @@ CLIENT_ROUNDS: dict[str, ClientRound] = {
     "fedavg": fedavg_client_round,
     "fedproto": fedproto_client_round,
     "protonorm": protonorm_client_round,
+    "fedsa": fedsa_client_round,
 }
 
 
@@ -192,6 +194,9 @@ class Trainer:
             return FedProtoServer(model, self.num_classes, self.device, self.spec)
         if cfg.algorithm == "protonorm":
             return ProtoNormServer(model, self.num_classes, self.device, self.spec, cfg)
+        if cfg.algorithm == "fedsa":
+            gen = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.seed, 1))
+            return FedSAServer(model, self.num_classes, self.device, cfg, gen, self.spec)  # noise set in set_noise
         return FedAvgServer(model, self.num_classes, self.device, self.spec)
 
     def _make_aggregator(self) -> Aggregator:
@@ -250,6 +255,8 @@ class Trainer:
             return
         self.privacy = self.privacy.at(sigma)
         if isinstance(self.server, FedHProServer):
+            self.server.count_noise_std = self.privacy.noise.share_std()
+        if isinstance(self.server, FedSAServer):
             self.server.count_noise_std = self.privacy.noise.share_std()
         if self._custom_aggregator:
             if self.cfg.mechanism == "discrete":
