@@ -25,6 +25,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "fedhpro-meta": {"algorithm": "fedhpro", "classifier": "meta"},
     "fedavg": {"algorithm": "fedavg"},
     "fedproto": {"algorithm": "fedproto"},
+    "protonorm": {"algorithm": "protonorm"},
+    "fedsa": {"algorithm": "fedsa"},
 }
 
 

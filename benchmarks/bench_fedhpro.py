@@ -2,7 +2,8 @@
 
 Arms (``--arms``): ``fedavg``; ``fedhpro`` (the product's defaults for FedHPro); ``random``
 (``--hp-control random``: the same release uploaded and charged, fixed N(0, 1) anchors,
-never matched); ``fedproto`` and the other prototype methods (not in the default set).
+never matched); the other prototype methods ``fedproto``, ``protonorm``, ``fedsa`` with
+the product's defaults (not in the default set).
 An arm the product refuses in a mode (e.g. FedProto under DP) is recorded as refused,
 with the product's one-line reason, and shown so in the report. Modes (``--modes``): ``plain`` (``--secagg off --dp off``) and ``epsN``
 (``--dp sample`` at target epsilon N with the defaults: SecAgg+ with 10% dropout,
@@ -61,6 +62,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "fedhpro": {"algorithm": "fedhpro"},
     "random": {"algorithm": "fedhpro", "hp_control": "random"},
     "fedproto": {"algorithm": "fedproto"},
+    "protonorm": {"algorithm": "protonorm"},
+    "fedsa": {"algorithm": "fedsa"},
 }
 DEFAULT_ARMS = ["fedavg", "fedhpro", "random"]
 LAST = 10  # the score: mean accuracy over the last LAST rounds

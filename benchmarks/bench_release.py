@@ -24,23 +24,28 @@ from typing import Any
 
 import numpy as np
 
-from secure_fed.config import TrainConfig
+from secure_fed.config import PER_CLASS_RELEASE, TrainConfig
 from secure_fed.run.trainer import Trainer
 
 RELEASE = ("cls_grad_b", "class_count")
+RELEASE_BLOCKS = {"residual": RELEASE, "prototype": ("proto_sum", "class_count")}
+"""Per release kind (:data:`secure_fed.config.PER_CLASS_RELEASE`), the blocks whose noised
+sum is compared with the clean one (FedHPro: U and the count coordinate)."""
 
 
 def record_release_cosines(trainer: Trainer) -> list[float]:
-    """Instrument ``trainer`` (FedHPro under DP, local executor) so that every applied round
-    appends to the returned list the cosine of the release the server decodes (U and the
-    count coordinate, noised) to the same survivors' uploads before noise. Call before
-    ``trainer.run()``; the list fills as the rounds run."""
+    """Instrument ``trainer`` (an algorithm with a per-class release, under DP, local
+    executor) so that every applied round appends to the returned list the cosine of the
+    release the server decodes (FedHPro: U and the count coordinate; a prototype release:
+    the prototype sums and the count coordinate; noised) to the same survivors' uploads
+    before noise. Call before ``trainer.run()``; the list fills as the rounds run."""
+    blocks = RELEASE_BLOCKS[PER_CLASS_RELEASE[trainer.cfg.algorithm]]
     clean: dict[tuple[int, int], np.ndarray] = {}
     inner = trainer.program.round_fn
 
     def recording(bc: Any, shard: Any, model: Any, ctx: Any) -> Any:
         out = inner(bc, shard, model, ctx)
-        clean[(bc.round_id, shard.client_id)] = np.concatenate([out.blocks[n].ravel() for n in RELEASE])
+        clean[(bc.round_id, shard.client_id)] = np.concatenate([out.blocks[n].ravel() for n in blocks])
         return out
 
     trainer.program = dataclasses.replace(trainer.program, round_fn=recording)
@@ -48,7 +53,7 @@ def record_release_cosines(trainer: Trainer) -> list[float]:
     apply = trainer.server.apply
 
     def recording_apply(agg: Any, bc: Any) -> dict[str, float]:
-        noised = np.concatenate([agg.block(n).ravel() for n in RELEASE])
+        noised = np.concatenate([agg.block(n).ravel() for n in blocks])
         summed = list(agg.meta.get("summed", []))
         truth = sum(clean.pop((agg.round_id, c)) for c in summed)
         for key in [k for k in clean if k[0] <= agg.round_id]:  # dropped clients' uploads
