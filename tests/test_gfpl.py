@@ -8,7 +8,8 @@
 * The uploads and privacy: what each DP unit sends (no exact count under DP); one sample's
   contribution to the moment release stays within the declared sensitivity; the release is
   charged at that bound, checked against Opacus's RDP.
-* Runs: every (--secagg, --dp) combination runs; digits learns above chance.
+* Runs: every (--secagg, --dp) combination runs; digits learns above chance; a resumed run
+  ends where an unbroken one does; the inversion audit reads GFPL's upload.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dp.errors import ConfigError as DpConfigError
 from protocol.messages import MaskedInput, decode
 from secure_fed.aggregation.layout import Aggregate
 from secure_fed.aggregation.secagg import LayoutCodec
+from secure_fed.audit.inversion import audit_inversion
 from secure_fed.config import TrainConfig
 from secure_fed.errors import ConfigError
 from secure_fed.fl.client import ClientContext, flat_params
@@ -453,3 +455,21 @@ def test_a_resumed_run_ends_where_an_unbroken_one_does(tmp_path: Path) -> None:
     assert second.server.calibrated_rounds == full.server.calibrated_rounds == 2
     torch.testing.assert_close(flat_params(second.server.model), flat_params(full.server.model))
     assert second.history[-1]["accuracy"] == full.history[-1]["accuracy"]
+
+
+@pytest.mark.parametrize("dp", ["off", "sample"])
+def test_inversion_audit_runs_on_a_gfpl_run(dp: str, tmp_path: Path) -> None:
+    kw: dict[str, Any] = dict(secagg="secagg+", dp=dp, clients=4, cohort=4, run_id=f"inv-{dp}", seed=1)
+    kw.update(noise_multiplier=20.0, target_epsilon=None) if dp == "sample" else kw.update(target_epsilon=None)
+    _trainer(tmp_path, **kw).run()
+    res = audit_inversion(tmp_path / f"inv-{dp}", seed=0, points="first", progress=False)
+    json.dumps(res, allow_nan=False)
+    assert res["summary"]["applicable"] is True
+    up = res["raw"]["points"][0]["views"]["upload"]["pooled"]
+    if dp == "off":  # the summed features over the exact count are the class means of the broadcast model
+        assert up["cosine_mean"] >= 0.999 and up["count_hit_rate"] == 1.0
+        assert up["label_precision"] == 1.0 and up["label_recall"] == 1.0
+        assert res["passed"] is True  # the sum gives no client's means beyond the population's
+    else:
+        assert res["raw"]["points"][0]["noise_std_sum"] > 0
+        assert up["small_count_hit_rate"] < 0.5

@@ -1,4 +1,4 @@
-"""Upload-inversion audit: what a curious server recovers from per-class uploads (FedHPro, ProtoNorm).
+"""Upload-inversion audit: what a curious server recovers from per-class uploads (FedHPro, prototypes).
 
 The attack (server side, :func:`invert`) is analytic. For client samples i of class c with
 features f_i >= 0 (every model here ends its feature extractor with a ReLU) and softmax
@@ -20,14 +20,11 @@ each class's blocks against the public noise level. Because this project uploads
 the reference implementation's count leak (feature-gradient norm over the bias-gradient
 norm of per-class *means*, which is 1/n_c) is gone: on sums that ratio is 1 by construction.
 
-Prototype uploads (FedProto, ProtoNorm, FedSA: the algorithms of :data:`PROTOTYPE_UPLOADERS`,
-whose per-class upload is ``proto_sum`` + ``class_count``, declared for ``--dp sample`` in
-:mod:`secure_fed.privacy.release`) are attacked directly (:func:`invert_prototypes`): a
-class's summed features over its count is its mean feature (exact without DP; under
-``--dp sample`` the mean of the subsample's features clipped to ``--proto-clip``, the count
-read from the count coordinate; under ``--dp client`` the counts are holder indicators, so
-the recovered mean is the class mean scaled by n_c / n_k: its cosine is exact, its relative
-L2 is not).
+Prototype uploads (:data:`PROTOTYPE_UPLOADERS`: ``proto_sum`` + ``class_count``, GFPL adds
+``feat_sq``) are attacked directly (:func:`invert_prototypes`): summed features over the
+count is the class mean (exact without DP; ``--dp sample``: of the subsample's clipped
+features, GFPL's over ``--gfpl-clip``, the count from the count coordinate; ``--dp client``:
+counts are holder indicators, GFPL's n_c / n_k, so the mean's cosine is exact, its L2 not).
 
 The audit (:func:`audit_inversion`) runs on a finished run folder. It rebuilds the run from
 ``config.json`` (data, partition, model, upload layout, aggregator) and ``checkpoint.pt``
@@ -361,9 +358,10 @@ def _truth(trainer: Trainer, bc: Broadcast, trained: dict[int, dict[str, torch.T
 
 def _knowledge(trainer: Trainer, bc: Broadcast, uploads: int) -> AttackerKnowledge:
     share = trainer.privacy.noise.share_std() if trainer.privacy is not None and trainer.privacy.noise.blocks else 0.0
+    head = "classifier" if "classifier.weight" in bc.model_state else "classifier.linear"  # GFPL's dual head
     return AttackerKnowledge(
-        weight=bc.model_state["classifier.weight"].double().cpu().numpy(),
-        bias=bc.model_state["classifier.bias"].double().cpu().numpy(),
+        weight=bc.model_state[f"{head}.weight"].double().cpu().numpy(),
+        bias=bc.model_state[f"{head}.bias"].double().cpu().numpy(),
         dp=trainer.cfg.dp, count_coordinate=trainer.spec.count_coordinate, release_rate=trainer.cfg.release_rate,
         noise_std=share * math.sqrt(uploads),
     )
@@ -520,7 +518,7 @@ def _plots(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-PROTOTYPE_UPLOADERS = ("fedproto", "protonorm", "fedsa")
+PROTOTYPE_UPLOADERS = ("fedproto", "protonorm", "fedsa", "gfpl")
 """Algorithms whose per-class upload is ``proto_sum`` + ``class_count`` (attacked by
 :func:`invert_prototypes`)."""
 APPLICABLE = tuple(dict.fromkeys((*PER_CLASS_RELEASE, *PROTOTYPE_UPLOADERS)))
