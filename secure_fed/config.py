@@ -207,6 +207,7 @@ class TrainConfig:
     gfpl_calib_momentum: float = 0.5  # GFPL: calibration SGD momentum (the seed's, appendix C.1)
     gfpl_calib_batch: int = 32  # GFPL: calibration batch size
     gfpl_clip: float = 10.0  # GFPL: per-sample feature norm R the moments are clipped to under DP
+    gfpl_min_snr: float = 1.0  # GFPL under DP: a class's noisy mean is used if its signal/noise energy is at least this
 
     def __post_init__(self) -> None:
         self.validate()
@@ -293,6 +294,7 @@ class TrainConfig:
         need(0 < self.gfpl_calib_lr < float("inf"), "--gfpl-calib-lr", f"must be > 0 and finite (got {self.gfpl_calib_lr})")
         need(0 <= self.gfpl_calib_momentum < 1, "--gfpl-calib-momentum", f"must be in [0, 1) (got {self.gfpl_calib_momentum})")
         need(0 < self.gfpl_clip < float("inf"), "--gfpl-clip", f"must be > 0 and finite (got {self.gfpl_clip})")
+        need(0 <= self.gfpl_min_snr < float("inf"), "--gfpl-min-snr", f"must be >= 0 and finite (got {self.gfpl_min_snr})")
 
     @property
     def splits_budget(self) -> bool:

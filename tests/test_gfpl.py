@@ -177,7 +177,28 @@ def test_dp_gate_uses_a_class_only_above_three_noise_sds() -> None:
     assert g is not None and g.active.tolist() == [True, False, False, True] and stats["active_classes"] == 2.0
     # the count block is read in count-coordinate units, the moments scaled back by --gfpl-clip
     torch.testing.assert_close(g.mean[0], torch.full((DIM,), 0.5 * 4.0, dtype=torch.float64))
-    torch.testing.assert_close(g.var[0], torch.full((DIM,), (0.5 - 0.25) * 16.0, dtype=torch.float64))
+    # the variance: Q/W - mean^2 plus the squared mean's noise bias (sigma / W)^2, sigma =
+    # 2.0 * sqrt(4) on each summed entry, pooled over the active classes and coordinates
+    w = torch.tensor([13.0, 12.5], dtype=torch.float64) / cc
+    pooled = float((0.25 + (4.0 / w) ** 2).mean()) * 16.0
+    torch.testing.assert_close(g.var[[0, 3]], torch.full((2, DIM), pooled, dtype=torch.float64))
+
+
+def test_under_dp_a_class_whose_mean_is_mostly_noise_is_not_used() -> None:
+    sigma = 2.0
+    w = torch.full((C,), 50.0, dtype=torch.float64)
+    s = torch.zeros(C, DIM, dtype=torch.float64)
+    noise_energy = DIM * sigma ** 2
+    s[0, 0] = math.sqrt(2.0 * noise_energy) * 1.01  # signal energy just above the noise energy
+    s[1, 0] = math.sqrt(2.0 * noise_energy) * 0.99  # just below
+    s[2] = 30.0
+    q = s * s / w[:, None] + 0.1 * w[:, None]
+    g = moments_to_gaussians(s, q, w, noise_std=sigma)
+    assert g.active.tolist() == [True, False, True, False]
+    assert moments_to_gaussians(s, q, w, noise_std=sigma, min_snr=0.0).active.tolist() == [True, True, True, False]
+    plain = moments_to_gaussians(s, q, w)  # without noise: every class with a count is used
+    assert plain.active.tolist() == [True, True, True, True]
+    torch.testing.assert_close(plain.var[2], torch.full((DIM,), 0.1, dtype=torch.float64))
 
 
 def test_calibration_retrains_the_head_only_and_only_on_schedule() -> None:
@@ -281,7 +302,8 @@ def test_bad_inputs_are_refused() -> None:
         per_class_moment_sums(torch.ones(2, DIM), torch.tensor([0, 1]), C, 0.0)
     for flag, kw in (("--gfpl-clip", dict(gfpl_clip=0.0)), ("--gfpl-proj-dim", dict(gfpl_proj_dim=1)),
                      ("--gfpl-start", dict(gfpl_start=0)), ("--gfpl-pseudo", dict(gfpl_pseudo=0)),
-                     ("--gfpl-calib-momentum", dict(gfpl_calib_momentum=1.0)), ("--gfpl-lambda", dict(gfpl_lambda=-1.0))):
+                     ("--gfpl-calib-momentum", dict(gfpl_calib_momentum=1.0)), ("--gfpl-lambda", dict(gfpl_lambda=-1.0)),
+                     ("--gfpl-min-snr", dict(gfpl_min_snr=-0.5))):
         with pytest.raises(ConfigError, match=flag):
             TrainConfig(algorithm="gfpl", **kw)  # type: ignore[arg-type]
 

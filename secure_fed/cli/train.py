@@ -105,6 +105,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="under --dp: L2 norm R each sample's feature is clipped to and then divided by before its moments enter the "
                         "upload (sample unit: with its squares and the count coordinate, one sample moves the release by at most "
                         "sqrt(2 / (1 - 0.5^2)) = 1.63); the server scales the Gaussians back by R")
+    g.add_argument("--gfpl-min-snr", type=float, default=d.gfpl_min_snr,
+                   help="under --dp: the server uses a class's Gaussian only if the estimated energy of its summed features is at "
+                        "least this times the energy of their noise (0: whenever its count clears the gate; this project's value)")
 
     g = p.add_argument_group("secure aggregation")
     g.add_argument("--secagg", choices=SECAGG_MODES, default=d.secagg, help="off: a trusted aggregator sums in the clear; secagg: Bonawitz et al. (complete graph); secagg+: Bell et al. (sparse Harary graph)")

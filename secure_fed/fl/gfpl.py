@@ -39,6 +39,10 @@ Privacy units (the upload is public in layout, :class:`GfplServer` declares the 
   noisy count coordinate.
 * ``--dp client``: the same rescaled moments without the coordinate, every block over n_k,
   then the whole vector clipped and noised (:class:`~secure_fed.privacy.noise.ClientNoise`).
+
+Under DP the server uses a class's Gaussian only when its count clears the noise gate and its
+summed features are resolved above their (public) noise level, with one pooled variance
+(:func:`moments_to_gaussians`).
 """
 
 from __future__ import annotations
@@ -233,15 +237,30 @@ class ClassGaussians:
 
 
 def moments_to_gaussians(feat_sum: torch.Tensor, feat_sq: torch.Tensor, count: torch.Tensor,
-                         min_weight: float = 0.0, scale: float = 1.0) -> ClassGaussians:
+                         min_weight: float = 0.0, scale: float = 1.0, noise_std: float = 0.0,
+                         min_snr: float = 1.0) -> ClassGaussians:
     """Per class c with weight W_c > ``min_weight``: mean S_c / W_c, variance Q_c / W_c -
     mean^2 (floored at :data:`VAR_FLOOR`), times ``scale`` (resp. ``scale``^2) to undo the
-    clients' rescaling by ``--gfpl-clip``. Inactive classes get mean 0, variance 1 (never sampled)."""
+    clients' rescaling by ``--gfpl-clip``. Inactive classes get mean 0, variance 1 (never sampled).
+
+    ``noise_std`` > 0 (DP: the std of the noise on one entry of the summed blocks, public):
+    a class is active only if its summed features' estimated signal energy |S_c|^2 - d sigma^2
+    is at least ``min_snr`` (``--gfpl-min-snr``) times their noise energy d sigma^2 (else its
+    mean would be mostly noise); the squared mean's noise bias (sigma / W_c)^2 is added back; and the
+    variance is one number, the average over the active classes and coordinates, since a
+    single coordinate's Q_c / W_c carries noise sigma / W_c far above a feature variance.
+    """
     s, q, w = feat_sum.to(torch.float64), feat_sq.to(torch.float64), count.to(torch.float64)
     active = w > max(min_weight, 0.0)
+    if noise_std > 0:
+        noise_energy = s.shape[1] * noise_std ** 2
+        active &= (s * s).sum(1) - noise_energy >= min_snr * noise_energy
     denom = torch.where(active, w, torch.ones_like(w))[:, None]
     mean = s / denom
-    var = (q / denom - mean * mean).clamp_min(VAR_FLOOR / scale ** 2)
+    var = q / denom - mean * mean + (noise_std / denom) ** 2
+    if noise_std > 0 and bool(active.any()):
+        var = torch.full_like(var, float(var[active].mean()))
+    var = var.clamp_min(VAR_FLOOR / scale ** 2)
     mean = torch.where(active[:, None], mean * scale, torch.zeros_like(mean))
     var = torch.where(active[:, None], var * scale ** 2, torch.ones_like(var))
     return ClassGaussians(mean, var, w, active)
@@ -306,7 +325,7 @@ class GfplServer(FedServer):
         super().__init__(model, num_classes, device, upload)
         self.cfg = cfg
         self.generator = generator
-        self.count_noise_std = count_noise_std  # per-client noise std of a count entry (public)
+        self.count_noise_std = count_noise_std  # per-client noise std of one entry of the release (public)
         self.feature_dim = int(model.feature_dim)  # type: ignore[arg-type]
         self.gaussians: ClassGaussians | None = None
         self.calibrated_rounds = 0
@@ -339,7 +358,8 @@ class GfplServer(FedServer):
             cc = self.upload.count_coordinate
             n, gate = n / cc, gate / cc
         scale = 1.0 if self.upload.dp == "off" else self.cfg.gfpl_clip
-        g = moments_to_gaussians(s, q, n, min_weight=gate, scale=scale)
+        sigma = self.count_noise_std * math.sqrt(max(agg.count, 1)) if self.upload.dp != "off" else 0.0
+        g = moments_to_gaussians(s, q, n, min_weight=gate, scale=scale, noise_std=sigma, min_snr=self.cfg.gfpl_min_snr)
         self.gaussians = g
         return {"active_classes": float(g.active.sum())}
 
