@@ -400,3 +400,74 @@ def per_class_feature_sums(
             c = torch.nextafter(c, torch.zeros_like(c))
         into.count.index_add_(0, y, c.expand(y.shape[0]).contiguous())
     return dataclasses.replace(into, clipped=into.clipped + int((factor < 1.0).sum()))
+
+
+# -- the Gaussian-moment release: per-class sums of unit-ball features and their squares -----------
+@dataclass(frozen=True, slots=True)
+class MomentSums:
+    """Per-class first and second (diagonal) moments of one client's batch (client side).
+
+    Each sample's feature is clipped to L2 norm ``clip`` and divided by ``clip`` (u_i, norm
+    <= 1). feature (C x dim): sum over class-c samples of u_i; square (C x dim): sum of u_i *
+    u_i (entrywise; its L2 norm is sum_j u_ij^4 under the root, <= |u_i|^2 <= 1); count (C):
+    the summed constant count coordinate; clipped: samples whose factor was < 1.
+    """
+
+    feature: torch.Tensor
+    square: torch.Tensor
+    count: torch.Tensor
+    clipped: int
+
+    def flat(self) -> torch.Tensor:
+        """All blocks as one vector, layout feature | square | count."""
+        return torch.cat([self.feature.reshape(-1), self.square.reshape(-1), self.count.reshape(-1)])
+
+
+def moment_release_norm(count_coordinate: float | None) -> float:
+    """L2 bound of one sample's contribution to :func:`per_class_moment_sums`: a unit-ball
+    feature (<= 1), its entrywise square (<= 1) and the count coordinate c, sqrt(2 + c^2)."""
+    c = 0.0 if count_coordinate is None else float(count_coordinate)
+    return math.sqrt(2.0 + c * c)
+
+
+@torch.no_grad()
+def per_class_moment_sums(
+    f: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    clip: float,
+    count_coordinate: float | None = None,
+) -> MomentSums:
+    """Per-class sums of clipped, rescaled features u_i = s_i f_i / clip (s_i = Opacus's
+    min(1, clip / (|f_i| + 1e-6)), the norm in float64) and of u_i * u_i (client side).
+
+    Under add/remove-one-sample adjacency the concatenation (feature | square | count) moves
+    by at most :func:`moment_release_norm` (count_coordinate): |u_i| <= 1, |u_i * u_i| <=
+    |u_i|^2 <= 1, the count coordinate c is constant and not scaled. Computed and returned
+    in float64 whatever ``f.dtype``, u shrunk by a relative 1e-12 (and ``f.dtype``'s epsilon)
+    covering the rounding of the norm. Non-finite features are refused.
+    """
+    if f.dim() != 2 or y.dim() != 1 or f.shape[0] != y.shape[0]:
+        raise ConfigError(f"need f (B x dim) and y (B), got {tuple(f.shape)} and {tuple(y.shape)}")
+    check_clip(clip)
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    if not bool(torch.isfinite(f).all()):
+        raise ConfigError("features contain NaN or infinity: the model has diverged (lower --lr)")
+    y = y.to(torch.long)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ConfigError(f"labels must be in [0, {num_classes}), got {int(y.min())}..{int(y.max())}")
+    dim = f.shape[1]
+    f64 = f.to(torch.float64)
+    peak = f64.abs().amax(dim=1, keepdim=True).clamp_min(1e-300) if dim else f64.new_ones(f.shape[0], 1)
+    norm = (torch.linalg.vector_norm(f64 / peak, dim=1) * peak.squeeze(1)) if dim else f64.new_zeros(f.shape[0])
+    factor = torch.clamp(clip / (norm + OPACUS_EPS), max=1.0)
+    narrow = 0.0 if f.dtype == torch.float64 else torch.finfo(f.dtype).eps
+    shrink = (1.0 - SHRINK_FLOAT64) / (1.0 + narrow)
+    u = f64 * (factor * shrink / clip)[:, None]
+    feature = f64.new_zeros(num_classes, dim).index_add_(0, y, u)
+    square = f64.new_zeros(num_classes, dim).index_add_(0, y, u * u)
+    count = f64.new_zeros(num_classes)
+    if count_coordinate is not None:
+        count.index_add_(0, y, f64.new_full((y.shape[0],), float(count_coordinate)))
+    return MomentSums(feature, square, count, int((factor < 1.0).sum()))

@@ -20,6 +20,7 @@ class Algorithm(StrEnum):
     FEDPROTO = "fedproto"
     PROTONORM = "protonorm"
     FEDSA = "fedsa"
+    GFPL = "gfpl"
 
 
 class Classifier(StrEnum):
@@ -103,6 +104,7 @@ PER_CLASS_RELEASE: dict[str, str] = {
     Algorithm.FEDHPRO: "residual",
     Algorithm.PROTONORM: "prototype",
     Algorithm.FEDSA: "prototype",
+    Algorithm.GFPL: "moments",
 }
 """--algorithm -> the kind of per-class release it makes under --dp sample (one row per
 algorithm; what each kind releases, and its sensitivity, is in
@@ -195,6 +197,17 @@ class TrainConfig:
     fedsa_rmcl_weight: float = 1.0  # FedSA: weight of RMCL
     fedsa_cc_weight: float = 1.0  # FedSA: weight of classifier calibration on the anchors
     fedsa_momentum: float = 0.9  # FedSA: EMA keep-rate of the anchors on the server
+    gfpl_lambda: float = 1.0  # GFPL: weight of the dot-regression loss to the ETF (Eq. 13; no value in the seed text)
+    gfpl_proj_dim: int | None = None  # GFPL: ETF projection dim (None: the seed's, 50 MNIST-like, 80 CIFAR)
+    gfpl_start: int = 2  # GFPL: first round the server calibrates the head on pseudo-features
+    gfpl_interval: int = 1  # GFPL: calibrate every this many rounds from --gfpl-start
+    gfpl_pseudo: int = 100  # GFPL: pseudo-features per class per calibration
+    gfpl_calib_epochs: int = 1  # GFPL: epochs over the pseudo-features per calibration
+    gfpl_calib_lr: float = 0.01  # GFPL: calibration SGD rate (the seed's learning rate, appendix C.2)
+    gfpl_calib_momentum: float = 0.5  # GFPL: calibration SGD momentum (the seed's, appendix C.1)
+    gfpl_calib_batch: int = 32  # GFPL: calibration batch size
+    gfpl_clip: float = 10.0  # GFPL: per-sample feature norm R the moments are clipped to under DP
+    gfpl_min_snr: float = 1.0  # GFPL under DP: a class's noisy mean is used if its signal/noise energy is at least this
 
     def __post_init__(self) -> None:
         self.validate()
@@ -272,6 +285,16 @@ class TrainConfig:
         for flag, v in (("--fedsa-rmcl-weight", self.fedsa_rmcl_weight), ("--fedsa-cc-weight", self.fedsa_cc_weight)):
             need(0 <= v < float("inf"), flag, f"must be >= 0 and finite (got {v})")
         need(0 <= self.fedsa_momentum < 1, "--fedsa-momentum", f"must be in [0, 1) (got {self.fedsa_momentum})")
+        need(0 <= self.gfpl_lambda < float("inf"), "--gfpl-lambda", f"must be >= 0 and finite (got {self.gfpl_lambda})")
+        need(self.gfpl_proj_dim is None or self.gfpl_proj_dim >= 2, "--gfpl-proj-dim", f"must be >= 2 (got {self.gfpl_proj_dim})")
+        need(self.gfpl_start >= 1, "--gfpl-start", f"must be >= 1 (a round number; got {self.gfpl_start})")
+        for flag, n in (("--gfpl-interval", self.gfpl_interval), ("--gfpl-pseudo", self.gfpl_pseudo),
+                        ("--gfpl-calib-epochs", self.gfpl_calib_epochs), ("--gfpl-calib-batch", self.gfpl_calib_batch)):
+            need(n >= 1, flag, f"must be >= 1 (got {n})")
+        need(0 < self.gfpl_calib_lr < float("inf"), "--gfpl-calib-lr", f"must be > 0 and finite (got {self.gfpl_calib_lr})")
+        need(0 <= self.gfpl_calib_momentum < 1, "--gfpl-calib-momentum", f"must be in [0, 1) (got {self.gfpl_calib_momentum})")
+        need(0 < self.gfpl_clip < float("inf"), "--gfpl-clip", f"must be > 0 and finite (got {self.gfpl_clip})")
+        need(0 <= self.gfpl_min_snr < float("inf"), "--gfpl-min-snr", f"must be >= 0 and finite (got {self.gfpl_min_snr})")
 
     @property
     def splits_budget(self) -> bool:

@@ -22,14 +22,14 @@ each class's blocks against the public noise level. Because this project uploads
 the reference implementation's count leak (feature-gradient norm over the bias-gradient
 norm of per-class *means*, which is 1/n_c) is gone: on sums that ratio is 1 by construction.
 
-Prototype uploads (FedProto, ProtoNorm, FedSA: the algorithms of :data:`secure_fed.audit.inversion.PROTOTYPE_UPLOADERS`,
-whose per-class upload is ``proto_sum`` + ``class_count``, declared for ``--dp sample`` in
+Prototype uploads (the algorithms of :data:`secure_fed.audit.inversion.PROTOTYPE_UPLOADERS`:
+``proto_sum`` + ``class_count``, GFPL adds ``feat_sq``; declared for ``--dp sample`` in
 :mod:`secure_fed.privacy.release`) are attacked directly (:func:`invert_prototypes`): a
 class's summed features over its count is its mean feature (exact without DP; under
-``--dp sample`` the mean of the subsample's features clipped to ``--proto-clip``, the count
-read from the count coordinate; under ``--dp client`` the counts are holder indicators, so
-the recovered mean is the class mean scaled by n_c / n_k: its cosine is exact, its relative
-L2 is not).
+``--dp sample`` the mean of the subsample's features clipped to ``--proto-clip``, GFPL's to
+``--gfpl-clip`` and scaled to the unit ball, the count read from the count coordinate; under
+``--dp client`` the counts are holder indicators, GFPL's n_c / n_k, so the recovered mean's
+cosine is exact, its relative L2 is not).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Upload-inversion audit: what a curious server recovers from per-class uploads (FedHPro, ProtoNorm).
+"""Upload-inversion audit: what a curious server recovers from per-class uploads (FedHPro, prototypes).
 
 The attack itself (what is recovered from one vector, and how) is described and implemented in
 :mod:`secure_fed.audit.attack`; this module is the audit around it.
@@ -162,9 +162,10 @@ def _truth(trainer: Trainer, bc: Broadcast, trained: dict[int, dict[str, torch.T
 
 def _knowledge(trainer: Trainer, bc: Broadcast, uploads: int) -> AttackerKnowledge:
     share = trainer.privacy.noise.share_std() if trainer.privacy is not None and trainer.privacy.noise.blocks else 0.0
+    head = "classifier" if "classifier.weight" in bc.model_state else "classifier.linear"  # GFPL's dual head
     return AttackerKnowledge(
-        weight=bc.model_state["classifier.weight"].double().cpu().numpy(),
-        bias=bc.model_state["classifier.bias"].double().cpu().numpy(),
+        weight=bc.model_state[f"{head}.weight"].double().cpu().numpy(),
+        bias=bc.model_state[f"{head}.bias"].double().cpu().numpy(),
         dp=trainer.cfg.dp, count_coordinate=trainer.spec.count_coordinate, release_rate=trainer.cfg.release_rate,
         noise_std=share * math.sqrt(uploads),
     )
@@ -321,7 +322,7 @@ def _plots(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-PROTOTYPE_UPLOADERS = ("fedproto", "protonorm", "fedsa")
+PROTOTYPE_UPLOADERS = ("fedproto", "protonorm", "fedsa", "gfpl")
 """Algorithms whose per-class upload is ``proto_sum`` + ``class_count`` (attacked by
 :func:`invert_prototypes`)."""
 APPLICABLE = tuple(dict.fromkeys((*PER_CLASS_RELEASE, *PROTOTYPE_UPLOADERS)))

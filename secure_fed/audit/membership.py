@@ -45,6 +45,7 @@ from secure_fed.errors import ConfigError
 from secure_fed.fl.client import ClientShard
 from secure_fed.fl.data.datasets import load_dataset
 from secure_fed.fl.data.partition import make_partition
+from secure_fed.fl.gfpl import gfpl_model
 from secure_fed.fl.models import build_model
 from secure_fed.run.rundir import load_config, load_json, read_audit
 
@@ -147,6 +148,8 @@ def _load_model(run_dir: Path, cfg: TrainConfig, num_classes: int, input_shape: 
     if not path.exists():
         raise ConfigError(f"RUN_DIR: model.pt is missing in {run_dir}; audit a finished run directory")
     model = build_model(cfg.dataset, num_classes, input_shape, cfg.feature_dim)
+    if cfg.algorithm == "gfpl":  # the run's model carries GFPL's dual classifier
+        model = gfpl_model(model, cfg, num_classes)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
 

@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--imbalance", type=float, default=d.imbalance, help="long-tail imbalance ratio rho of the global training set (1 = balanced)")
 
     g = p.add_argument_group("federated training")
-    g.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm, help="FedHPro or a baseline in the same harness (fedsa: README, \"FedSA\")")
+    g.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm, help="FedHPro or a baseline in the same harness (fedsa: README, \"FedSA\"; gfpl: README, \"GFPL\")")
     g.add_argument("--cohort", type=int, default=d.cohort, help="clients per round (sampled without replacement)")
     g.add_argument("--rounds", type=int, default=d.rounds, action=_Given,
                    help="communication rounds; with --resume, the new total: extends the run")
@@ -87,6 +87,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fedsa-momentum", type=float, default=d.fedsa_momentum,
                    help="server EMA: each anchor becomes n(m * anchor + (1 - m) * n(summed prototype)) for the classes whose count clears the gate")
 
+    g = p.add_argument_group("GFPL (Gaussian class statistics and pseudo-features; README, \"GFPL\": 'seed' marks the paper's values)")
+    g.add_argument("--gfpl-lambda", type=float, default=d.gfpl_lambda,
+                   help="weight of the dot-regression loss to the fixed ETF in the hybrid loss CE + lambda * DR (Eq. 13; the seed text gives no value)")
+    g.add_argument("--gfpl-proj-dim", type=int, default=d.gfpl_proj_dim,
+                   help="dimension of the projection the ETF lives in (default: the seed's, 50 for digits/mnist, 80 for cifar; at least the class count)")
+    g.add_argument("--gfpl-start", type=int, default=d.gfpl_start,
+                   help="first round the server calibrates the head on pseudo-features (the seed's delayed start; its value is not in the seed text)")
+    g.add_argument("--gfpl-interval", type=int, default=d.gfpl_interval,
+                   help="calibrate every this many rounds from --gfpl-start (the seed's retraining interval; its value is not in the seed text)")
+    g.add_argument("--gfpl-pseudo", type=int, default=d.gfpl_pseudo, help="pseudo-features sampled per class per calibration (no value in the seed text)")
+    g.add_argument("--gfpl-calib-epochs", type=int, default=d.gfpl_calib_epochs, help="epochs over the pseudo-features per calibration")
+    g.add_argument("--gfpl-calib-lr", type=float, default=d.gfpl_calib_lr, help="calibration SGD rate (seed: 0.01)")
+    g.add_argument("--gfpl-calib-momentum", type=float, default=d.gfpl_calib_momentum, help="calibration SGD momentum (seed: 0.5)")
+    g.add_argument("--gfpl-calib-batch", type=int, default=d.gfpl_calib_batch, help="calibration batch size")
+    g.add_argument("--gfpl-clip", type=float, default=d.gfpl_clip,
+                   help="under --dp: L2 norm R each sample's feature is clipped to and then divided by before its moments enter the "
+                        "upload (sample unit: with its squares and the count coordinate, one sample moves the release by at most "
+                        "sqrt(2 / (1 - 0.5^2)) = 1.63); the server scales the Gaussians back by R")
+    g.add_argument("--gfpl-min-snr", type=float, default=d.gfpl_min_snr,
+                   help="under --dp: the server uses a class's Gaussian only if the estimated energy of its summed features is at "
+                        "least this times the energy of their noise (0: whenever its count clears the gate; this project's value)")
+
     g = p.add_argument_group("secure aggregation")
     g.add_argument("--secagg", choices=SECAGG_MODES, default=d.secagg, help="off: a trusted aggregator sums in the clear; secagg: Bonawitz et al. (complete graph); secagg+: Bell et al. (sparse Harary graph)")
     g.add_argument("--neighbors", type=int, default=d.neighbors, help="SecAgg+ graph degree k (default: chosen for the cohort size, --dropout and --max-colluders)")
@@ -112,7 +134,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--accountant", choices=ACCOUNTANTS, default=d.accountant, help="accountant whose epsilon is printed (RDP is always recorded too)")
     g.add_argument("--release-rate", type=float, default=d.release_rate, help="Poisson rate at which a client's samples enter its per-class gradient release")
     g.add_argument("--release-noise-ratio", type=float, default=d.release_noise_ratio,
-                   help="budget split (--dp sample, an algorithm with a per-class release: fedhpro, protonorm, fedsa): the per-class release's noise multiplier is this times DP-SGD's; "
+                   help="budget split (--dp sample, an algorithm with a per-class release: fedhpro, protonorm, fedsa, gfpl): the per-class release's noise multiplier is this times DP-SGD's; "
                         "above 1 the release is noisier and DP-SGD, planned from --target-epsilon, gets less noise "
                         f"(default: {DEFAULT_RELEASE_NOISE_RATIO:g} where the budget is split, measured best on digits; 1 elsewhere)")
     g.add_argument("--proto-clip", type=float, default=d.proto_clip,

@@ -19,12 +19,18 @@ Two kinds of release exist:
   adds its feature clipped to ``--proto-clip`` (:func:`dp.clipping.per_class_feature_sums`)
   and the count coordinate, within :func:`~secure_fed.privacy.upload.prototype_sensitivity`.
 
-In both the count coordinate is ``COUNT_SHARE`` times the sensitivity, so the noisy count
+* The Gaussian-moment release (``proto_sum`` + ``feat_sq`` + ``class_count``, GFPL): each
+  sample adds its feature clipped to ``--gfpl-clip`` and divided by it (norm <= 1), the
+  entrywise square of that (norm <= 1) and the count coordinate
+  (:func:`dp.clipping.per_class_moment_sums`), within :func:`moment_sensitivity`.
+
+In all three the count coordinate is ``COUNT_SHARE`` times the sensitivity, so the noisy count
 rides inside the release and costs nothing extra (DESIGN.md section 6).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +47,17 @@ PROTO_BLOCK = "proto_sum"
 """The prototype release's feature block: per class, the summed clipped features (C x dim)."""
 COUNT_BLOCK = "class_count"
 """Every per-class release's count block (C): the summed count coordinate."""
+SQUARE_BLOCK = "feat_sq"
+"""The Gaussian-moment release's second block: per class, the summed entrywise squares of
+the rescaled clipped features (C x dim)."""
+
+
+def moment_sensitivity() -> float:
+    """L2 sensitivity of the Gaussian-moment release (sample unit, in the rescaled units
+    of :func:`dp.clipping.per_class_moment_sums`): feature <= 1, square <= 1 and the count
+    coordinate COUNT_SHARE * S (:func:`dp.clipping.moment_release_norm`), so S^2 = 2 + COUNT_SHARE^2 S^2, S = sqrt(2 / (1 - COUNT_SHARE^2))
+    (independent of ``--gfpl-clip``: the clip sets the units, the server scales back)."""
+    return math.sqrt(2.0 / (1.0 - COUNT_SHARE ** 2))
 
 
 @dataclass(frozen=True)
@@ -87,9 +104,16 @@ def prototype_release(cfg: TrainConfig) -> ReleaseDecl:
     return ReleaseDecl((PROTO_BLOCK, COUNT_BLOCK), s, COUNT_SHARE * s)
 
 
+def moment_release(cfg: TrainConfig) -> ReleaseDecl:
+    """GFPL: per-class sums of unit-ball features, of their squares, and counts."""
+    s = moment_sensitivity()
+    return ReleaseDecl((PROTO_BLOCK, SQUARE_BLOCK, COUNT_BLOCK), s, COUNT_SHARE * s)
+
+
 RELEASE_RULES: dict[str, ReleaseRule] = {
     "residual": residual_release,
     "prototype": prototype_release,
+    "moments": moment_release,
 }
 """Release kind (the values of :data:`secure_fed.config.PER_CLASS_RELEASE`) -> its declaration."""
 

@@ -56,6 +56,7 @@ from secure_fed.fl.data.datasets import load_dataset
 from secure_fed.fl.data.partition import class_histogram, make_partition
 from secure_fed.fl.fedhpro import FedHProServer, fedhpro_client_round
 from secure_fed.fl.fedsa import FedSAServer, fedsa_client_round
+from secure_fed.fl.gfpl import GfplServer, gfpl_client_round, gfpl_model
 from secure_fed.fl.models import build_model
 from secure_fed.fl.program import (
     ClientProgram,
@@ -91,6 +92,7 @@ CLIENT_ROUNDS: dict[str, ClientRound] = {
     "fedproto": fedproto_client_round,
     "protonorm": protonorm_client_round,
     "fedsa": fedsa_client_round,
+    "gfpl": gfpl_client_round,
 }
 
 
@@ -132,7 +134,10 @@ class Trainer:
                      f"use a delta well below {1.0 / labels.shape[0]:.3g}")
 
         torch.manual_seed(cfg.seed)
-        model = to_device(build_model(cfg.dataset, self.num_classes, self.data.input_shape, cfg.feature_dim), self.device)
+        model = build_model(cfg.dataset, self.num_classes, self.data.input_shape, cfg.feature_dim)
+        if cfg.algorithm == "gfpl":  # GFPL's dual classifier (projection, ETF, trainable classifier)
+            model = gfpl_model(model, cfg, self.num_classes)
+        model = to_device(model, self.device)
         self.client_model = copy.deepcopy(model)  # the simulator's one reusable client model
         self.client_round = CLIENT_ROUNDS[cfg.algorithm]
         self._secagg_probe: SecAggAggregator | None = None
@@ -197,6 +202,9 @@ class Trainer:
         if cfg.algorithm == "fedsa":
             gen = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.seed, 1))
             return FedSAServer(model, self.num_classes, self.device, cfg, gen, self.spec)  # noise set in set_noise
+        if cfg.algorithm == "gfpl":
+            gen = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.seed, 1))
+            return GfplServer(model, self.num_classes, self.device, cfg, gen, self.spec)  # noise set in set_noise
         return FedAvgServer(model, self.num_classes, self.device, self.spec)
 
     def _make_aggregator(self) -> Aggregator:
@@ -256,7 +264,7 @@ class Trainer:
         self.privacy = self.privacy.at(sigma)
         if isinstance(self.server, FedHProServer):
             self.server.count_noise_std = self.privacy.noise.share_std()
-        if isinstance(self.server, FedSAServer):
+        if isinstance(self.server, FedSAServer | GfplServer):
             self.server.count_noise_std = self.privacy.noise.share_std()
         if self._custom_aggregator:
             if self.cfg.mechanism == "discrete":
