@@ -27,6 +27,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "fedproto": {"algorithm": "fedproto"},
     "protonorm": {"algorithm": "protonorm"},
     "fedsa": {"algorithm": "fedsa"},
+    "gfpl": {"algorithm": "gfpl"},
 }
 
 

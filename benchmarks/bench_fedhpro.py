@@ -2,7 +2,7 @@
 
 Arms (``--arms``): ``fedavg``; ``fedhpro`` (the product's defaults for FedHPro); ``random``
 (``--hp-control random``: the same release uploaded and charged, fixed N(0, 1) anchors,
-never matched); the other prototype methods ``fedproto``, ``protonorm``, ``fedsa`` with
+never matched); the other prototype methods ``fedproto``, ``protonorm``, ``fedsa``, ``gfpl`` with
 the product's defaults (not in the default set).
 An arm the product refuses in a mode (e.g. FedProto under DP) is recorded as refused,
 with the product's one-line reason, and shown so in the report. Modes (``--modes``): ``plain`` (``--secagg off --dp off``) and ``epsN``
@@ -64,6 +64,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "fedproto": {"algorithm": "fedproto"},
     "protonorm": {"algorithm": "protonorm"},
     "fedsa": {"algorithm": "fedsa"},
+    "gfpl": {"algorithm": "gfpl"},
 }
 DEFAULT_ARMS = ["fedavg", "fedhpro", "random"]
 LAST = 10  # the score: mean accuracy over the last LAST rounds

@@ -28,7 +28,8 @@ from secure_fed.config import PER_CLASS_RELEASE, TrainConfig
 from secure_fed.run.trainer import Trainer
 
 RELEASE = ("cls_grad_b", "class_count")
-RELEASE_BLOCKS = {"residual": RELEASE, "prototype": ("proto_sum", "class_count")}
+RELEASE_BLOCKS = {"residual": RELEASE, "prototype": ("proto_sum", "class_count"),
+                  "moments": ("proto_sum", "feat_sq", "class_count")}
 """Per release kind (:data:`secure_fed.config.PER_CLASS_RELEASE`), the blocks whose noised
 sum is compared with the clean one (FedHPro: U and the count coordinate)."""
 
