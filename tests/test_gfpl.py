@@ -495,3 +495,31 @@ def test_inversion_audit_runs_on_a_gfpl_run(dp: str, tmp_path: Path) -> None:
     else:
         assert res["raw"]["points"][0]["noise_std_sum"] > 0
         assert up["small_count_hit_rate"] < 0.5
+
+
+# -- what the round line and the audit record say the server did ---------------------------------
+def test_round_line_and_audit_say_whether_calibration_ran(tmp_path: Path) -> None:
+    from secure_fed.run.records import round_line
+
+    # Plaintext: every held class forms a Gaussian; round 1 is before --gfpl-start, round 2 calibrates.
+    tr = _trainer(tmp_path / "plain", rounds=2, secagg="off", dp="off", target_epsilon=None)
+    tr.run()
+    first, second = (r["server_step"] for r in tr.history)
+    assert first["label"] == "gaussians" and first["num_classes"] == tr.num_classes
+    assert first["calibration_due"] is False and first["calibrated"] is False
+    assert second["calibration_due"] is True and second["calibrated"] is True and second["active"] >= 1
+    line = round_line(tr.history[1], 2, secure=False)
+    assert f"gaussians {second['active']}/{tr.num_classes}  calibrated" in line
+    rounds = [a for a in read_audit(tr.run_dir / "audit.jsonl") if a["kind"] == "round"]
+    assert [a["server_step"] for a in rounds] == [first, second]
+    tr.close()
+    # Client-level DP at this cohort: the noise on the summed count fractions keeps every class
+    # under the gate, so a calibration that was due is reported as skipped, never as run.
+    tr = _trainer(tmp_path / "dp", rounds=2, dp="client", target_epsilon=8.0)
+    tr.run()
+    step = tr.history[1]["server_step"]
+    assert step["calibration_due"] is True
+    assert step["calibrated"] is (step["active"] > 0)
+    line = round_line(tr.history[1], 2, secure=True)
+    assert ("calibration skipped" in line) is (step["active"] == 0)
+    tr.close()

@@ -39,6 +39,7 @@ class FedProtoServer(FedServer):
     """FedAvg of the model plus count-weighted global class prototypes."""
 
     name = "fedproto"
+    step_label = "protos"
 
     def __init__(self, model: nn.Module, num_classes: int, device: torch.device, upload: UploadSpec) -> None:
         if upload.dp != "off":

@@ -103,6 +103,7 @@ class FedSAServer(FedServer):
     """
 
     name = "fedsa"
+    step_label = "anchors moved"
 
     def __init__(self, model: nn.Module, num_classes: int, device: torch.device, cfg: TrainConfig,
                  generator: torch.Generator, upload: UploadSpec, count_noise_std: float = 0.0) -> None:

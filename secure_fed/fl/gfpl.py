@@ -317,6 +317,7 @@ class GfplServer(FedServer):
     """
 
     name = "gfpl"
+    step_label = "gaussians"
 
     def __init__(self, model: nn.Module, num_classes: int, device: torch.device, cfg: TrainConfig,
                  generator: torch.Generator, upload: UploadSpec, count_noise_std: float = 0.0) -> None:
@@ -369,11 +370,12 @@ class GfplServer(FedServer):
 
     def _after_fedavg(self, agg: Aggregate, broadcast: Broadcast) -> dict[str, float]:
         g = self.gaussians
-        if g is None or not bool(g.active.any()) or not self.calibrates(agg.round_id):
-            return {"calibrated": 0.0}
+        due = float(self.calibrates(agg.round_id))  # scheduled this round: a skip is reported as one
+        if g is None or not bool(g.active.any()) or not due:
+            return {"calibrated": 0.0, "calibration_due": due}
         loss = self._calibrate(g)
         self.calibrated_rounds += 1
-        return {"calibrated": 1.0, "calibration_loss": loss}
+        return {"calibrated": 1.0, "calibration_due": 1.0, "calibration_loss": loss}
 
     def pseudo_features(self, g: ClassGaussians) -> tuple[torch.Tensor, torch.Tensor]:
         """``--gfpl-pseudo`` samples per active class from its Gaussian, through the ReLU every

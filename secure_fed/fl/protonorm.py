@@ -79,6 +79,7 @@ class ProtoNormServer(FedServer):
     """FedAvg of the model plus aligned (PA) and upscaled (PU) global class prototypes."""
 
     name = "protonorm"
+    step_label = "protos"
 
     def __init__(self, model: nn.Module, num_classes: int, device: torch.device, upload: UploadSpec,
                  cfg: TrainConfig) -> None:

@@ -38,6 +38,9 @@ class FedServer:
     """
 
     name = "fedavg"
+    step_label: str | None = None
+    """What the server's per-class step does with the classes ``apply`` reports as
+    ``active_classes`` (shown in the round line as ``label k/C``); None: no per-class step."""
 
     def __init__(self, model: nn.Module, num_classes: int, device: torch.device, upload: UploadSpec) -> None:
         self.model = model

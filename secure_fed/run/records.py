@@ -8,10 +8,23 @@ trainer writes or reads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NotRequired, TypedDict
 
 from protocol.params import RoundParams
 from secure_fed.fl.fedhpro import HpRound
+
+
+class ServerStep(TypedDict):
+    """What a prototype method's server did with the round's sum: its per-class step ran on
+    ``active`` of ``num_classes`` classes (the rest kept their state: absent, or below the
+    gate under DP); GFPL adds whether its calibration was due and whether it ran."""
+
+    label: str
+    active: int
+    num_classes: int
+    calibration_due: NotRequired[bool]
+    calibrated: NotRequired[bool]
 
 
 class RoundRecord(TypedDict):
@@ -31,6 +44,7 @@ class RoundRecord(TypedDict):
     restarts: NotRequired[int]  # protocol rounds restarted after a reveal-stage dropout
     personalized_accuracy: NotRequired[float]  # final round only
     hp: NotRequired[HpRound]  # FedHPro: the round's hyper-prototype matching
+    server_step: NotRequired[ServerStep]  # prototype methods: the server's per-class step
 
 
 class StopRecord(TypedDict):
@@ -53,6 +67,15 @@ def guarantee_line(params: RoundParams | None) -> str | None:
     return line
 
 
+def server_step(label: str, stats: Mapping[str, float], num_classes: int) -> ServerStep:
+    """The round's :class:`ServerStep` from the statistics ``FedServer.apply`` returned."""
+    step: ServerStep = {"label": label, "active": int(stats["active_classes"]), "num_classes": num_classes}
+    if "calibration_due" in stats:
+        step["calibration_due"] = bool(stats["calibration_due"])
+        step["calibrated"] = bool(stats.get("calibrated", 0.0))
+    return step
+
+
 def round_line(rec: RoundRecord, rounds: int, secure: bool) -> str:
     """The console line of a round of a ``rounds``-round run (``secure``: under SecAgg, with
     the survivors)."""
@@ -73,7 +96,13 @@ def round_line(rec: RoundRecord, rounds: int, secure: bool) -> str:
         line += f"  personalized {rec['personalized_accuracy']:.4f}"
     if "hp" in rec:
         line += f"  hp {len(rec['hp']['matched_classes'])}/{rec['hp']['num_classes']}"
+    if (step := rec.get("server_step")) is not None:
+        line += f"  {step['label']} {step['active']}/{step['num_classes']}"
+        if step.get("calibrated"):
+            line += "  calibrated"
+        elif step.get("calibration_due"):
+            line += "  calibration skipped (no class cleared the gate)"
     return line
 
 
-__all__ = ["HpRound", "RoundRecord", "StopRecord", "guarantee_line", "round_line"]
+__all__ = ["HpRound", "RoundRecord", "ServerStep", "server_step", "StopRecord", "guarantee_line", "round_line"]

@@ -71,7 +71,7 @@ from secure_fed.fl.protonorm import ProtoNormServer, protonorm_client_round
 from secure_fed.fl.server import Broadcast, FedServer
 from secure_fed.privacy.noise import NoisePlan, RunPrivacy, SgdPlan, share_factor
 from secure_fed.privacy.release import upload_spec
-from secure_fed.run.records import RoundRecord, StopRecord, guarantee_line, round_line
+from secure_fed.run.records import RoundRecord, StopRecord, guarantee_line, round_line, server_step
 from secure_fed.run.resume import record_restart, resume
 from secure_fed.run.rundir import (
     JOURNAL,
@@ -460,6 +460,8 @@ class Trainer:
             rec["personalized_accuracy"] = float(np.mean(list(side["pers"].values())))
         if isinstance(self.server, FedHProServer) and self.server.hp_round is not None:
             rec["hp"] = self.server.hp_round  # matched classes, matching loss, movement
+        if self.server.step_label is not None and "active_classes" in stats:
+            rec["server_step"] = server_step(self.server.step_label, stats, self.num_classes)
         self.history.append(rec)
         if self.audit is not None:
             audit = self._audit_record(round_id, cohort, agg, stats, events, eps, acc, loss, {
@@ -468,6 +470,8 @@ class Trainer:
             })
             if "hp" in rec:
                 audit["hp"] = rec["hp"]
+            if "server_step" in rec:
+                audit["server_step"] = rec["server_step"]
             if round_id in self.rerun_rounds:
                 audit["rerun"] = True  # an earlier record of this round was written before a crash
             self.audit.append(audit)
