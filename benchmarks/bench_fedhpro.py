@@ -37,6 +37,7 @@ accuracies.
         --seeds 0 1 2 --rounds 50 --out fedhpro_runs --jobs 2
     PYTHONPATH=. python benchmarks/bench_fedhpro.py --arms fedhpro --modes eps1 eps4 --out fedhpro_runs
     PYTHONPATH=. python benchmarks/bench_fedhpro.py --out fedhpro_runs --report
+    PYTHONPATH=. python benchmarks/bench_fedhpro.py --out fedhpro_runs --summary   # one table, all cells
 """
 
 from __future__ import annotations
@@ -364,6 +365,38 @@ def report(results: list[dict[str, Any]]) -> None:
                   "; ".join(f"{arm} seed {k}: {r['own_nhp']:.4f} ({r['own_nhp_classes']} classes)" for arm, k, r in own))
 
 
+def summary(results: list[dict[str, Any]]) -> None:
+    """One table over every (dataset, mode) in the results: per arm the score (mean ± sd over
+    seeds) and the gap to FedAvg paired by seed (mean and 95% t-interval, points)."""
+    cells: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = {}
+    for r in results:
+        cells.setdefault((r["dataset"], r["mode"]), {}).setdefault(r["arm"], {})[r["seed"]] = r
+    cols = sorted(cells)
+    print("| method | " + " | ".join(f"{d} {m}" for d, m in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for arm in ARMS:
+        if not any(arm in cells[c] for c in cols):
+            continue
+        row = []
+        for c in cols:
+            runs = cells[c].get(arm)
+            if not runs:
+                row.append("not run")
+                continue
+            if any("refused" in r for r in runs.values()):
+                row.append("refused")
+                continue
+            sc = [runs[k]["last10"] for k in sorted(runs)]
+            cell = f"{statistics.mean(sc):.4f} ± {statistics.stdev(sc) if len(sc) > 1 else 0.0:.4f}"
+            base = cells[c].get("fedavg", {})
+            seeds = sorted(k for k in runs if k in base and "refused" not in base[k])
+            if arm != "fedavg" and seeds:
+                m, lo, hi = t_interval([100 * (runs[k]["last10"] - base[k]["last10"]) for k in seeds])
+                cell += f" ({m:+.2f} [{lo:+.2f}, {hi:+.2f}])"
+            row.append(cell + ("" if len(sc) == 3 else f", {len(sc)} seeds"))
+        print(f"| {arm} | " + " | ".join(row) + " |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["digits"])
@@ -382,10 +415,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("fedhpro_runs"), help="one JSON per run; finished runs are skipped")
     ap.add_argument("--jobs", type=int, default=2, help="parallel worker processes (1 torch thread each)")
     ap.add_argument("--report", action="store_true", help="only print the tables from --out")
+    ap.add_argument("--summary", action="store_true",
+                    help="only print one table over every dataset and mode in --out: score and gap to FedAvg per arm")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.report:
-        report(load_results(args.out))
+    if args.report or args.summary:
+        (summary if args.summary else report)(load_results(args.out))
         return 0
     common = {"clients": args.clients, "cohort": args.clients, "alpha": args.alpha, "local_epochs": args.local_epochs,
               "lr": args.lr, "momentum": args.momentum, "hardened": False, "threads": 1}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -150,3 +152,61 @@ def test_inversion_audit_reads_the_prototype_release(tmp_path: Path) -> None:
     upload = point["views"]["upload"]["pooled"]
     assert upload["cosine_mean"] == pytest.approx(1.0, abs=1e-6) and upload["count_hit_rate"] == 1.0
     assert upload["label_precision"] == 1.0 and upload["label_recall"] == 1.0
+
+
+def test_under_dp_a_class_below_the_count_gate_keeps_its_direction() -> None:
+    """The server reads a class's direction only when its summed count clears 3 noise
+    standard deviations: a noise-dominated sum must not become a broadcast prototype."""
+    from secure_fed.fl.protonorm import GATE_SDS
+
+    tr = Trainer(TrainConfig(algorithm="protonorm", clients=4, cohort=4, rounds=1, dp="sample", noise_multiplier=1.0,
+                             secagg="off", mechanism="gaussian", noise_placement="local", hardened=False, seed=0),
+                 progress=False, log=lambda s: None, write_outputs=False)
+    tr.set_noise(1.0)
+    server = tr.server
+    assert server.count_noise_std > 0  # installed by set_noise, as FedSA's and GFPL's
+    layout = server.layout()
+    gate = GATE_SDS * server.count_noise_std * 2.0  # sqrt(4 clients)
+    vec = np.zeros(layout.size)
+    sums = layout.view(vec, "proto_sum")
+    counts = layout.view(vec, "class_count")
+    sums[0, 0], counts[0] = 5.0, gate * 2  # clears the gate
+    sums[1, 1], counts[1] = 5.0, gate * 0.5  # positive but below it: noise
+    agg = Aggregate(vec, 4, layout, 1)
+    stats = server._apply_extras(agg, server.broadcast(1))
+    assert stats["active_classes"] == 1.0
+    assert server.directions is not None and server.prototypes is not None
+    assert torch.allclose(server.directions[0].norm(), torch.tensor(1.0))
+    assert float(server.directions[1].norm()) == 0.0 and float(server.prototypes[1].norm()) == 0.0
+
+
+def test_classes_without_a_prototype_add_no_pull(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Samples of a class the server never read add nothing to the prototype loss: a zero
+    prototype is no target (pulling those features to the origin would be a bug)."""
+    import secure_fed.fl.protonorm as pn
+    from crypto.rng import KeystreamRNG
+    from secure_fed.fl.client import ClientContext
+
+    tr = Trainer(TrainConfig(algorithm="protonorm", clients=2, cohort=2, rounds=1, dp="off", secagg="off",
+                             hardened=False, seed=0, proto_weight=1.0),
+                 progress=False, log=lambda s: None, write_outputs=False)
+    captured = {}
+    real = pn.train_locally
+
+    def spy(model, shard, ctx, extra):  # type: ignore[no-untyped-def]
+        captured["extra"] = extra
+        return real(model, shard, ctx, extra)
+
+    monkeypatch.setattr(pn, "train_locally", spy)
+    dim = tr.server.feature_dim
+    protos = torch.zeros(tr.num_classes, dim)
+    protos[0] = 3.0
+    bc = dataclasses.replace(tr.server.broadcast(1), extras={"prototypes": protos})
+    ctx = ClientContext(tr.cfg, tr.spec, tr.num_classes, torch.Generator().manual_seed(0), KeystreamRNG.from_seed(0, "t"))
+    pn.protonorm_client_round(bc, tr.shards[0], copy.deepcopy(tr.server.model), ctx)
+    extra = captured["extra"]
+    f = torch.ones(3, dim)
+    assert float(extra(f, torch.tensor([1, 2, 3]))) == 0.0  # no prototype for these classes: no pull
+    # one sample of class 0 (prototype 3 everywhere), two without: the sum over one sample's
+    # squared errors over the batch's entries, as MSE's mean over every entry
+    assert float(extra(f, torch.tensor([0, 1, 1]))) == pytest.approx((1 - 3.0) ** 2 * dim / f.numel())

@@ -24,6 +24,7 @@ in a round when its noisy count is positive.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,6 +76,13 @@ def thomson_energy(units: torch.Tensor) -> float:
     return float((1.0 / torch.cdist(units.double(), units.double())[iu[0], iu[1]].clamp_min(1e-6)).sum())
 
 
+GATE_SDS = 3.0
+"""Under DP a class's direction is replaced only if its summed count is this many noise
+standard deviations above zero (FedHPro's and FedSA's gate): below it the sum's direction
+is mostly noise, and pulling features toward it hurts (measured: ``benchmarks/RESULTS.md``,
+"Six prototype methods")."""
+
+
 class ProtoNormServer(FedServer):
     """FedAvg of the model plus aligned (PA) and upscaled (PU) global class prototypes."""
 
@@ -82,9 +90,10 @@ class ProtoNormServer(FedServer):
     step_label = "protos"
 
     def __init__(self, model: nn.Module, num_classes: int, device: torch.device, upload: UploadSpec,
-                 cfg: TrainConfig) -> None:
+                 cfg: TrainConfig, count_noise_std: float = 0.0) -> None:
         super().__init__(model, num_classes, device, upload)
         self.cfg = cfg
+        self.count_noise_std = count_noise_std  # per-client noise std of a count entry (public)
         self.feature_dim = int(model.feature_dim)  # type: ignore[arg-type]
         self.directions: torch.Tensor | None = None  # last aggregated unit direction per class
         self.prototypes: torch.Tensor | None = None
@@ -96,15 +105,22 @@ class ProtoNormServer(FedServer):
     def _extras(self) -> dict[str, torch.Tensor | None]:
         return {"prototypes": None if self.prototypes is None else self.prototypes.clone()}
 
+    def gate(self, agg: Aggregate) -> float:
+        """Smallest summed count entry of a class whose direction is read: > 0 without DP,
+        else :data:`GATE_SDS` standard deviations of the summed noise on a count entry."""
+        if self.upload.dp == "off":
+            return 0.0
+        return GATE_SDS * self.count_noise_std * math.sqrt(max(agg.count, 1))
+
     def _apply_extras(self, agg: Aggregate, broadcast: Broadcast) -> dict[str, float]:
         sums = torch.tensor(agg.block(PROTO_BLOCK), dtype=torch.float32, device=self.device)
         counts = torch.tensor(agg.block(COUNT_BLOCK), dtype=torch.float32, device=self.device)
         # Only directions are read: the sum's direction is the mean's, so no count divides it.
-        present = (counts > 0) & (sums.norm(dim=1) > 0)
+        present = (counts > self.gate(agg)) & (sums.norm(dim=1) > 0)
         new = nn.functional.normalize(sums, dim=1)
         if self.directions is None:
             self.directions = torch.zeros_like(new)
-        # Classes absent from this cohort keep their previous direction.
+        # Classes absent from this cohort (under DP: below the gate) keep their previous direction.
         self.directions = torch.where(present[:, None], new, self.directions)
         known = self.directions.norm(dim=1) > 0
         if int(known.sum()) == 0:
@@ -147,9 +163,13 @@ def protonorm_client_round(bc: Broadcast, shard: ClientShard, model: nn.Module, 
     extra = None
     if protos is not None and cfg.proto_weight > 0:
         gp = protos.to(shard.x.device)
+        known = gp.norm(dim=1) > 0  # a class the server has never read has no prototype: no pull
 
         def extra(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return cfg.proto_weight * nn.functional.mse_loss(f, gp[y])
+            # MSE(f, p_y) over the batch, per sample separable (DP-SGD), samples of classes
+            # without a prototype contributing nothing (not a pull toward the origin).
+            sq = (f - gp[y]) ** 2 * known[y].to(f.dtype)[:, None]
+            return cfg.proto_weight * sq.sum() / f.numel()
 
     # The release is computed on the received global model, before local training: every
     # client's features then live in one feature space (the sum mixes no local models), and

@@ -198,7 +198,7 @@ class Trainer:
         if cfg.algorithm == "fedproto":
             return FedProtoServer(model, self.num_classes, self.device, self.spec)
         if cfg.algorithm == "protonorm":
-            return ProtoNormServer(model, self.num_classes, self.device, self.spec, cfg)
+            return ProtoNormServer(model, self.num_classes, self.device, self.spec, cfg)  # noise set in set_noise
         if cfg.algorithm == "fedsa":
             gen = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.seed, 1))
             return FedSAServer(model, self.num_classes, self.device, cfg, gen, self.spec)  # noise set in set_noise
@@ -264,7 +264,7 @@ class Trainer:
         self.privacy = self.privacy.at(sigma)
         if isinstance(self.server, FedHProServer):
             self.server.count_noise_std = self.privacy.noise.share_std()
-        if isinstance(self.server, FedSAServer | GfplServer):
+        if isinstance(self.server, FedSAServer | GfplServer | ProtoNormServer):
             self.server.count_noise_std = self.privacy.noise.share_std()
         if self._custom_aggregator:
             if self.cfg.mechanism == "discrete":
