@@ -47,7 +47,7 @@ from secure_fed.fl.data.datasets import load_dataset
 from secure_fed.fl.data.partition import make_partition
 from secure_fed.fl.gfpl import gfpl_model
 from secure_fed.fl.models import build_model
-from secure_fed.run.rundir import load_config, load_json, read_audit
+from secure_fed.run.rundir import load_config, load_json, load_torch, read_audit
 
 NAME = "membership"
 BOOTSTRAP = 1000
@@ -150,7 +150,12 @@ def _load_model(run_dir: Path, cfg: TrainConfig, num_classes: int, input_shape: 
     model = build_model(cfg.dataset, num_classes, input_shape, cfg.feature_dim)
     if cfg.algorithm == "gfpl":  # the run's model carries GFPL's dual classifier
         model = gfpl_model(model, cfg, num_classes)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    state = load_torch(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: not the model of this run's configuration "
+                          f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__})") from None
     return model.eval()
 
 

@@ -198,8 +198,6 @@ def save_torch(path: Path, obj: Any) -> None:
 def load_torch(path: Path, *, map_location: Any = "cpu", weights_only: bool = False) -> Any:
     """``torch.load`` of a run folder's file; a RunFolderError naming it when it is missing,
     empty, truncated or not a torch file."""
-    import pickle
-
     import torch
 
     try:
@@ -210,10 +208,13 @@ def load_torch(path: Path, *, map_location: Any = "cpu", weights_only: bool = Fa
         raise
     except OSError as exc:
         raise os_error(path, exc, "read") from exc
-    except (RuntimeError, EOFError, ValueError, KeyError, AttributeError, TypeError, IndexError,
-            pickle.UnpicklingError) as exc:
+    except Exception as exc:  # noqa: BLE001
+        # Any exception out of unpickling damaged bytes means "corrupt": random bytes raise
+        # UnpicklingError most often, but also ValueError, UnicodeDecodeError, OverflowError,
+        # MemoryError (a huge declared length), RuntimeError and TypeError; a list of types
+        # here missed OverflowError and MemoryError and let a traceback through.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunFolderError(f"{path}: not a readable checkpoint, truncated or corrupt ({first[:160]})") from exc
+        raise RunFolderError(f"{path}: not a readable torch file, truncated or corrupt ({first[:160]})") from exc
 
 
 def canonical(record: dict[str, Any]) -> bytes:
