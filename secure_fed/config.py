@@ -162,6 +162,7 @@ class TrainConfig:
     pa_steps: int = 100
     pa_lr: float = 0.01
     pu_norm: float = 3.0
+    pn_min_snr: float = 1.0  # ProtoNorm under DP: a class's direction is read if its sum's signal/noise energy is at least this
     classifier: str = "fedavg"
     feature_dim: int | None = None
     secagg: str = "secagg+"
@@ -265,6 +266,7 @@ class TrainConfig:
         need(0 <= self.pa_steps <= 100_000, "--pa-steps", f"must be in [0, 100000] (got {self.pa_steps})")
         need(0 < self.pa_lr < float("inf"), "--pa-lr", f"must be > 0 and finite (got {self.pa_lr})")
         need(0 < self.pu_norm < float("inf"), "--pu-norm", f"must be > 0 and finite (got {self.pu_norm})")
+        need(0 <= self.pn_min_snr < float("inf"), "--pn-min-snr", f"must be >= 0 and finite (got {self.pn_min_snr})")
         need(self.dp == "off" or self.noise_multiplier is not None or self.target_epsilon is not None,
              "--noise-multiplier", "give --noise-multiplier or --target-epsilon when --dp is on")
         need(self.dp == "off" or self.algorithm != "fedproto", "--algorithm",

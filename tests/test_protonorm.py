@@ -170,8 +170,9 @@ def test_under_dp_a_class_below_the_count_gate_keeps_its_direction() -> None:
     vec = np.zeros(layout.size)
     sums = layout.view(vec, "proto_sum")
     counts = layout.view(vec, "class_count")
-    sums[0, 0], counts[0] = 5.0, gate * 2  # clears the gate
-    sums[1, 1], counts[1] = 5.0, gate * 0.5  # positive but below it: noise
+    strong = 10.0 * server.count_noise_std * 2.0 * server.feature_dim ** 0.5  # signal energy 100x the noise's
+    sums[0, 0], counts[0] = strong, gate * 2  # clears the gate
+    sums[1, 1], counts[1] = strong, gate * 0.5  # positive but below it: noise
     agg = Aggregate(vec, 4, layout, 1)
     stats = server._apply_extras(agg, server.broadcast(1))
     assert stats["active_classes"] == 1.0
@@ -210,3 +211,48 @@ def test_classes_without_a_prototype_add_no_pull(monkeypatch: pytest.MonkeyPatch
     # one sample of class 0 (prototype 3 everywhere), two without: the sum over one sample's
     # squared errors over the batch's entries, as MSE's mean over every entry
     assert float(extra(f, torch.tensor([0, 1, 1]))) == pytest.approx((1 - 3.0) ** 2 * dim / f.numel())
+
+
+def test_under_dp_a_count_above_the_gate_does_not_make_a_noise_direction_a_prototype() -> None:
+    """A class whose count clears the gate but whose summed features are at the noise level
+    (the mnist5k epsilon-8 regime) is not read; one whose estimated signal energy is
+    ``--pn-min-snr`` times the noise energy is. A noise direction read as a prototype puts
+    negative targets on ReLU features: that took ProtoNorm to chance accuracy."""
+    from secure_fed.fl.protonorm import GATE_SDS
+
+    tr = Trainer(TrainConfig(algorithm="protonorm", clients=4, cohort=4, rounds=1, dp="sample", noise_multiplier=1.0,
+                             secagg="off", mechanism="gaussian", noise_placement="local", hardened=False, seed=0),
+                 progress=False, log=lambda s: None, write_outputs=False)
+    tr.set_noise(1.0)
+    server = tr.server
+    layout = server.layout()
+    sigma = server.count_noise_std * 2.0  # std of one summed entry: sqrt(4 clients)
+    d = server.feature_dim
+    rng = np.random.default_rng(0)
+    vec = np.zeros(layout.size)
+    sums, counts = layout.view(vec, "proto_sum"), layout.view(vec, "class_count")
+    counts[:] = GATE_SDS * sigma * 10  # every count far above the count gate
+    sums[0] = rng.normal(0, sigma, d)  # pure noise: estimated signal energy about 0
+    sums[1] = rng.normal(0, sigma, d)
+    sums[1, 0] += 3.0 * sigma * d ** 0.5  # signal energy 9 d sigma^2: clears min_snr 1
+    sums[2] = rng.normal(0, sigma, d)
+    sums[2, 0] += 0.5 * sigma * d ** 0.5  # signal energy d sigma^2 / 4: below it
+    sums[3:] = 0.0
+    agg = Aggregate(vec, 4, layout, 1)
+    stats = server._apply_extras(agg, server.broadcast(1))
+    assert stats["active_classes"] == 1.0
+    assert server.directions is not None
+    norms = server.directions.norm(dim=1)
+    assert float(norms[1]) == pytest.approx(1.0) and float(norms[0]) == 0.0 and float(norms[2]) == 0.0
+    # the threshold is the flag's: at --pn-min-snr 0 the weak class is read too, at 20 none is
+    for snr, expected in ((0.0, 2.0), (20.0, 0.0)):
+        server.cfg = dataclasses.replace(server.cfg, pn_min_snr=snr)
+        server.directions = None
+        assert server._apply_extras(agg, server.broadcast(1))["active_classes"] == expected
+    # without DP the test is off: any positive count with a non-zero sum is read
+    plain = Trainer(TrainConfig(algorithm="protonorm", clients=4, cohort=4, rounds=1, dp="off", secagg="off",
+                                hardened=False, seed=0), progress=False, log=lambda s: None, write_outputs=False).server
+    pvec = np.zeros(plain.layout().size)
+    plain.layout().view(pvec, "proto_sum")[:] = sums
+    plain.layout().view(pvec, "class_count")[:] = counts
+    assert plain._apply_extras(Aggregate(pvec, 4, plain.layout(), 1), plain.broadcast(1))["active_classes"] == 3.0

@@ -148,6 +148,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pa-lr", type=float, default=d.pa_lr, help="protonorm: Prototype Alignment step size (no value in the paper; our choice)")
     g.add_argument("--pu-norm", type=float, default=d.pu_norm,
                    help="protonorm: Prototype Upscaling, the norm the aligned unit prototypes are scaled to (no value in the paper; our choice)")
+    g.add_argument("--pn-min-snr", type=float, default=d.pn_min_snr,
+                   help="protonorm under DP: a class's direction is read in a round only if its noisy feature sum's estimated "
+                        "signal energy |S|^2 - d sigma^2 is at least this times the noise energy d sigma^2 (and its noisy count "
+                        "clears 3 noise sds); not in the paper, which has no DP")
     g.add_argument("--hardened", action=argparse.BooleanOptionalAction, default=d.hardened, help="secrets and noise from the OS CSPRNG (--no-hardened: seeded noise, for experiments and tests only)")
     g.add_argument("--reproducible", dest="hardened", action="store_false", help="alias of --no-hardened: --seed also drives noise and secrets")
 

@@ -18,8 +18,11 @@ local training by one round. The server, from the :class:`Aggregate` only:
 The seed text gives no values for the PA step count, rate or the PU magnitude; the defaults
 are this implementation's choice. Under ``--dp sample`` each sample's feature is clipped to
 ``--proto-clip`` (the release of :mod:`secure_fed.privacy.release`), and the server reads
-only the directions of the noisy sums, so no exact count is used; a class counts as present
-in a round when its noisy count is positive.
+only the directions of the noisy sums, so no exact count is used. Under DP a class's
+direction is read in a round only when its noisy count clears :data:`GATE_SDS` noise
+standard deviations *and* its noisy sum's estimated signal energy is at least
+``--pn-min-snr`` times the noise energy (:meth:`ProtoNormServer.clears_snr`); otherwise the
+class keeps its previous direction, or has no prototype (and no pull) until it clears.
 """
 
 from __future__ import annotations
@@ -112,11 +115,25 @@ class ProtoNormServer(FedServer):
             return 0.0
         return GATE_SDS * self.count_noise_std * math.sqrt(max(agg.count, 1))
 
+    def clears_snr(self, sums: torch.Tensor, agg: Aggregate) -> torch.Tensor:
+        """Per class: whether the noisy feature sum's estimated signal energy |S_c|^2 - d sigma^2
+        is at least ``--pn-min-snr`` times its noise energy d sigma^2, sigma the public std of
+        the summed noise on one entry (GFPL's test). A count that clears :meth:`gate` says
+        the class is there, not that the d-dimensional sum points anywhere: at epsilon 8 the
+        sums' cosine to the exact ones was about 0.2, and prototypes read from such
+        directions put negative targets on ReLU features and killed them (mnist5k, epsilon 8:
+        chance accuracy by round 30; ``benchmarks/RESULTS.md``, "Six prototype methods")."""
+        sigma = self.count_noise_std * math.sqrt(max(agg.count, 1))
+        noise_energy = sums.shape[1] * sigma ** 2
+        return (sums.double() ** 2).sum(1) - noise_energy >= self.cfg.pn_min_snr * noise_energy
+
     def _apply_extras(self, agg: Aggregate, broadcast: Broadcast) -> dict[str, float]:
         sums = torch.tensor(agg.block(PROTO_BLOCK), dtype=torch.float32, device=self.device)
         counts = torch.tensor(agg.block(COUNT_BLOCK), dtype=torch.float32, device=self.device)
         # Only directions are read: the sum's direction is the mean's, so no count divides it.
         present = (counts > self.gate(agg)) & (sums.norm(dim=1) > 0)
+        if self.upload.dp != "off":
+            present &= self.clears_snr(sums, agg)
         new = nn.functional.normalize(sums, dim=1)
         if self.directions is None:
             self.directions = torch.zeros_like(new)
