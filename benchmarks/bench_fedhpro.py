@@ -245,6 +245,11 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         out["own_nhp"] = nhp_accuracy(model, tx, ty, tr.server.hyper_prototypes, mask) if bool(mask.any()) else None
         out["own_nhp_classes"] = int(mask.sum())
         out["summary"] = tr.hp_summary()
+    steps = [r["server_step"] for r in tr.history if "server_step" in r]
+    if steps:  # what the prototype method's server did each round (the round line's field)
+        out["server_steps"] = [{"active": st["active"], "num_classes": st["num_classes"],
+                                **({"due": st["calibration_due"], "calibrated": st["calibrated"]}
+                                   if "calibration_due" in st else {})} for st in steps]
     if cosines is not None:
         out["cosines"] = cosines
         out["cosine_median"] = statistics.median(cosines) if cosines else None
@@ -296,6 +301,18 @@ def largest_step(r: dict[str, Any]) -> float:
     return max((abs(x - y) for x, y in zip(acc, acc[1:], strict=False)), default=0.0)
 
 
+def server_step_summary(r: dict[str, Any]) -> str:
+    """``seed s: k/R class-rounds read`` (the classes the server read, summed over rounds),
+    plus ``calibrated m of d due rounds`` for GFPL."""
+    steps = r["server_steps"]
+    read = sum(st["active"] for st in steps)
+    text = f"seed {r['seed']}: {read}/{sum(st['num_classes'] for st in steps)} class-rounds read"
+    due = [st for st in steps if st.get("due")]
+    if due or any("due" in st for st in steps):
+        text += f", calibrated {sum(1 for st in due if st['calibrated'])} of {len(due)} due rounds"
+    return text
+
+
 def load_results(out: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
 
@@ -333,6 +350,10 @@ def report(results: list[dict[str, Any]]) -> None:
                   f"{f'{statistics.mean(matched):.3f}' if matched else '-'} | {f'{statistics.mean(cos):.3f}' if cos else '-'} | "
                   f"{f'{min(sig):.2f}-{max(sig):.2f}' if sig else '-'} | {f'{min(rsig):.1f}-{max(rsig):.1f}' if rsig else '-'} | "
                   f"{f'{max(eps):.2f}' if eps else '-'} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
+        for arm in sorted(arms):
+            recs = [arms[arm][k] for k in sorted(arms[arm]) if arms[arm][k].get("server_steps")]
+            if recs:
+                print(f"\n{arm}: server step per seed: " + "; ".join(server_step_summary(r) for r in recs))
         pairs = [(a, "fedavg") for a in ARMS if a not in ("fedavg", "random")] + [("fedhpro", "random"), ("random", "fedavg")]
         for a, b in pairs:
             if a not in arms or b not in arms:
