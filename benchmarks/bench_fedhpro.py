@@ -163,6 +163,18 @@ def nhp_accuracy(model: Any, x: Any, y: Any, p: Any, classes: Any = None) -> flo
     return float((sims.argmax(dim=1) == y).float().mean()) if y.numel() else float("nan")
 
 
+def feature_health(model: Any, x: Any) -> dict[str, float]:
+    """The final global model's test features (non-negative: after a ReLU): their mean L2
+    norm and the fraction of feature units that are 0 on every test input (dead)."""
+    import torch
+
+    from secure_fed.fl.client import extract_features
+
+    with torch.no_grad():
+        f = extract_features(model, x)
+    return {"feature_norm": float(f.norm(dim=1).mean()), "dead_units": float((f.amax(dim=0) <= 0).float().mean())}
+
+
 def claim(out: Path, name: str) -> bool:
     """Take the run ``name`` for this process (a ``.claim`` file holding its pid), so that
     several invocations on one ``--out`` share the work; False if it is done or taken by a
@@ -235,6 +247,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0, "load_start": load0, "load_end": os.getloadavg()[0],
     }
     model, tx, ty = tr.server.model, tr.test_x, tr.test_y
+    out.update(feature_health(model, tx))
     if isinstance(tr.server, FedHProServer):
         late = [r["hp"] for r in tr.history if "hp" in r and r["round"] > 2]
         out["matched_after_2"] = sum(len(h["matched_classes"]) for h in late) / max(sum(h["num_classes"] for h in late), 1)
@@ -350,6 +363,10 @@ def report(results: list[dict[str, Any]]) -> None:
                   f"{f'{statistics.mean(matched):.3f}' if matched else '-'} | {f'{statistics.mean(cos):.3f}' if cos else '-'} | "
                   f"{f'{min(sig):.2f}-{max(sig):.2f}' if sig else '-'} | {f'{min(rsig):.1f}-{max(rsig):.1f}' if rsig else '-'} | "
                   f"{f'{max(eps):.2f}' if eps else '-'} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
+        health = [(arm, arms[arm][k]) for arm in sorted(arms) for k in sorted(arms[arm]) if "feature_norm" in arms[arm][k]]
+        if health:
+            print("\nFinal model's test features (mean L2 norm, dead units): " + "; ".join(
+                f"{arm} seed {r['seed']}: {r['feature_norm']:.3f}, {r['dead_units']:.2f}" for arm, r in health))
         for arm in sorted(arms):
             recs = [arms[arm][k] for k in sorted(arms[arm]) if arms[arm][k].get("server_steps")]
             if recs:
