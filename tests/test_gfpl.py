@@ -512,6 +512,7 @@ def test_round_line_and_audit_say_whether_calibration_ran(tmp_path: Path) -> Non
     assert f"gaussians {second['active']}/{tr.num_classes}  calibrated" in line
     rounds = [a for a in read_audit(tr.run_dir / "audit.jsonl") if a["kind"] == "round"]
     assert [a["server_step"] for a in rounds] == [first, second]
+    plain_dir = tr.run_dir
     tr.close()
     # Client-level DP at this cohort: the noise on the summed count fractions keeps every class
     # under the gate, so a calibration that was due is reported as skipped, never as run.
@@ -523,3 +524,16 @@ def test_round_line_and_audit_say_whether_calibration_ran(tmp_path: Path) -> Non
     line = round_line(tr.history[1], 2, secure=True)
     assert ("calibration skipped" in line) is (step["active"] == 0)
     tr.close()
+    # report.html says the same: the summary row, the rounds' column, and a banner at the
+    # top when the server read nothing (seeded run: no class clears the gate in either round)
+    from secure_fed.report.html import render_report
+
+    assert [r["server_step"]["active"] for r in tr.history] == [0, 0]
+    page = render_report(tr.run_dir).read_text()
+    assert "The server read no class in 2 rounds" in page and "no calibration on pseudo-features ran" in page
+    assert "gaussians: 0 of 20 class-rounds read; calibrated in 0 of 1 due rounds" in page
+    assert "calibration skipped" in page
+    page = render_report(plain_dir).read_text()
+    assert "The server read no class" not in page and "The calibration never ran" not in page
+    assert f"gaussians: {first['active'] + second['active']} of 20 class-rounds read; calibrated in 1 of 1 due rounds" in page
+    assert f"gaussians {second['active']}/10 <span class='note'>calibrated</span>" in page

@@ -120,6 +120,14 @@ def test_dp_sample_run_charges_its_release_as_opacus_does_and_the_inversion_audi
     assert main(["audit", str(tmp_path / "pn"), "--which", "inversion", "--inversion-points", "first", "--quiet"]) == 0
     audit = json.loads((tmp_path / "pn" / "audit_results.json").read_text())
     assert "applicable" in json.dumps(audit) and '"applicable": false' not in json.dumps(audit)
+    # what the server read, in the round records and at the top of report.html
+    from secure_fed.report.html import render_report
+
+    read = [r["server_step"]["active"] for r in t.history]
+    assert all(r["server_step"]["label"] == "protos" for r in t.history)
+    page = render_report(tmp_path / "pn").read_text()
+    assert f"protos: {sum(read)} of {10 * cfg.rounds} class-rounds read" in page
+    assert ("The server read no class in" in page) is (sum(read) == 0)
 
 
 @pytest.mark.parametrize(("secagg", "dp"), [("secagg", "client"), ("off", "sample")])

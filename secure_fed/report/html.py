@@ -79,7 +79,7 @@ def summary_section(run: RunData) -> str:
         ("final accuracy", None if final is None
          else f"{final['accuracy']:.4f} (round {final.get('round')})"),
     ]
-    banners = "".join(stop_banner(s) for s in run.stops) + hp_banner(run)
+    banners = "".join(stop_banner(s) for s in run.stops) + hp_banner(run) + step_banner(run)
     hps = [_dict(r.get("hp")) for r in run.rounds if r.get("hp")]
     if hps:
         got = sum(len(_list(h.get("matched_classes"))) for h in hps)
@@ -87,6 +87,15 @@ def summary_section(run: RunData) -> str:
         gate = (" (the others' noisy counts did not clear the server's gate of 3 noise standard deviations)"
                 if 0 < got < slots and dp_enabled(run) else "")
         rows.append(("hyper-prototypes matched", f"{got} of {slots} class-rounds{gate}"))
+    steps = server_steps(run)
+    if steps:
+        read = sum(int(_num(st.get("active")) or 0) for st in steps)
+        slots = sum(int(_num(st.get("num_classes")) or 0) for st in steps)
+        text = f"{esc(steps[-1].get('label'))}: {read} of {slots} class-rounds read"
+        due = [st for st in steps if st.get("calibration_due")]
+        if any("calibration_due" in st for st in steps):
+            text += f"; calibrated in {sum(1 for st in due if st.get('calibrated'))} of {len(due)} due rounds"
+        rows.append(("prototype server step", text))
     if not run.chain.ok:
         banners = (f"<div class='bad' role='alert'><strong>Audit chain verification FAILED: "
                    f"{esc(run.chain.message)}.</strong> Everything below comes from an "
@@ -326,7 +335,7 @@ def plots_section(run: RunData) -> str:
 
 
 ROUND_COLUMNS = ("round", "aggregator", "cohort", "summed", "dropped", "t", "epsilon",
-                 "accuracy", "loss", "hp matched", "matching loss before / after", "hp movement",
+                 "accuracy", "loss", "hp matched", "matching loss before / after", "hp movement", "server step",
                  "up / client", "up total", "down total", "events",
                  "seconds", "aggregate SHA-256")
 
@@ -368,6 +377,52 @@ def hp_banner(run: RunData) -> str:
             f"rounds:</strong> {esc(why)}.</div>")
 
 
+def server_steps(run: RunData) -> list[dict[str, Any]]:
+    """The ``server_step`` of every round that has one (ProtoNorm, FedSA, GFPL)."""
+    return [_dict(r.get("server_step")) for r in run.rounds if r.get("server_step")]
+
+
+STEP_UNUSED = {
+    "protos": "no prototype was broadcast and the clients trained without the prototype loss",
+    "anchors moved": "the anchors stayed where they started (random unit vectors)",
+    "gaussians": "no class Gaussian was formed and no calibration on pseudo-features ran",
+}
+
+
+def step_banner(run: RunData) -> str:
+    """A prototype method whose server read no class in any round, or whose scheduled
+    calibrations never ran, says so at the top (what the system did, not what was asked)."""
+    steps = server_steps(run)
+    if not steps:
+        return ""
+    label = str(steps[-1].get("label"))
+    if not any(int(_num(st.get("active")) or 0) for st in steps):
+        why = ("under DP no class's summed release cleared the server's gate (its noisy count above 3 noise "
+               "standard deviations and, for ProtoNorm and GFPL, more signal than noise)" if dp_enabled(run)
+               else "no class had a positive summed count")
+        return (f"<div class='warn' role='status'><strong>The server read no class in {len(steps)} rounds "
+                f"({esc(label)} 0 every round):</strong> {esc(why)}, so "
+                f"{esc(STEP_UNUSED.get(label, 'the server step did nothing'))}.</div>")
+    due = [st for st in steps if st.get("calibration_due")]
+    if due and not any(st.get("calibrated") for st in due):
+        return (f"<div class='warn' role='status'><strong>The calibration never ran:</strong> it was due in "
+                f"{len(due)} rounds and skipped in each, because no class cleared the gate in those rounds.</div>")
+    return ""
+
+
+def step_cell(rec: dict[str, Any]) -> str:
+    """A prototype method's server step in a round: label k/C, and GFPL's calibration."""
+    st = _dict(rec.get("server_step"))
+    if not st:
+        return "&ndash;"
+    text = f"{esc(st.get('label'))} {fmt(st.get('active'))}/{fmt(st.get('num_classes'))}"
+    if st.get("calibrated"):
+        text += " <span class='note'>calibrated</span>"
+    elif st.get("calibration_due"):
+        text += " <span class='note'>calibration skipped</span>"
+    return text
+
+
 def round_row(rec: dict[str, Any]) -> str:
     """One table row of a round record (every cell escaped)."""
     eps = "<br>".join(f"{esc(a)} {fmt(e)}" for a, e in epsilons(rec).items()) or "&ndash;"
@@ -376,7 +431,7 @@ def round_row(rec: dict[str, Any]) -> str:
         fmt(rec.get("round")) + (" (re-run)" if rec.get("rerun") is True else ""), fmt(rec.get("aggregator")),
         fmt(len(_list(rec.get("cohort"))) if "cohort" in rec else None), fmt(summed(rec)),
         ids(rec.get("dropped")), fmt(rec.get("threshold")), eps,
-        fmt(_num(rec.get("accuracy"))), fmt(_num(rec.get("loss"))), *hp_cells(rec),
+        fmt(_num(rec.get("accuracy"))), fmt(_num(rec.get("loss"))), *hp_cells(rec), step_cell(rec),
         fmt_bytes(rec.get("bytes_up_per_client")), fmt_bytes(_bytes_total(rec, "up")),
         fmt_bytes(_bytes_total(rec, "down")),
         fmt(len(_list(rec.get("events"))) if "events" in rec else None),
@@ -399,6 +454,8 @@ def rounds_section(run: RunData) -> str:
               "re-run: the round was run again after a crash (see Resumes); "
               "hp matched: FedHPro classes whose release cleared the gate and were matched "
               "that round; matching loss: mean 1 - cos over them; hp movement: |P_new - P_old| / |P_old|; "
+              "server step: ProtoNorm (protos), FedSA (anchors moved), GFPL (gaussians): classes the server read "
+              "that round (under DP: whose noisy release cleared the gate), and whether GFPL's due calibration ran; "
               "epsilon: max over clients per accountant; events: privacy ledger events added "
               "that round; up/down total: all clients, all stages.</p>")
     table = f"<div class='scroll'><table class='grid'><tr>{head}</tr>{''.join(rows)}</table></div>"
