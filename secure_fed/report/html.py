@@ -38,6 +38,7 @@ from secure_fed.report.load import (
     summed,
 )
 from secure_fed.report.plots import plots
+from secure_fed.report.steps import step_banner, step_cell, step_summary
 from secure_fed.report.text import esc, fmt, fmt_bytes, ids, kv_table
 from secure_fed.report.text import section as _section
 from secure_fed.run.rundir import atomic_write_bytes
@@ -87,15 +88,8 @@ def summary_section(run: RunData) -> str:
         gate = (" (the others' noisy counts did not clear the server's gate of 3 noise standard deviations)"
                 if 0 < got < slots and dp_enabled(run) else "")
         rows.append(("hyper-prototypes matched", f"{got} of {slots} class-rounds{gate}"))
-    steps = server_steps(run)
-    if steps:
-        read = sum(int(_num(st.get("active")) or 0) for st in steps)
-        slots = sum(int(_num(st.get("num_classes")) or 0) for st in steps)
-        text = f"{esc(steps[-1].get('label'))}: {read} of {slots} class-rounds read"
-        due = [st for st in steps if st.get("calibration_due")]
-        if any("calibration_due" in st for st in steps):
-            text += f"; calibrated in {sum(1 for st in due if st.get('calibrated'))} of {len(due)} due rounds"
-        rows.append(("prototype server step", text))
+    if (step_total := step_summary(run)) is not None:
+        rows.append(("prototype server step", step_total))
     if not run.chain.ok:
         banners = (f"<div class='bad' role='alert'><strong>Audit chain verification FAILED: "
                    f"{esc(run.chain.message)}.</strong> Everything below comes from an "
@@ -375,52 +369,6 @@ def hp_banner(run: RunData) -> str:
            "and the clients trained without HP losses")
     return (f"<div class='warn' role='status'><strong>No class was ever matched in {len(hps)} "
             f"rounds:</strong> {esc(why)}.</div>")
-
-
-def server_steps(run: RunData) -> list[dict[str, Any]]:
-    """The ``server_step`` of every round that has one (ProtoNorm, FedSA, GFPL)."""
-    return [_dict(r.get("server_step")) for r in run.rounds if r.get("server_step")]
-
-
-STEP_UNUSED = {
-    "protos": "no prototype was broadcast and the clients trained without the prototype loss",
-    "anchors moved": "the anchors stayed where they started (random unit vectors)",
-    "gaussians": "no class Gaussian was formed and no calibration on pseudo-features ran",
-}
-
-
-def step_banner(run: RunData) -> str:
-    """A prototype method whose server read no class in any round, or whose scheduled
-    calibrations never ran, says so at the top (what the system did, not what was asked)."""
-    steps = server_steps(run)
-    if not steps:
-        return ""
-    label = str(steps[-1].get("label"))
-    if not any(int(_num(st.get("active")) or 0) for st in steps):
-        why = ("under DP no class's summed release cleared the server's gate (its noisy count above 3 noise "
-               "standard deviations and, for ProtoNorm and GFPL, more signal than noise)" if dp_enabled(run)
-               else "no class had a positive summed count")
-        return (f"<div class='warn' role='status'><strong>The server read no class in {len(steps)} rounds "
-                f"({esc(label)} 0 every round):</strong> {esc(why)}, so "
-                f"{esc(STEP_UNUSED.get(label, 'the server step did nothing'))}.</div>")
-    due = [st for st in steps if st.get("calibration_due")]
-    if due and not any(st.get("calibrated") for st in due):
-        return (f"<div class='warn' role='status'><strong>The calibration never ran:</strong> it was due in "
-                f"{len(due)} rounds and skipped in each, because no class cleared the gate in those rounds.</div>")
-    return ""
-
-
-def step_cell(rec: dict[str, Any]) -> str:
-    """A prototype method's server step in a round: label k/C, and GFPL's calibration."""
-    st = _dict(rec.get("server_step"))
-    if not st:
-        return "&ndash;"
-    text = f"{esc(st.get('label'))} {fmt(st.get('active'))}/{fmt(st.get('num_classes'))}"
-    if st.get("calibrated"):
-        text += " <span class='note'>calibrated</span>"
-    elif st.get("calibration_due"):
-        text += " <span class='note'>calibration skipped</span>"
-    return text
 
 
 def round_row(rec: dict[str, Any]) -> str:
