@@ -260,9 +260,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         out["summary"] = tr.hp_summary()
     steps = [r["server_step"] for r in tr.history if "server_step" in r]
     if steps:  # what the prototype method's server did each round (the round line's field)
-        out["server_steps"] = [{"active": st["active"], "num_classes": st["num_classes"],
-                                **({"due": st["calibration_due"], "calibrated": st["calibrated"]}
-                                   if "calibration_due" in st else {})} for st in steps]
+        out["server_steps"] = steps
     if cosines is not None:
         out["cosines"] = cosines
         out["cosine_median"] = statistics.median(cosines) if cosines else None
@@ -317,12 +315,12 @@ def largest_step(r: dict[str, Any]) -> float:
 def server_step_summary(r: dict[str, Any]) -> str:
     """``seed s: k/R class-rounds read`` (the classes the server read, summed over rounds),
     plus ``calibrated m of d due rounds`` for GFPL."""
-    steps = r["server_steps"]
-    read = sum(st["active"] for st in steps)
-    text = f"seed {r['seed']}: {read}/{sum(st['num_classes'] for st in steps)} class-rounds read"
-    due = [st for st in steps if st.get("due")]
-    if due or any("due" in st for st in steps):
-        text += f", calibrated {sum(1 for st in due if st['calibrated'])} of {len(due)} due rounds"
+    from secure_fed.run.records import step_totals
+
+    read, slots, done, due = step_totals(r["server_steps"])
+    text = f"seed {r['seed']}: {read}/{slots} class-rounds read"
+    if due is not None:
+        text += f", calibrated {done} of {due} due rounds"
     return text
 
 

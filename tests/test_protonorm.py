@@ -165,7 +165,7 @@ def test_inversion_audit_reads_the_prototype_release(tmp_path: Path) -> None:
 def test_under_dp_a_class_below_the_count_gate_keeps_its_direction() -> None:
     """The server reads a class's direction only when its summed count clears 3 noise
     standard deviations: a noise-dominated sum must not become a broadcast prototype."""
-    from secure_fed.fl.protonorm import GATE_SDS
+    from secure_fed.fl.server import GATE_SDS
 
     tr = Trainer(TrainConfig(algorithm="protonorm", clients=4, cohort=4, rounds=1, dp="sample", noise_multiplier=1.0,
                              secagg="off", mechanism="gaussian", noise_placement="local", hardened=False, seed=0),
@@ -226,7 +226,7 @@ def test_under_dp_a_count_above_the_gate_does_not_make_a_noise_direction_a_proto
     (the mnist5k epsilon-8 regime) is not read; one whose estimated signal energy is
     ``--pn-min-snr`` times the noise energy is. A noise direction read as a prototype puts
     negative targets on ReLU features: that took ProtoNorm to chance accuracy."""
-    from secure_fed.fl.protonorm import GATE_SDS
+    from secure_fed.fl.server import GATE_SDS
 
     tr = Trainer(TrainConfig(algorithm="protonorm", clients=4, cohort=4, rounds=1, dp="sample", noise_multiplier=1.0,
                              secagg="off", mechanism="gaussian", noise_placement="local", hardened=False, seed=0),

@@ -14,7 +14,6 @@ broadcast), not a retrained one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
@@ -201,8 +200,7 @@ class FedHProServer(FedServer):
         if self.upload.dp == "off":
             return g_feat.flatten(1).norm(dim=1) > 0
         counts = torch.tensor(agg.block("class_count"), dtype=torch.float32, device=self.device)
-        threshold = 3.0 * self.count_noise_std * math.sqrt(max(agg.count, 1))
-        return counts > threshold
+        return counts > self.count_gate(agg)
 
     def _after_fedavg(self, agg: Aggregate, broadcast: Broadcast) -> dict[str, float]:
         if self.cfg.classifier != "meta" or not bool(self._active.any()):

@@ -36,7 +36,6 @@ upload is clipped and noised after this function.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,10 +61,6 @@ from secure_fed.fl.client import (
 from secure_fed.fl.server import Broadcast, FedServer
 from secure_fed.privacy.release import COUNT_BLOCK, PROTO_BLOCK
 from secure_fed.privacy.upload import UploadSpec
-
-GATE_SDS = 3.0
-"""Under DP an anchor moves only if its class's summed count is this many noise standard
-deviations above zero (FedHPro's gate)."""
 
 
 # -- anchors (server side) ---------------------------------------------------------------------
@@ -124,11 +119,11 @@ class FedSAServer(FedServer):
 
     def active_classes(self, agg: Aggregate) -> torch.Tensor:
         """Classes whose anchors move: a positive summed count without DP, a noisy count
-        above ``GATE_SDS`` standard deviations of the summed noise under DP."""
+        above the gate (:meth:`~secure_fed.fl.server.FedServer.count_gate`) under DP."""
         counts = torch.tensor(agg.block(COUNT_BLOCK), dtype=torch.float32, device=self.device)
         if self.upload.dp == "off":
             return counts > 0
-        return counts > GATE_SDS * self.count_noise_std * math.sqrt(max(agg.count, 1))
+        return counts > self.count_gate(agg)
 
     def _apply_extras(self, agg: Aggregate, broadcast: Broadcast) -> dict[str, float]:
         sums = torch.tensor(agg.block(PROTO_BLOCK), dtype=torch.float32, device=self.device)

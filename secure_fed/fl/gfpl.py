@@ -71,7 +71,7 @@ from secure_fed.fl.client import (
     weighted_delta,
 )
 from secure_fed.fl.program import derive_seed
-from secure_fed.fl.server import Broadcast, FedServer
+from secure_fed.fl.server import Broadcast, FedServer, clears_snr
 from secure_fed.privacy.release import COUNT_BLOCK, PROTO_BLOCK, SQUARE_BLOCK
 from secure_fed.privacy.upload import PLAIN_VALUE_BOUND, UploadSpec
 
@@ -79,9 +79,6 @@ PAPER_PROJ_DIM = {"digits": 50, "mnist5k": 50, "mnist": 50, "cifar10": 80, "cifa
 """The seed's projection dimension per dataset (appendix C.2: MNIST 50, CIFAR-10/100 80)."""
 GAUSSIAN_BLOCKS = (PROTO_BLOCK, SQUARE_BLOCK, COUNT_BLOCK)
 """GFPL's per-class statistics: sum of features (C x dim), of their squares (C x dim), count (C)."""
-GATE_SDS = 3.0
-"""Under DP a class's Gaussian is used only if its summed count is this many noise standard
-deviations above zero (FedHPro's and FedSA's gate)."""
 VAR_FLOOR = 1e-6
 """Smallest variance of a pseudo-feature coordinate (a noisy second moment can fall below the
 squared mean; the Gaussian needs a positive variance)."""
@@ -253,8 +250,7 @@ def moments_to_gaussians(feat_sum: torch.Tensor, feat_sq: torch.Tensor, count: t
     s, q, w = feat_sum.to(torch.float64), feat_sq.to(torch.float64), count.to(torch.float64)
     active = w > max(min_weight, 0.0)
     if noise_std > 0:
-        noise_energy = s.shape[1] * noise_std ** 2
-        active &= (s * s).sum(1) - noise_energy >= min_snr * noise_energy
+        active &= clears_snr(s, noise_std, min_snr)
     denom = torch.where(active, w, torch.ones_like(w))[:, None]
     mean = s / denom
     var = q / denom - mean * mean + (noise_std / denom) ** 2
@@ -345,21 +341,14 @@ class GfplServer(FedServer):
         return [(PROTO_BLOCK, (c, d), bounds[0]), (SQUARE_BLOCK, (c, d), bounds[1]), (COUNT_BLOCK, (c,), bounds[2]),
                 *super()._blocks()]
 
-    def gate(self, agg: Aggregate) -> float:
-        """Smallest summed count-block entry of a class the server uses: > 0 without DP, else
-        :data:`GATE_SDS` standard deviations of the summed noise on a count entry."""
-        if self.upload.dp == "off":
-            return 0.0
-        return GATE_SDS * self.count_noise_std * math.sqrt(max(agg.count, 1))
-
     def _apply_extras(self, agg: Aggregate, broadcast: Broadcast) -> dict[str, float]:
         s, q, n = (torch.as_tensor(np.array(agg.block(b)), dtype=torch.float64, device=self.device) for b in GAUSSIAN_BLOCKS)
-        gate = self.gate(agg)
+        gate = self.count_gate(agg)
         if self.upload.dp == "sample":  # the count block holds count_coordinate per released sample
             cc = self.upload.count_coordinate
             n, gate = n / cc, gate / cc
         scale = 1.0 if self.upload.dp == "off" else self.cfg.gfpl_clip
-        sigma = self.count_noise_std * math.sqrt(max(agg.count, 1)) if self.upload.dp != "off" else 0.0
+        sigma = self.summed_noise_std(agg)
         g = moments_to_gaussians(s, q, n, min_weight=gate, scale=scale, noise_std=sigma, min_snr=self.cfg.gfpl_min_snr)
         self.gaussians = g
         return {"active_classes": float(g.active.sum())}

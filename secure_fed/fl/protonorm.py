@@ -19,15 +19,15 @@ The seed text gives no values for the PA step count, rate or the PU magnitude; t
 are this implementation's choice. Under ``--dp sample`` each sample's feature is clipped to
 ``--proto-clip`` (the release of :mod:`secure_fed.privacy.release`), and the server reads
 only the directions of the noisy sums, so no exact count is used. Under DP a class's
-direction is read in a round only when its noisy count clears :data:`GATE_SDS` noise
-standard deviations *and* its noisy sum's estimated signal energy is at least
-``--pn-min-snr`` times the noise energy (:meth:`ProtoNormServer.clears_snr`); otherwise the
+direction is read in a round only when its noisy count clears the gate
+(:meth:`~secure_fed.fl.server.FedServer.count_gate`) *and* its noisy sum's estimated signal
+energy is at least ``--pn-min-snr`` times the noise energy
+(:func:`~secure_fed.fl.server.clears_snr`); otherwise the
 class keeps its previous direction, or has no prototype (and no pull) until it clears.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,7 +47,7 @@ from secure_fed.fl.client import (
     train_locally,
     weighted_delta,
 )
-from secure_fed.fl.server import Broadcast, FedServer
+from secure_fed.fl.server import Broadcast, FedServer, clears_snr
 from secure_fed.privacy.release import COUNT_BLOCK, PROTO_BLOCK
 from secure_fed.privacy.upload import UploadSpec
 
@@ -79,13 +79,6 @@ def thomson_energy(units: torch.Tensor) -> float:
     return float((1.0 / torch.cdist(units.double(), units.double())[iu[0], iu[1]].clamp_min(1e-6)).sum())
 
 
-GATE_SDS = 3.0
-"""Under DP a class's direction is replaced only if its summed count is this many noise
-standard deviations above zero (FedHPro's and FedSA's gate): below it the sum's direction
-is mostly noise, and pulling features toward it hurts (measured: ``benchmarks/RESULTS.md``,
-"Six prototype methods")."""
-
-
 class ProtoNormServer(FedServer):
     """FedAvg of the model plus aligned (PA) and upscaled (PU) global class prototypes."""
 
@@ -93,10 +86,9 @@ class ProtoNormServer(FedServer):
     step_label = "protos"
 
     def __init__(self, model: nn.Module, num_classes: int, device: torch.device, upload: UploadSpec,
-                 cfg: TrainConfig, count_noise_std: float = 0.0) -> None:
+                 cfg: TrainConfig) -> None:
         super().__init__(model, num_classes, device, upload)
         self.cfg = cfg
-        self.count_noise_std = count_noise_std  # per-client noise std of a count entry (public)
         self.feature_dim = int(model.feature_dim)  # type: ignore[arg-type]
         self.directions: torch.Tensor | None = None  # last aggregated unit direction per class
         self.prototypes: torch.Tensor | None = None
@@ -108,32 +100,17 @@ class ProtoNormServer(FedServer):
     def _extras(self) -> dict[str, torch.Tensor | None]:
         return {"prototypes": None if self.prototypes is None else self.prototypes.clone()}
 
-    def gate(self, agg: Aggregate) -> float:
-        """Smallest summed count entry of a class whose direction is read: > 0 without DP,
-        else :data:`GATE_SDS` standard deviations of the summed noise on a count entry."""
-        if self.upload.dp == "off":
-            return 0.0
-        return GATE_SDS * self.count_noise_std * math.sqrt(max(agg.count, 1))
-
-    def clears_snr(self, sums: torch.Tensor, agg: Aggregate) -> torch.Tensor:
-        """Per class: whether the noisy feature sum's estimated signal energy |S_c|^2 - d sigma^2
-        is at least ``--pn-min-snr`` times its noise energy d sigma^2, sigma the public std of
-        the summed noise on one entry (GFPL's test). A count that clears :meth:`gate` says
-        the class is there, not that the d-dimensional sum points anywhere: at epsilon 8 the
-        sums' cosine to the exact ones was about 0.2, and prototypes read from such
-        directions put negative targets on ReLU features and killed them (mnist5k, epsilon 8:
-        chance accuracy by round 30; ``benchmarks/RESULTS.md``, "Six prototype methods")."""
-        sigma = self.count_noise_std * math.sqrt(max(agg.count, 1))
-        noise_energy = sums.shape[1] * sigma ** 2
-        return (sums.double() ** 2).sum(1) - noise_energy >= self.cfg.pn_min_snr * noise_energy
-
     def _apply_extras(self, agg: Aggregate, broadcast: Broadcast) -> dict[str, float]:
         sums = torch.tensor(agg.block(PROTO_BLOCK), dtype=torch.float32, device=self.device)
         counts = torch.tensor(agg.block(COUNT_BLOCK), dtype=torch.float32, device=self.device)
         # Only directions are read: the sum's direction is the mean's, so no count divides it.
-        present = (counts > self.gate(agg)) & (sums.norm(dim=1) > 0)
+        present = (counts > self.count_gate(agg)) & (sums.norm(dim=1) > 0)
         if self.upload.dp != "off":
-            present &= self.clears_snr(sums, agg)
+            # A count above the gate says the class is there, not that its sum points anywhere:
+            # with the count gate alone, noise directions (cosine ~0.2 to the exact sums at
+            # epsilon 8) became prototypes whose negative coordinates killed the ReLU features
+            # (mnist5k: chance accuracy by round 30; benchmarks/RESULTS.md, "Six prototype methods").
+            present &= clears_snr(sums, self.summed_noise_std(agg), self.cfg.pn_min_snr)
         new = nn.functional.normalize(sums, dim=1)
         if self.directions is None:
             self.directions = torch.zeros_like(new)

@@ -8,6 +8,7 @@ client information, and it takes nothing else.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,21 @@ class Broadcast:
     extras: Mapping[str, torch.Tensor | None] = field(default_factory=dict)
 
 
+GATE_SDS = 3.0
+"""Under DP a class is read only if its noisy summed count is this many standard deviations of
+the summed noise above zero: the gate of every prototype method (FedHPro, ProtoNorm, FedSA, GFPL)."""
+
+
+def clears_snr(sums: torch.Tensor, sigma: float, min_snr: float) -> torch.Tensor:
+    """Per row of ``sums`` (noisy per-class sums, C x d): whether its estimated signal energy
+    |S_c|^2 - d sigma^2 is at least ``min_snr`` times its noise energy d sigma^2, ``sigma`` the
+    public std of the summed noise on one entry. A count above the gate says a class is there,
+    not that its d-dimensional sum points anywhere; this says the direction is more signal
+    than noise (at ``min_snr`` 1: a cosine to the noiseless sum of about 0.7 or more)."""
+    noise_energy = sums.shape[1] * sigma ** 2
+    return (sums.double() ** 2).sum(1) - noise_energy >= min_snr * noise_energy
+
+
 class FedServer:
     """Global model + FedAvg of n_k-weighted deltas. Subclasses add their own state.
 
@@ -42,12 +58,28 @@ class FedServer:
     """What the server's per-class step does with the classes ``apply`` reports as
     ``active_classes`` (shown in the round line as ``label k/C``); None: no per-class step."""
 
+    count_noise_std: float = 0.0
+    """Per-client noise std of one entry of the per-class release (public; installed by the
+    trainer under DP, 0 without)."""
+
     def __init__(self, model: nn.Module, num_classes: int, device: torch.device, upload: UploadSpec) -> None:
         self.model = model
         self.upload = upload
         self.num_classes = num_classes
         self.device = device
         self.num_params = int(flat_params(model).numel())
+
+    # -- the DP gate ---------------------------------------------------------------------
+    def summed_noise_std(self, agg: Aggregate) -> float:
+        """Std of the noise on one entry of the summed release (0 without DP)."""
+        if self.upload.dp == "off":
+            return 0.0
+        return self.count_noise_std * math.sqrt(max(agg.count, 1))
+
+    def count_gate(self, agg: Aggregate) -> float:
+        """Smallest summed count of a class the server reads: > 0 without DP, else
+        :data:`GATE_SDS` standard deviations of the summed noise on a count entry."""
+        return GATE_SDS * self.summed_noise_std(agg)
 
     # -- layout and broadcast -----------------------------------------------------------
     def layout(self) -> VectorLayout:

@@ -8,6 +8,7 @@ from typing import Any
 
 from secure_fed.report.load import RunData, _dict, _num, dp_enabled
 from secure_fed.report.text import esc, fmt
+from secure_fed.run.records import step_totals
 
 
 def server_steps(run: RunData) -> list[dict[str, Any]]:
@@ -62,10 +63,8 @@ def step_summary(run: RunData) -> str | None:
     steps = server_steps(run)
     if not steps:
         return None
-    read = sum(int(_num(st.get("active")) or 0) for st in steps)
-    slots = sum(int(_num(st.get("num_classes")) or 0) for st in steps)
+    read, slots, done, due = step_totals(steps)
     text = f"{esc(steps[-1].get('label'))}: {read} of {slots} class-rounds read"
-    if any("calibration_due" in st for st in steps):
-        due = [st for st in steps if st.get("calibration_due")]
-        text += f"; calibrated in {sum(1 for st in due if st.get('calibrated'))} of {len(due)} due rounds"
+    if due is not None:
+        text += f"; calibrated in {done} of {due} due rounds"
     return text

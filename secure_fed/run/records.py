@@ -8,7 +8,8 @@ trainer writes or reads.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any, NotRequired, TypedDict
 
 from protocol.params import RoundParams
@@ -76,6 +77,20 @@ def server_step(label: str, stats: Mapping[str, float], num_classes: int) -> Ser
     return step
 
 
+def step_totals(steps: Sequence[Mapping[str, Any]]) -> tuple[int, int, int | None, int | None]:
+    """Over a run's :class:`ServerStep` records: (class-rounds read, class-rounds in all,
+    calibrations run, calibrations due); the last two None for a method without calibration."""
+    def count(v: Any) -> int:  # records read back from an audit log: anything else counts 0
+        return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else 0
+
+    read = sum(count(st.get("active")) for st in steps)
+    slots = sum(count(st.get("num_classes")) for st in steps)
+    if not any("calibration_due" in st for st in steps):
+        return read, slots, None, None
+    due = [st for st in steps if st.get("calibration_due")]
+    return read, slots, sum(1 for st in due if st.get("calibrated")), len(due)
+
+
 def round_line(rec: RoundRecord, rounds: int, secure: bool) -> str:
     """The console line of a round of a ``rounds``-round run (``secure``: under SecAgg, with
     the survivors)."""
@@ -105,4 +120,4 @@ def round_line(rec: RoundRecord, rounds: int, secure: bool) -> str:
     return line
 
 
-__all__ = ["HpRound", "RoundRecord", "ServerStep", "server_step", "StopRecord", "guarantee_line", "round_line"]
+__all__ = ["HpRound", "RoundRecord", "ServerStep", "server_step", "step_totals", "StopRecord", "guarantee_line", "round_line"]

@@ -262,10 +262,7 @@ class Trainer:
         if self.privacy is None:
             return
         self.privacy = self.privacy.at(sigma)
-        if isinstance(self.server, FedHProServer):
-            self.server.count_noise_std = self.privacy.noise.share_std()
-        if isinstance(self.server, FedSAServer | GfplServer | ProtoNormServer):
-            self.server.count_noise_std = self.privacy.noise.share_std()
+        self.server.count_noise_std = self.privacy.noise.share_std()  # public: every server's DP gate
         if self._custom_aggregator:
             if self.cfg.mechanism == "discrete":
                 raise ConfigError("--mechanism discrete needs the trainer's own aggregator (it adds the ring noise)")
