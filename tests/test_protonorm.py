@@ -38,7 +38,8 @@ def test_alignment_lowers_the_thomson_energy_and_stays_on_the_sphere() -> None:
 
 
 def test_flags_are_validated() -> None:
-    for kw, flag in ((dict(pa_steps=-1), "--pa-steps"), (dict(pa_lr=0.0), "--pa-lr"), (dict(pu_norm=float("nan")), "--pu-norm")):
+    for kw, flag in ((dict(pa_steps=-1), "--pa-steps"), (dict(pa_lr=0.0), "--pa-lr"), (dict(pu_norm=float("nan")), "--pu-norm"),
+                      (dict(pn_min_snr=-0.5), "--pn-min-snr"), (dict(pn_min_snr=float("inf")), "--pn-min-snr")):
         with pytest.raises(ConfigError, match=flag):
             TrainConfig(algorithm="protonorm", **kw)  # type: ignore[arg-type]
 
