@@ -43,7 +43,7 @@ class KeyPair:
 class Label(enum.Enum):
     """HKDF ``info`` prefixes: one label per use of a derived key."""
 
-    SHARE_ENCRYPTION = b"secure_fed/v1/share-encryption"
+    PAIR_CHANNEL = b"secure_fed/v2/pair-channel"  # share keys and confirmation key of a pair
     PAIRWISE_MASK = b"secure_fed/v1/pairwise-mask"
     SELF_MASK = b"secure_fed/v1/self-mask"
     SESSION = b"secure_fed/v1/session"

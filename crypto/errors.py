@@ -32,7 +32,7 @@ class DecryptionError(CryptoError):
 
 
 class SignatureError(CryptoError):
-    """A signature did not verify."""
+    """A signature or a MAC tag did not verify."""
 
 
 class SharingError(CryptoError):

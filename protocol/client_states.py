@@ -15,8 +15,16 @@ from typing import ClassVar
 import numpy as np
 
 from crypto.aead import open_sealed, seal
-from crypto.agreement import KeyPair, Label, check_public_key, derive_key, generate_keypair
+from crypto.agreement import (
+    KEY_BYTES,
+    KeyPair,
+    Label,
+    check_public_key,
+    derive_keys,
+    generate_keypair,
+)
 from crypto.errors import CryptoError, DecryptionError, SharingError, SignatureError
+from crypto.mac import mac, verify_mac
 from crypto.rng import KeystreamRNG, random_bytes
 from crypto.shamir import Share, share_from_bytes, share_secrets, share_to_bytes
 from crypto.signing import SigningKeyPair, sign, verify
@@ -41,7 +49,7 @@ from protocol.errors import (
 )
 from protocol.graph import Graph, build_graph
 from protocol.masking import (
-    apply_mask,
+    apply_masks,
     pairwise_seeds,
     pairwise_sign,
     self_mask_seed,
@@ -50,8 +58,8 @@ from protocol.masking import (
 from protocol.messages import (
     AdvertiseKeys,
     CommitProof,
+    ConsistencyConfirm,
     ConsistencyRequest,
-    ConsistencySignature,
     GraphConfirm,
     MaskedInput,
     Message,
@@ -66,10 +74,10 @@ from protocol.messages import (
 )
 from protocol.session import (
     advertise_fields,
-    consistency_fields,
+    confirmation_fields,
+    pairwise_contexts,
     session_id,
     share_associated_data,
-    share_key_context,
 )
 from protocol.vectors import pack, reduce_in_place
 
@@ -98,9 +106,30 @@ class ClientContext:
         return self.graph.neighbors_of(self.client_id)
 
 
-def _share_key(secret: bytes, session: bytes, sender: int, rcpt: int) -> bytes:
-    """AES-256-GCM key for shares from ``sender`` to ``rcpt`` (one key per direction)."""
-    return derive_key(secret, Label.SHARE_ENCRYPTION, share_key_context(session, sender, rcpt))
+@dataclass(frozen=True, slots=True)
+class PairKeys:
+    """The keys ``me`` holds with each neighbour from their X25519 channel agreement."""
+
+    outbound: dict[int, bytes]  # AES-256-GCM key of the shares me sends to the neighbour
+    inbound: dict[int, bytes]  # ... of the shares the neighbour sends to me
+    confirm: dict[int, bytes]  # HMAC key of the pair's survivor confirmations
+
+
+def _pair_keys(secrets: list[bytes], session: bytes, me: int, peers: list[int]) -> PairKeys:
+    """One 96-byte HKDF output per pair, bound to the session and both ids (lower
+    first): its first third keys shares from the lower id to the higher, the second the
+    other direction (each direction has its own key), the last the pair's confirmation
+    MAC. The channel key pair c is never secret-shared, so a server that reconstructs a
+    dropped client's masking key learns none of these."""
+    okm = derive_keys(secrets, Label.PAIR_CHANNEL, pairwise_contexts(session, me, peers),
+                      3 * KEY_BYTES)
+    keys = PairKeys({}, {}, {})
+    for v, k in zip(peers, okm, strict=True):
+        low_high, high_low = k[:KEY_BYTES], k[KEY_BYTES : 2 * KEY_BYTES]
+        keys.outbound[v] = low_high if me < v else high_low
+        keys.inbound[v] = high_low if me < v else low_high
+        keys.confirm[v] = k[2 * KEY_BYTES :]
+    return keys
 
 
 def _check_session(session: bytes, msg_session: bytes) -> None:
@@ -274,15 +303,16 @@ class ShareKeysState(ClientState):
         b_seed = ctx.random(32)
         holders = sorted([*peers, u])
         shares = share_secrets([self.s.private, b_seed], t, [h + 1 for h in holders], ctx.rng)
-        cts, inbound = [], {}
-        secrets = shared_secrets(self.c.private, [e.c_pk for e in peers.values()])
-        for (v, _), secret in zip(peers.items(), secrets, strict=True):
-            key = _share_key(secret, session, u, v)
-            pt = share_to_bytes(shares[v + 1])
-            cts.append((v, seal(key, SHARE_NONCE, pt, share_associated_data(session, u, v))))
-            inbound[v] = _share_key(secret, session, v, u)
+        ids = list(peers)
+        secrets = shared_secrets(self.c.private, [peers[v].c_pk for v in ids])
+        keys = _pair_keys(secrets, session, u, ids)
+        del secrets
+        cts = [(v, seal(keys.outbound[v], SHARE_NONCE, share_to_bytes(shares[v + 1]),
+                        share_associated_data(session, u, v)))
+               for v in ids]
         s_pks = {v: e.s_pk for v, e in peers.items()}
-        nxt = MaskedInputState(self.s, session, b_seed, s_pks, inbound, shares[u + 1])
+        nxt = MaskedInputState(self.s, session, b_seed, s_pks, keys.inbound, shares[u + 1],
+                               keys.confirm if ctx.config.authenticated else {})
         return nxt, ShareKeys(session, u, tuple(cts))
 
 
@@ -298,6 +328,7 @@ class MaskedInputState(ClientState):
     peer_s_pks: Mapping[int, bytes]  # live neighbours' masking public keys
     inbound_keys: Mapping[int, bytes]  # neighbour -> AES key of its shares for this client
     own_share: Share
+    confirm_keys: Mapping[int, bytes]  # neighbour -> the pair's confirmation MAC key
 
     def _open(self, ctx: ClientContext, msg: ShareKeysBroadcast) -> dict[int, Share]:
         u = ctx.client_id
@@ -326,16 +357,18 @@ class MaskedInputState(ClientState):
         if len(senders) + 1 < cfg.threshold:
             raise ProtocolAbort("fewer than t of this client's share holders remain")
         held = self._open(ctx, msg)
-        y = np.array(ctx.value, copy=True)
-        apply_mask(y, self_mask_seed(self.b_seed, self.session, u), 1)
         seeds = pairwise_seeds(self.s.private, [self.peer_s_pks[v] for v in senders],
                                self.session, u, senders)
+        plus = [self_mask_seed(self.b_seed, self.session, u)]  # and pairs u < v: added
+        minus: list[bytes] = []  # pairs u > v: subtracted (pairwise_sign)
         for v, seed in zip(senders, seeds, strict=True):
-            apply_mask(y, seed, pairwise_sign(u, v))
+            (plus if pairwise_sign(u, v) == 1 else minus).append(seed)
+        y = np.array(ctx.value, copy=True)
+        apply_masks(y, plus, minus)
         reduce_in_place(y, cfg.bits)
         reply = MaskedInput(self.session, u, cfg.bits, cfg.length, pack(y, cfg.bits))
-        nxt: ClientState = (ConsistencyCheckState(self.session, held) if cfg.authenticated
-                            else UnmaskingState(self.session, held, None))
+        nxt: ClientState = (ConsistencyCheckState(self.session, held, self.confirm_keys)
+                            if cfg.authenticated else UnmaskingState(self.session, held, None))
         return nxt, reply
 
 
@@ -364,22 +397,30 @@ def _check_survivors(ctx: ClientContext, survivors: tuple[int, ...],
 
 @dataclass(frozen=True, slots=True)
 class ConsistencyCheckState(ClientState):
-    """Round 3 (authenticated): sign the survivor set U3 the server claims."""
+    """Round 3 (authenticated): confirm the survivor set U3 the server claims to each
+    surviving neighbour, with a MAC under the key only the two of them hold."""
 
     accepts: ClassVar[tuple[type, ...]] = (ConsistencyRequest,)
     name: ClassVar[str] = "ConsistencyCheck"
     session: bytes
     held: Mapping[int, Share]
+    confirm_keys: Mapping[int, bytes]
 
     def advance(self, ctx: ClientContext, msg: Message) -> tuple[ClientState, Message]:
-        assert isinstance(msg, ConsistencyRequest) and ctx.identity is not None
+        assert isinstance(msg, ConsistencyRequest)
         _check_session(self.session, msg.session_id)
-        if msg.recipient != ctx.client_id:
+        u = ctx.client_id
+        if msg.recipient != u:
             raise ProtocolError("consistency request addressed to another client")
         _check_survivors(ctx, msg.survivors, self.held)
-        sig = sign(ctx.identity.private, *consistency_fields(self.session, msg.survivors))
-        nxt = UnmaskingState(self.session, self.held, msg.survivors)
-        return nxt, ConsistencySignature(self.session, ctx.client_id, sig)
+        # every surviving neighbour is a holder here (checked just above)
+        alive = set(msg.survivors)
+        rcpts = sorted(v for v in self.held if v != u and v in alive)
+        tags = tuple((v, mac(self.confirm_keys[v],
+                             *confirmation_fields(self.session, u, v, msg.survivors)))
+                     for v in rcpts)
+        nxt = UnmaskingState(self.session, self.held, msg.survivors, self.confirm_keys)
+        return nxt, ConsistencyConfirm(self.session, u, tags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,29 +431,33 @@ class UnmaskingState(ClientState):
     name: ClassVar[str] = "Unmasking"
     session: bytes
     held: Mapping[int, Share]
-    signed: tuple[int, ...] | None  # the survivor set this client signed (authenticated)
+    confirmed: tuple[int, ...] | None  # the survivor set this client confirmed (authenticated)
+    confirm_keys: Mapping[int, bytes] = field(default_factory=dict)
 
-    def _check_signatures(self, ctx: ClientContext, msg: UnmaskRequest) -> None:
-        """At least t of this client's holders must have signed exactly this survivor set:
-        itself (it signed ``self.signed``, equal to the request's set) and t - 1 peers whose
-        share it received and masked with (only those count: Bonawitz et al. Fig. 4),
-        whose signatures are checked in id order; any failure among those is a
-        ConsistencyViolation. Checking t (not all) is enough: two sets each confirmed by t
-        of the k + 1 holders would need 2t > k + 1 signers, so some honest holder would
-        have signed both, which an honest client never does (it signs once per round).
+    def _check_confirmations(self, ctx: ClientContext, msg: UnmaskRequest) -> None:
+        """At least t of this client's holders must have confirmed exactly this survivor
+        set: itself (it confirmed ``self.confirmed``, equal to the request's set) and t - 1
+        peers whose share it received and masked with (only those count: Bonawitz et al.
+        Fig. 4). Every confirmation from such a peer is checked, and any that does not
+        verify is a ConsistencyViolation. A peer's confirmation is a MAC under a key only
+        that peer and this client hold, bound to both ids and the session, so the server
+        can neither forge one nor replay one from another client or direction. t are
+        enough: two sets each confirmed by t of the k + 1 holders would need 2t > k + 1
+        confirmers, so some honest holder would have confirmed both, which an honest
+        client never does (it confirms once per round).
         """
-        sigs = dict(msg.signatures)
-        if not set(sigs) <= set(msg.survivors):
-            raise ConsistencyViolation("consistency signatures from non-survivors")
+        tags = dict(msg.confirmations)
+        if not set(tags) <= set(msg.survivors):
+            raise ConsistencyViolation("survivor confirmations from non-survivors")
         u = ctx.client_id
-        signers = [v for v in sorted(self.held) if v != u and v in sigs]
-        # this client itself confirmed the set (checked against what it signed above)
-        if len(signers) + 1 < ctx.config.threshold:
+        confirmers = [v for v in sorted(self.held) if v != u and v in tags]
+        # this client itself confirmed the set (checked against what it confirmed above)
+        if len(confirmers) + 1 < ctx.config.threshold:
             raise ProtocolAbort("fewer than t share holders confirmed the survivor set")
-        fields = consistency_fields(self.session, msg.survivors)
-        for v in signers[: ctx.config.threshold - 1]:
+        for v in confirmers:
             try:
-                verify(ctx.identity_keys[v], sigs[v], *fields)
+                verify_mac(self.confirm_keys[v], tags[v],
+                           *confirmation_fields(self.session, v, u, msg.survivors))
             except (SignatureError, KeyError):
                 raise ConsistencyViolation("survivor sets differ between clients") from None
 
@@ -421,11 +466,12 @@ class UnmaskingState(ClientState):
         _check_session(self.session, msg.session_id)
         if msg.recipient != ctx.client_id:
             raise ProtocolError("unmask request addressed to another client")
-        if self.signed is not None and msg.survivors != self.signed:
-            raise ConsistencyViolation("unmask request's survivor set differs from the signed one")
+        if self.confirmed is not None and msg.survivors != self.confirmed:
+            raise ConsistencyViolation("unmask request's survivor set differs from the "
+                                       "confirmed one")
         _check_survivors(ctx, msg.survivors, self.held)
         if ctx.config.authenticated:
-            self._check_signatures(ctx, msg)
+            self._check_confirmations(ctx, msg)
         # one share per owner this client exchanged shares with (``held``: itself and the
         # peers whose share it received), of b if the owner survived, else of s_sk
         alive = set(msg.survivors)

@@ -15,7 +15,7 @@ from crypto.codec import FixedPointCodec
 from crypto.errors import ConfigError, EncodingOverflow
 from crypto.rng import random_bytes
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_CLIENT_ID = (1 << 32) - 2  # share index is id + 1, which must fit in 4 bytes
 MAX_LENGTH = 1 << 28  # entries per vector
 GraphKind = Literal["complete", "harary"]

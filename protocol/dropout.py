@@ -4,7 +4,7 @@ A client listed at stage s sends nothing from stage s on (it never sends that st
 message). Stages in order: advertise (keys and graph commitment), reveal (the committed
 graph randomness: a client silent here aborts the round, see :mod:`protocol.graph`),
 graph (confirming the graph seed), share (key shares), masked (masked input),
-consistency (signature on the survivor set; authenticated mode only), unmask
+consistency (survivor-set confirmations; authenticated mode only), unmask
 (unmasking shares). Random schedules draw from a seeded KeystreamRNG, never numpy.
 """
 

@@ -3,7 +3,7 @@
 Self mask of u: PRG(HKDF(b_u, SELF_MASK, session || u)). Pairwise mask of u and v:
 PRG(HKDF(X25519(s_sk_u, s_pk_v), PAIRWISE_MASK, session || min(u,v) || max(u,v))), added
 by the smaller id and subtracted by the larger, so each pair cancels in the sum. PRG is
-``crypto.prg.expand_into`` (AES-CTR keystream), applied in place without a mask copy.
+``crypto.prg.expand_sum_into`` (AES-CTR keystream), applied in place without a mask copy.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from crypto.agreement import KeyMismatch, Label, PublicKeyCache, derive_key, derive_keys
 from crypto.agreement import shared_secrets as _shared_secrets
 from crypto.errors import CryptoError
-from crypto.prg import add_mod, expand, expand_into, expand_sum_into, sub_mod
+from crypto.prg import expand_sum_into
 from protocol.errors import AuthenticationFailure, ProtocolAbort
 from protocol.session import pairwise_context, pairwise_contexts, self_mask_context
 
@@ -52,21 +52,17 @@ def pairwise_sign(me: int, peer: int) -> int:
     return 1 if me < peer else -1
 
 
-_DIRECT_BYTES = 1 << 20  # vectors up to 1 MiB: one mask-sized temporary is cheapest
-
-
 def apply_mask(vec: np.ndarray, seed: bytes, sign: int) -> None:
-    """Add (+1) or subtract (-1) PRG(seed) into ``vec`` in place, mod the word size.
+    """Add (+1) or subtract (-1) PRG(seed) into ``vec`` in place, mod the word size."""
+    expand_sum_into((seed,), vec, sign)
 
-    Up to 1 MiB the mask is expanded once and added (measured about 2x faster than
-    ``expand_into`` at L = 10^5); larger vectors stream through ``expand_into`` so a
-    full-size mask is never allocated.
-    """
-    if vec.nbytes > _DIRECT_BYTES:
-        expand_into(seed, vec, sign)
-        return
-    mask = expand(seed, vec.size, vec.dtype.itemsize * 8)
-    (add_mod if sign == 1 else sub_mod)(vec, mask, out=vec)
+
+def apply_masks(vec: np.ndarray, plus: Sequence[bytes], minus: Sequence[bytes]) -> None:
+    """``vec += sum PRG(plus) - sum PRG(minus)`` in place, mod the word size (client side:
+    its self mask and its pairwise masks, through one reused keystream buffer, so no
+    mask-sized array is allocated; :func:`crypto.prg.expand_sum_into`)."""
+    expand_sum_into(plus, vec, 1)
+    expand_sum_into(minus, vec, -1)
 
 
 # -- server side: removing the masks of a whole round ---------------------------------------

@@ -1,7 +1,7 @@
 """Protocol messages: one frozen dataclass per round and direction, with a binary encoding.
 
 Client -> server: :class:`AdvertiseKeys`, :class:`Reveal`, :class:`GraphConfirm`,
-:class:`ShareKeys`, :class:`MaskedInput`, :class:`ConsistencySignature`,
+:class:`ShareKeys`, :class:`MaskedInput`, :class:`ConsistencyConfirm`,
 :class:`UnmaskShares`. Server -> client: :class:`CommitProof`, :class:`RevealBroadcast`,
 :class:`NeighborKeys`, :class:`ShareKeysBroadcast`, :class:`ConsistencyRequest`,
 :class:`UnmaskRequest`. No message carries all n advertised keys: a client gets its k
@@ -20,6 +20,7 @@ import numpy as np
 
 from crypto.aead import TAG_BYTES
 from crypto.errors import SharingError
+from crypto.mac import TAG_BYTES as MAC_TAG_BYTES
 from crypto.shamir import Share, share_from_bytes, share_to_bytes
 from crypto.signing import SIGNATURE_BYTES
 from protocol.commitments import HASH_BYTES, REVEAL_BYTES
@@ -441,56 +442,60 @@ class ConsistencyRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class ConsistencySignature:
-    """Client -> server, round 3 (authenticated): Ed25519 signature of (session, U3)."""
+class ConsistencyConfirm:
+    """Client -> server, round 3 (authenticated): one HMAC tag per surviving neighbour,
+    each confirming to that neighbour the survivor set U3 this client was shown
+    (:func:`protocol.session.confirmation_fields`), recipients increasing."""
 
     TAG: ClassVar[int] = 7
     session_id: bytes
     sender: int
-    signature: bytes
+    tags: IdPairs  # (recipient, tag)
 
     def __post_init__(self) -> None:
         _check_len(self.session_id, SESSION_BYTES, "session id")
         _check_id(self.sender)
-        _check_len(self.signature, SIGNATURE_BYTES, "signature")
+        _check_pairs(self.tags, MAC_TAG_BYTES, "confirmation tag")
 
     def encode(self) -> bytes:
         w = Writer(self.TAG).blob(self.session_id).u32(self.sender)
-        return w.blob(self.signature).finish()
+        _write_pairs(w, self.tags)
+        return w.finish()
 
     @classmethod
-    def decode(cls, data: bytes) -> ConsistencySignature:
+    def decode(cls, data: bytes) -> ConsistencyConfirm:
         r = Reader(data, cls.TAG)
-        out = cls(r.blob(exact=SESSION_BYTES), r.u32(), r.blob(exact=SIGNATURE_BYTES))
+        out = cls(r.blob(exact=SESSION_BYTES), r.u32(), _read_pairs(r, MAC_TAG_BYTES))
         r.end()
         return out
 
 
 @dataclass(frozen=True, slots=True)
 class UnmaskRequest:
-    """Server -> one client, round 4: survivors U3 (+ neighbours' consistency signatures)."""
+    """Server -> one client, round 4: survivors U3 (+ the confirmation tags its surviving
+    neighbours addressed to it)."""
 
     TAG: ClassVar[int] = 8
     session_id: bytes
     recipient: int
     survivors: tuple[int, ...]
-    signatures: IdPairs = ()  # (signer, signature), signers increasing; empty if unauthenticated
+    confirmations: IdPairs = ()  # (sender, tag), senders increasing; empty if unauthenticated
 
     def __post_init__(self) -> None:
         _check_len(self.session_id, SESSION_BYTES, "session id")
         _check_id(self.recipient)
         _check_sorted(self.survivors)
-        _check_pairs(self.signatures, SIGNATURE_BYTES, "signature")
+        _check_pairs(self.confirmations, MAC_TAG_BYTES, "confirmation tag")
 
     def encode(self) -> bytes:
         w = Writer(self.TAG).blob(self.session_id).u32(self.recipient).ids(self.survivors)
-        _write_pairs(w, self.signatures)
+        _write_pairs(w, self.confirmations)
         return w.finish()
 
     @classmethod
     def decode(cls, data: bytes) -> UnmaskRequest:
         r = Reader(data, cls.TAG)
-        out = cls(r.blob(exact=SESSION_BYTES), r.u32(), r.ids(), _read_pairs(r, SIGNATURE_BYTES))
+        out = cls(r.blob(exact=SESSION_BYTES), r.u32(), r.ids(), _read_pairs(r, MAC_TAG_BYTES))
         r.end()
         return out
 
@@ -548,12 +553,12 @@ class UnmaskShares:
 Message: TypeAlias = (
     AdvertiseKeys | CommitProof | Reveal | RevealBroadcast | GraphConfirm
     | NeighborKeys | ShareKeys | ShareKeysBroadcast | MaskedInput
-    | ConsistencyRequest | ConsistencySignature | UnmaskRequest | UnmaskShares
+    | ConsistencyRequest | ConsistencyConfirm | UnmaskRequest | UnmaskShares
 )
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     AdvertiseKeys, CommitProof, Reveal, RevealBroadcast, GraphConfirm,
     NeighborKeys, ShareKeys, ShareKeysBroadcast, MaskedInput,
-    ConsistencyRequest, ConsistencySignature, UnmaskRequest, UnmaskShares,
+    ConsistencyRequest, ConsistencyConfirm, UnmaskRequest, UnmaskShares,
 )
 _BY_TAG: dict[int, type[Message]] = {cls.TAG: cls for cls in MESSAGE_TYPES}
 

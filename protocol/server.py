@@ -25,6 +25,7 @@ import numpy as np
 
 from crypto.agreement import check_public_key
 from crypto.errors import ConfigError, CryptoError, SharingError, SignatureError
+from crypto.mac import TAG_BYTES
 from crypto.prg import dtype_for_bits, expand_sum_into
 from crypto.shamir import Share, common_index_sets, interpolate_at_zero
 from crypto.signing import verify
@@ -57,8 +58,8 @@ from protocol.messages import (
     CIPHERTEXT_BYTES,
     AdvertiseKeys,
     CommitProof,
+    ConsistencyConfirm,
     ConsistencyRequest,
-    ConsistencySignature,
     GraphConfirm,
     MaskedInput,
     Message,
@@ -72,7 +73,7 @@ from protocol.messages import (
     UnmaskShares,
     decode,
 )
-from protocol.session import advertise_fields, consistency_fields, session_id
+from protocol.session import advertise_fields, session_id
 from protocol.vectors import reduce_in_place
 
 
@@ -93,7 +94,7 @@ class Stage(enum.Enum):
 _EXPECTS: dict[Stage, type] = {
     Stage.ADVERTISE: AdvertiseKeys, Stage.REVEAL: Reveal, Stage.GRAPH: GraphConfirm,
     Stage.SHARE: ShareKeys, Stage.MASKED: MaskedInput,
-    Stage.CONSISTENCY: ConsistencySignature, Stage.UNMASK: UnmaskShares,
+    Stage.CONSISTENCY: ConsistencyConfirm, Stage.UNMASK: UnmaskShares,
 }
 
 
@@ -249,8 +250,9 @@ class SecAggServer:
         self._peers: dict[int, frozenset[int]] = {}  # v -> senders in v's share broadcast
         self._sum = np.zeros(config.length, dtype=dtype_for_bits(config.bits))
         self._u3: set[int] = set()
-        self._sigs: dict[int, bytes] = {}
-        self._u3_fields: tuple[bytes, ...] = ()
+        # sender -> recipient -> its survivor confirmation tag (relayed, never checked here:
+        # only the two clients of a pair hold its key)
+        self._confirms: dict[int, dict[int, bytes]] = {}
         # owner -> holder index -> share value (secret material: cleared once used)
         self._self_sh: dict[int, dict[int, int]] = defaultdict(dict)
         self._key_sh: dict[int, dict[int, int]] = defaultdict(dict)
@@ -273,7 +275,7 @@ class SecAggServer:
             raise ReplayError("message bound to another session")
         handler = {Stage.ADVERTISE: self._on_advertise, Stage.REVEAL: self._on_reveal,
                    Stage.GRAPH: self._on_confirm, Stage.SHARE: self._on_share,
-                   Stage.MASKED: self._on_masked, Stage.CONSISTENCY: self._on_signature,
+                   Stage.MASKED: self._on_masked, Stage.CONSISTENCY: self._on_survivor_confirm,
                    Stage.UNMASK: self._on_unmask}[self.stage]
         handler(msg)
 
@@ -341,18 +343,18 @@ class SecAggServer:
         np.add(self._sum, vec, out=self._sum)
         self._u3.add(msg.sender)
 
-    def _on_signature(self, msg: Message) -> None:
-        assert isinstance(msg, ConsistencySignature)
-        self._check_sender(msg.sender, self._u3, self._sigs)
-        try:
-            verify(self._identity_keys[msg.sender], msg.signature, *self._u3_fields)
-        except (SignatureError, KeyError):
-            raise AuthenticationFailure("a consistency signature did not verify") from None
-        self._sigs[msg.sender] = msg.signature
+    def _on_survivor_confirm(self, msg: Message) -> None:
+        assert isinstance(msg, ConsistencyConfirm) and self.graph is not None
+        self._check_sender(msg.sender, self._u3, self._confirms)
+        nb = self.graph.neighbors_of(msg.sender)
+        if not all(v in nb and v in self._u3 for v, _ in msg.tags):
+            raise ProtocolError(f"client {msg.sender} addressed survivor confirmations to "
+                                "clients that are not its surviving neighbours")
+        self._confirms[msg.sender] = dict(msg.tags)
 
     def _on_unmask(self, msg: Message) -> None:
         assert isinstance(msg, UnmaskShares)
-        responders: Collection[int] = self._sigs if self.config.authenticated else self._u3
+        responders: Collection[int] = self._confirms if self.config.authenticated else self._u3
         self._check_sender(msg.sender, responders, self._u5)
         held = self._peers[msg.sender] | {msg.sender}
         u3 = self._u3
@@ -456,21 +458,21 @@ class SecAggServer:
 
     def _finish_masked(self) -> dict[int, bytes]:
         u3 = self._require("masked", self._u3)
-        self._u3_fields = consistency_fields(self.session, u3)
         self.stage = Stage.CONSISTENCY if self.config.authenticated else Stage.UNMASK
         if self.config.authenticated:
             return {v: ConsistencyRequest(self.session, v, u3).encode() for v in u3}
         return {v: UnmaskRequest(self.session, v, u3).encode() for v in u3}
 
     def _finish_consistency(self) -> dict[int, bytes]:
-        u4 = self._require("consistency", self._sigs)
+        u4 = self._require("consistency", self._confirms)
         u3 = self.survivors["masked"]
         out = {}
+        assert self.graph is not None
         for v in u4:
-            assert self.graph is not None
-            signers = sorted((self.graph.neighbors_of(v) | {v}) & self._sigs.keys())
-            sigs = tuple((w, self._sigs[w]) for w in signers)
-            out[v] = UnmaskRequest(self.session, v, u3, sigs).encode()
+            tags = tuple((w, self._confirms[w][v])
+                         for w in sorted(self.graph.neighbors_of(v) & self._confirms.keys())
+                         if v in self._confirms[w])
+            out[v] = UnmaskRequest(self.session, v, u3, tags).encode()
         self.stage = Stage.UNMASK
         return out
 
@@ -563,4 +565,5 @@ class SecAggServer:
         """Approximate bytes of round state the server holds now (sum + relayed data)."""
         relayed = sum(len(v) for v in self._inbox.values()) * (CIPHERTEXT_BYTES + 8)
         shares = sum(len(v) for v in (*self._self_sh.values(), *self._key_sh.values())) * 48
-        return int(self._sum.nbytes) + relayed + shares + 100 * len(self._keys)
+        tags = sum(len(v) for v in self._confirms.values()) * (TAG_BYTES + 8)
+        return int(self._sum.nbytes) + relayed + shares + tags + 100 * len(self._keys)

@@ -1,9 +1,9 @@
-"""Session binding: the session id and the contexts that bind keys, seeds and signatures.
+"""Session binding: the session id and the contexts that bind keys, seeds, tags and signatures.
 
 Both sides compute these. The session id is SHA-256 over the protocol version, the round
 id, the whole public config (sorted cohort ids included) and every advertised public key
-(sorted by client id); every HKDF context, AEAD associated data and consistency
-signature below contains it, so nothing from another round or session verifies here.
+(sorted by client id); every HKDF context, AEAD associated data and survivor
+confirmation below contains it, so nothing from another round or session verifies here.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from protocol.config import PROTOCOL_VERSION, ProtocolConfig
 
 SESSION_ID_BYTES = 32
 _ADVERTISE_TAG = b"secure_fed/advertise-keys/v2"
-_CONSISTENCY_TAG = b"secure_fed/consistency/v1"
+_CONFIRM_TAG = b"secure_fed/survivor-confirmation/v2"
 _SHARE_AD_TAG = b"secure_fed/share-ciphertext/v1"
 _PAIR = struct.Struct(">II")  # two 4-byte big-endian client ids
+_AD_HEAD = encode_fields(_SHARE_AD_TAG)  # the first field of every share's associated data
+_AD_IDS = struct.Struct(">IIII")  # two length-prefixed 4-byte ids
 
 
 def u32(value: int) -> bytes:
@@ -48,9 +50,12 @@ def advertise_fields(config: ProtocolConfig, sender: int, c_pk: bytes, s_pk: byt
     return (_ADVERTISE_TAG, config.digest(), u32(sender), c_pk, s_pk, commitment)
 
 
-def consistency_fields(session: bytes, survivors: Sequence[int]) -> tuple[bytes, ...]:
-    """Fields a client signs to confirm the survivor set it was shown."""
-    return (_CONSISTENCY_TAG, session, encode_ids(survivors))
+def confirmation_fields(session: bytes, sender: int, recipient: int,
+                        survivors: Sequence[int]) -> tuple[bytes, ...]:
+    """Fields ``sender`` authenticates (HMAC under the pair's confirmation key) to tell
+    neighbour ``recipient`` which survivor set it was shown. Both ids are bound, so a tag
+    is never valid in the other direction (the key is the same both ways)."""
+    return (_CONFIRM_TAG, session, u32(sender), u32(recipient), encode_ids(survivors))
 
 
 def encode_ids(ids: Sequence[int]) -> bytes:
@@ -58,14 +63,12 @@ def encode_ids(ids: Sequence[int]) -> bytes:
     return np.asarray(ids, dtype=">u4").tobytes()
 
 
-def share_key_context(session: bytes, sender: int, recipient: int) -> bytes:
-    """HKDF context of the AES-GCM key for shares sent from ``sender`` to ``recipient``."""
-    return session + u32(sender) + u32(recipient)
-
-
 def share_associated_data(session: bytes, sender: int, recipient: int) -> bytes:
-    """AEAD associated data of one share ciphertext (binds session, u and v)."""
-    return encode_fields(_SHARE_AD_TAG, session, u32(sender), u32(recipient))
+    """AEAD associated data of one share ciphertext (binds session, u and v):
+    ``encode_fields(tag, session, u32(sender), u32(recipient))``, written out directly
+    (a client builds two per neighbour a round; tests check the bytes are equal)."""
+    return b"".join((_AD_HEAD, len(session).to_bytes(4, "big"), session,
+                     _AD_IDS.pack(4, sender, 4, recipient)))
 
 
 def pairwise_context(session: bytes, a: int, b: int) -> bytes:

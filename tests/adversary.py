@@ -2,8 +2,8 @@
 
 The attacker relays (or withholds, or rewrites) every message of a round between real
 :class:`protocol.client.SecAggClient` objects, and plays the colluding clients itself: it
-holds their secrets (masking keys, every share they received) and signs any survivor set
-with their identity keys. After the round it *attempts the recovery* of a target's exact
+holds their secrets (masking keys, every share they received, the keys they confirm survivor
+sets with) and confirms any survivor set to any of their neighbours. After the round it *attempts the recovery* of a target's exact
 input from what honest clients revealed (:meth:`Attack.recover`): reconstruct b_u and the
 pairwise masks of the target, strip them from its individual masked vector.
 
@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from crypto.mac import mac
 from crypto.prg import dtype_for_bits
 from crypto.rng import KeystreamRNG
 from crypto.shamir import Share
-from crypto.signing import SigningKeyPair, sign
+from crypto.signing import SigningKeyPair
 from protocol.client import SecAggClient
 from protocol.client_states import ConsistencyCheckState, MaskedInputState, RevealState
 from protocol.commitments import MerkleTree, commit_leaf, graph_seed, key_leaf, round_root
@@ -43,8 +44,8 @@ from protocol.masking import apply_mask, pairwise_seeds, pairwise_sign, self_mas
 from protocol.messages import (
     AdvertiseKeys,
     CommitProof,
+    ConsistencyConfirm,
     ConsistencyRequest,
-    ConsistencySignature,
     MaskedInput,
     NeighborKey,
     NeighborKeys,
@@ -59,7 +60,7 @@ from protocol.messages import (
 from protocol.policy import ClientPolicy
 from protocol.runner import make_identities
 from protocol.server import reconstruct_secrets
-from protocol.session import consistency_fields, session_id
+from protocol.session import confirmation_fields, session_id
 from protocol.simulator import simulated_inputs
 from protocol.vectors import reduce_in_place
 
@@ -67,6 +68,9 @@ Views = Mapping[int, tuple[int, ...]]  # honest client -> survivor set it is sho
 
 
 KeyRewrite = Callable[[dict[int, AdvertiseKeys]], None]
+# (attack, sender w, recipient v, survivor set) -> a tag the attacker passes off as w's
+# confirmation to v when it has no genuine one (None: leave it out)
+Forge = Callable[["Attack", int, int, tuple[int, ...]], bytes | None]
 NeighborRewrite = Callable[[int, list[NeighborKey]], list[NeighborKey]]
 
 
@@ -98,13 +102,16 @@ class Attack:
     shares: dict[int, ShareKeys] = field(default_factory=dict)
     forwarded: dict[int, tuple[int, ...]] = field(default_factory=dict)  # rcpt -> senders
     masked: dict[int, np.ndarray] = field(default_factory=dict)
-    signatures: dict[int, dict[tuple[int, ...], bytes]] = field(default_factory=dict)
+    # honest sender -> survivor set it was shown -> recipient -> its confirmation tag
+    confirms: dict[int, dict[tuple[int, ...], dict[int, bytes]]] = field(default_factory=dict)
     revealed: dict[int, UnmaskShares] = field(default_factory=dict)
     refused: dict[int, type[Exception]] = field(default_factory=dict)  # client -> error type
     refused_stage: dict[int, str] = field(default_factory=dict)
     started: set[int] = field(default_factory=set)  # clients that advertised keys
     s_sk: dict[int, bytes] = field(default_factory=dict)  # colluders' masking private keys
     held: dict[int, Mapping[int, Share]] = field(default_factory=dict)  # colluders' shares
+    confirm_keys: dict[int, Mapping[int, bytes]] = field(default_factory=dict)  # colluders'
+    forge: Forge | None = None  # how the attacker fills a missing honest confirmation
 
     @property
     def honest(self) -> list[int]:
@@ -217,6 +224,7 @@ class Attack:
             state = self.clients[u].state
             if u in self.colluders and isinstance(state, MaskedInputState):
                 self.s_sk[u] = state.s.private
+                self.confirm_keys[u] = state.confirm_keys
 
     def mask(self, forward: Mapping[int, frozenset[int]] | None = None) -> None:
         """Deliver share ciphertexts: recipient v gets those of senders ``forward[v]``
@@ -241,10 +249,14 @@ class Attack:
             if v in self.colluders and isinstance(state, ConsistencyCheckState):
                 self.held[v] = state.held
 
-    def _signature(self, v: int, survivors: tuple[int, ...]) -> bytes | None:
-        if v in self.colluders:  # the attacker signs any set for a colluder
-            return sign(self.identities[v].private, *consistency_fields(self.session, survivors))
-        return self.signatures.get(v, {}).get(survivors)
+    def _confirmation(self, w: int, v: int, survivors: tuple[int, ...]) -> bytes | None:
+        """The tag by which w confirms ``survivors`` to v, if the attacker has one."""
+        if w in self.colluders:  # the attacker confirms any set for a colluder
+            key = self.confirm_keys.get(w, {}).get(v)
+            if key is None:
+                return None
+            return mac(key, *confirmation_fields(self._session(v), w, v, survivors))
+        return self.confirms.get(w, {}).get(survivors, {}).get(v)
 
     def consistency(self, views: Views) -> None:
         for v, survivors in sorted(views.items()):
@@ -254,20 +266,22 @@ class Attack:
             up = self._talk(v, "consistency", lambda v=v, d=down: self.clients[v].receive(d))
             if up is not None:
                 msg = decode(up)
-                assert isinstance(msg, ConsistencySignature)
-                self.signatures.setdefault(v, {})[survivors] = msg.signature
+                assert isinstance(msg, ConsistencyConfirm)
+                self.confirms.setdefault(v, {})[survivors] = dict(msg.tags)
 
     def unmask(self, views: Views) -> None:
         for v, survivors in sorted(views.items()):
             if v in self.colluders or v in self.refused or v not in self.masked:
                 continue
-            sigs = []
+            tags = []
             if self.config.authenticated:
                 for w in survivors:
-                    s = self._signature(w, survivors)
-                    if s is not None and w != v:
-                        sigs.append((w, s))
-            down = UnmaskRequest(self._session(v), v, survivors, tuple(sigs)).encode()
+                    tag = self._confirmation(w, v, survivors)
+                    if tag is None and self.forge is not None and w != v:
+                        tag = self.forge(self, w, v, survivors)
+                    if tag is not None and w != v:
+                        tags.append((w, tag))
+            down = UnmaskRequest(self._session(v), v, survivors, tuple(tags)).encode()
             up = self._talk(v, "unmask", lambda v=v, d=down: self.clients[v].receive(d))
             if up is not None:
                 msg = decode(up)
@@ -431,7 +445,7 @@ class SplitPlan:
 
 def split_view_plan(graph: Graph, cohort: tuple[int, ...], t: int, target: int,
                     colluders: frozenset[int], best_effort: bool = False) -> SplitPlan | None:
-    """A split view that every honest client accepts: each signs the set it is shown and
+    """A split view that every honest client accepts: each confirms the set it is shown and
     sees t - 1 neighbours (honest ones shown the same set, or colluders) confirm it; the
     target's honest holders shown set a, plus the target and the colluders, reach t, and
     those shown set b plus the colluders reach t. Searches the target's honest

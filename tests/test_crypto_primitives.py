@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -22,6 +24,7 @@ from crypto.agreement import (
     shared_secret,
 )
 from crypto.errors import ConfigError, CryptoError, DecryptionError, SignatureError
+from crypto.mac import mac, verify_mac
 from crypto.signing import encode_fields, generate_signing_keypair, sign, verify
 
 
@@ -159,3 +162,25 @@ def test_sign_verify_fields() -> None:
     with pytest.raises(ConfigError):
         encode_fields("text")  # type: ignore[arg-type]
     assert keys.private.hex() not in repr(keys)
+
+
+# -- MAC (survivor confirmations) ----------------------------------------------------------
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.lists(st.binary(max_size=40), max_size=5))
+def test_mac_is_hmac_sha256_of_the_encoded_fields(key: bytes, fields: list[bytes]) -> None:
+    tag = mac(key, *fields)
+    assert tag == hmac.digest(key, encode_fields(*fields), "sha256")  # the stdlib's HMAC
+    verify_mac(key, tag, *fields)
+
+
+def test_verify_mac_refuses_any_change() -> None:
+    key, fields = bytes(range(32)), (b"tag", b"session", b"\x00\x00\x00\x01")
+    tag = mac(key, *fields)
+    bad_key = bytes([key[0] ^ 1]) + key[1:]
+    for args in [(bad_key, tag, *fields), (key, tag[:-1] + bytes([tag[-1] ^ 1]), *fields),
+                 (key, tag[:16], *fields), (key, tag, *fields[:2], b"\x00\x00\x00\x02"),
+                 (key, tag, b"tagsession", *fields[2:])]:
+        with pytest.raises(SignatureError):
+            verify_mac(*args)
+    with pytest.raises(ConfigError):
+        mac(key[:31], *fields)

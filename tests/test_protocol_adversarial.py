@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from crypto.agreement import generate_keypair
+from crypto.mac import mac
 from crypto.rng import KeystreamRNG
 from crypto.signing import sign
 from protocol.commitments import commitment
@@ -27,7 +28,7 @@ from protocol.params import choose_graph_params, tolerated_colluders
 from protocol.policy import ClientPolicy
 from protocol.runner import make_identities
 from protocol.server import SecAggServer
-from protocol.session import advertise_fields
+from protocol.session import advertise_fields, confirmation_fields
 from tests.adversary import (
     Attack,
     SplitPlan,
@@ -157,6 +158,96 @@ def test_split_view_with_c_plus_one_colluders_recovers_the_input(n: int, graph: 
     assert not attack.refused  # every honest client accepted its view
     attack.check_reveals()  # honest clients followed the rules...
     assert attack.recovered(target)  # ...and still the input leaks: c is the bound
+
+
+def _relayed(attack: Attack, w: int, v: int, survivors: tuple[int, ...]) -> bytes | None:
+    """w's genuine tag on this set, but addressed to another of its neighbours."""
+    for x, tag in sorted(attack.confirms.get(w, {}).get(survivors, {}).items()):
+        if x != v:
+            return tag
+    return None
+
+
+def _other_set(attack: Attack, w: int, v: int, survivors: tuple[int, ...]) -> bytes | None:
+    """w's genuine tag to v, on the survivor set w was shown instead."""
+    for shown, tags in attack.confirms.get(w, {}).items():
+        if shown != survivors and v in tags:
+            return tags[v]
+    return None
+
+
+def _reflected(attack: Attack, w: int, v: int, survivors: tuple[int, ...]) -> bytes | None:
+    """v's own tag to w (same pair key, the other direction), passed off as w's to v."""
+    return attack.confirms.get(v, {}).get(survivors, {}).get(w)
+
+
+def _random(attack: Attack, w: int, v: int, survivors: tuple[int, ...]) -> bytes:
+    return KeystreamRNG.from_seed(w * 1000 + v, "forge").bytes(32)
+
+
+def _oracle(attack: Attack, w: int, v: int, survivors: tuple[int, ...]) -> bytes | None:
+    """Control, not an attack: the genuine tag, made with w's key read out of its client
+    (which the server never has): shows the test fails if confirmations could be made."""
+    state = attack.clients[w].state
+    key = getattr(state, "confirm_keys", {}).get(v)
+    return None if key is None else mac(key, *confirmation_fields(attack.session, w, v,
+                                                                  survivors))
+
+
+def _forged_split(n: int, graph: str, k: int, t: int, forge: object) -> tuple[Attack, int,
+                                                                               frozenset[int]]:
+    """No colluder. The attacker tells t - 1 of the target's neighbours (``side``) that the
+    target dropped (set B = cohort minus the target: they would reveal shares of its
+    masking key) and every other client that all survived (set A). A client of ``side``
+    has fewer than t - 1 genuine confirmations of B, so the attacker passes off tags it
+    can make (``forge``) as the others'."""
+    attack = make_attack(n, t, graph, k)
+    g = advertised(attack)
+    target = attack.config.cohort[0]
+    side = frozenset(sorted(g.neighbors_of(target))[: t - 1])
+    every = attack.config.cohort
+    b = tuple(v for v in every if v != target)
+    attack.forge = forge  # type: ignore[assignment]
+    attack.run({v: (b if v in side else every) for v in every})
+    return attack, target, side
+
+
+def _key_share_revealed(attack: Attack, owner: int) -> bool:
+    return any(owner in {o for o, _ in msg.key_shares} for msg in attack.revealed.values())
+
+
+@pytest.mark.parametrize("forge", [_relayed, _other_set, _reflected, _random],
+                         ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("n,graph,k,t", [(5, "complete", 4, 3), (12, "harary", 4, 3),
+                                         (16, "harary", 6, 4), (10, "harary", 8, 5),
+                                         (12, "harary", 5, 4)])
+def test_split_view_cannot_forge_a_confirmation(forge: object, n: int, graph: str, k: int,
+                                                 t: int) -> None:
+    """Survivor confirmations are MACs under keys only the two clients of a pair hold:
+    whatever the attacker passes off as a missing one (an honest tag addressed to another
+    client, one on the other survivor set, the recipient's own tag reflected, random
+    bytes), the clients told the target dropped refuse before revealing anything, so no
+    share of the target's masking key leaves an honest client. A tag that does not
+    verify is a ConsistencyViolation; too few tags, an abort."""
+    attack, target, side = _forged_split(n, graph, k, t, forge)
+    assert side and side <= set(attack.refused)
+    assert all(issubclass(e, ProtocolError) for e in attack.refused.values())
+    assert not _key_share_revealed(attack, target)
+    assert not attack.recovered(target)
+    attack.check_reveals()
+    if forge is not _relayed:  # the other three always hand a side client a bad tag
+        assert ConsistencyViolation in {attack.refused[v] for v in side}
+
+
+@pytest.mark.parametrize("n,graph,k,t", [(5, "complete", 4, 3), (16, "harary", 6, 4)])
+def test_split_view_with_genuine_confirmations_is_accepted(n: int, graph: str, k: int,
+                                                           t: int) -> None:
+    """The control of the test above: had the attacker the pair keys, the side clients
+    would accept set B and reveal shares of the target's masking key (fewer than t of
+    them here, which is why the input still stays hidden: the count bound)."""
+    attack, target, side = _forged_split(n, graph, k, t, _oracle)
+    assert not side & set(attack.refused)
+    assert _key_share_revealed(attack, target)
 
 
 # -- freshness, key substitution, low-order and non-canonical keys --------------------------

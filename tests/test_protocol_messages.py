@@ -34,8 +34,9 @@ def _samples() -> list[m.Message]:
         m.ShareKeysBroadcast(SID, 2, ((1, ct),)),
         m.MaskedInput(SID, 1, 12, 3, pack(np.array([1, 4095, 7], dtype=np.uint32), 12)),
         m.ConsistencyRequest(SID, 1, (1, 2, 9)),
-        m.ConsistencySignature(SID, 1, b"z" * 64),
-        m.UnmaskRequest(SID, 1, (1, 2), ((1, b"z" * 64), (2, b"y" * 64))),
+        m.ConsistencyConfirm(SID, 1, ((2, b"z" * 32), (9, b"y" * 32))),
+        m.ConsistencyConfirm(SID, 1, ()),
+        m.UnmaskRequest(SID, 1, (1, 2), ((1, b"z" * 32), (2, b"y" * 32))),
         m.UnmaskShares(SID, 1, ((1, Share(2, (5,))),), ((3, Share(2, (9,))),)),
     ]
 
@@ -59,7 +60,7 @@ def test_truncation_and_trailing_bytes_refused(msg: m.Message) -> None:
 
 
 def test_wrong_type_and_version_refused() -> None:
-    data = m.ConsistencySignature(SID, 1, b"z" * 64).encode()
+    data = m.ConsistencyConfirm(SID, 1, ((2, b"z" * 32),)).encode()
     with pytest.raises(MalformedMessage):
         m.ConsistencyRequest.decode(data)
     with pytest.raises(MalformedMessage):

@@ -58,12 +58,12 @@ def test_client_refuses_survivor_set_smaller_than_t() -> None:
     _refused_then_recovers(rnd, 0, small, ProtocolAbort)
 
 
-def test_client_refuses_unmask_with_fewer_than_t_neighbour_signatures() -> None:
+def test_client_refuses_unmask_with_fewer_than_t_neighbour_confirmations() -> None:
     rnd = make_round(n=6, t=4)
     _to_stage(rnd, 6)  # pending: UnmaskRequest
     req = m.decode(rnd.down[0])
     assert isinstance(req, m.UnmaskRequest)
-    few = dataclasses.replace(req, signatures=req.signatures[:3]).encode()
+    few = dataclasses.replace(req, confirmations=req.confirmations[:2]).encode()
     _refused_then_recovers(rnd, 0, few, ProtocolAbort)
 
 
@@ -106,24 +106,40 @@ def test_honest_client_never_reveals_both_kinds() -> None:
 def test_two_survivor_sets_detected_by_consistency_check() -> None:
     rnd = make_round(n=6, t=4)
     _to_stage(rnd, 5)
-    req0, req1 = m.decode(rnd.down[0]), m.decode(rnd.down[1])
-    assert isinstance(req0, m.ConsistencyRequest) and isinstance(req1, m.ConsistencyRequest)
-    # the server shows client 1 a set without client 5 (to learn 5's key) and client 0 all
-    sig0 = m.decode(rnd.clients[0].receive(rnd.down[0]))
-    sig1 = m.decode(rnd.clients[1].receive(
-        dataclasses.replace(req1, survivors=(0, 1, 2, 3, 4)).encode()))
-    assert isinstance(sig0, m.ConsistencySignature) and isinstance(sig1, m.ConsistencySignature)
-    # client 0 gets client 1's signature, made over the other set
-    others = [(v, sig0.signature if v == 0 else sig1.signature) for v in range(6)]
-    forged = m.UnmaskRequest(req0.session_id, 0, req0.survivors, tuple(others)).encode()
+    reqs = {v: m.decode(rnd.down[v]) for v in range(6)}
+    assert all(isinstance(r, m.ConsistencyRequest) for r in reqs.values())
+    # the server shows client 1 a set without client 5 (to learn 5's key), the others all
+    other = (0, 1, 2, 3, 4)
+    confs = {v: m.decode(rnd.clients[v].receive(
+        rnd.down[v] if v != 1 else dataclasses.replace(reqs[1], survivors=other).encode()))
+        for v in range(6)}
+    assert all(isinstance(c, m.ConsistencyConfirm) for c in confs.values())
+    to0 = tuple((v, dict(confs[v].tags)[0]) for v in range(1, 6))  # type: ignore[union-attr]
+    req0 = reqs[0]
+    assert isinstance(req0, m.ConsistencyRequest)
+    honest = m.UnmaskRequest(req0.session_id, 0, req0.survivors, to0)
+    # client 1's genuine tag to client 0 confirms the other set: client 0 refuses
     before = rnd.clients[0].state
     with pytest.raises(ConsistencyViolation):
-        rnd.clients[0].receive(forged)
+        rnd.clients[0].receive(honest.encode())
     assert rnd.clients[0].state is before
-    # and client 1 refuses an unmask request whose set differs from what it signed
+    # without client 1's tag client 0 still has t - 1 = 3 confirmations and proceeds
+    rnd.clients[0].receive(dataclasses.replace(honest, confirmations=to0[1:]).encode())
+    assert rnd.clients[0].state.name == "Done"
+    # client 2's own tag to client 0, reflected back to 2 as if 0 had sent it (the pair
+    # shares one key), does not verify: both ids are bound in the tag
+    req2 = reqs[2]
+    assert isinstance(req2, m.ConsistencyRequest)
+    reflected = tuple((v, dict(confs[0].tags)[2] if v == 0 else dict(confs[v].tags)[2])
+                      for v in (0, 3, 4, 5))  # type: ignore[union-attr]
+    ok = m.UnmaskRequest(req2.session_id, 2, req2.survivors, reflected)
+    flipped = tuple((v, dict(confs[2].tags)[0] if v == 0 else tag) for v, tag in reflected)
     with pytest.raises(ConsistencyViolation):
-        rnd.clients[1].receive(dataclasses.replace(
-            m.UnmaskRequest(req1.session_id, 1, req1.survivors, tuple(others))).encode())
+        rnd.clients[2].receive(dataclasses.replace(ok, confirmations=flipped).encode())
+    rnd.clients[2].receive(ok.encode())
+    # and client 1 refuses an unmask request whose set differs from what it confirmed
+    with pytest.raises(ConsistencyViolation):
+        rnd.clients[1].receive(m.UnmaskRequest(req0.session_id, 1, req0.survivors, ()).encode())
 
 
 # -- replays -----------------------------------------------------------------------------
@@ -268,7 +284,7 @@ def _one_of_each(rnd: Round) -> list[bytes]:
         m.MaskedInput(sid, 0, rnd.config.bits, rnd.config.length,
                       pack(np.zeros(rnd.config.length, np.uint32), rnd.config.bits)).encode(),
         m.ConsistencyRequest(sid, 0, (0, 1, 2)).encode(),
-        m.ConsistencySignature(sid, 0, b"z" * 64).encode(),
+        m.ConsistencyConfirm(sid, 0, ((1, b"z" * 32),)).encode(),
         m.UnmaskRequest(sid, 0, (0, 1, 2)).encode(),
         m.UnmaskShares(sid, 0, ((0, Share(1, (1,))),), ()).encode(),
     ]
@@ -302,7 +318,7 @@ def test_every_invalid_client_state_message_pair(steps: int) -> None:
 
 
 SERVER_ACCEPTS = ["AdvertiseKeys", "Reveal", "GraphConfirm", "ShareKeys", "MaskedInput",
-                  "ConsistencySignature", "UnmaskShares", ""]
+                  "ConsistencyConfirm", "UnmaskShares", ""]
 
 
 @pytest.mark.parametrize("steps", range(len(SERVER_ACCEPTS)))

@@ -19,7 +19,7 @@ from crypto.agreement import (
     shared_secrets,
 )
 from crypto.errors import ConfigError, CryptoError, SharingError
-from crypto.prg import expand_into, expand_sum_into
+from crypto.prg import expand, expand_into, expand_sum_into
 from crypto.rng import KeystreamRNG
 from crypto.shamir import (
     PRIME,
@@ -30,10 +30,11 @@ from crypto.shamir import (
     reconstruct,
     share_secrets,
 )
+from crypto.signing import encode_fields
 from protocol.errors import MalformedMessage, ProtocolAbort
-from protocol.masking import pairwise_seed_from_secret, pairwise_seeds
+from protocol.masking import apply_mask, apply_masks, pairwise_seed_from_secret, pairwise_seeds
 from protocol.server import SecAggServer, Stage, reconstruct_secrets
-from protocol.session import pairwise_context, pairwise_contexts
+from protocol.session import pairwise_context, pairwise_contexts, share_associated_data
 from protocol.wire import Reader, Writer
 from tests.protocol_helpers import make_round
 
@@ -237,3 +238,30 @@ def test_forged_key_share_aborts_without_revealing_a_sum() -> None:
         srv.finish_stage()
     assert srv.stage is Stage.ABORTED and srv.total is None
     assert not srv._key_sh and not srv._self_sh
+
+
+@pytest.mark.parametrize("length,dtype", [(65_536, np.uint32), (65_537, np.uint32),
+                                          (32_769, np.uint64), (262_145, np.uint32)])
+def test_streamed_masks_equal_the_sum_of_expanded_masks(length: int, dtype: type) -> None:
+    """Across the 256 KiB keystream chunk and the 1 MiB batch boundary, the streamed sum
+    (one reused buffer for every chunk and seed) equals adding expand() of each seed."""
+    rng = KeystreamRNG.from_seed(length, "stream")
+    plus, minus = [rng.bytes(32) for _ in range(3)], [rng.bytes(16), rng.bytes(32)]
+    bits = np.dtype(dtype).itemsize * 8
+    got = np.arange(length, dtype=dtype)
+    want = got.copy()
+    apply_masks(got, plus, minus)
+    for s in plus:
+        np.add(want, expand(s, length, bits), out=want)
+    for s in minus:
+        np.subtract(want, expand(s, length, bits), out=want)
+    assert np.array_equal(got, want)
+    one = np.arange(length, dtype=dtype)
+    apply_mask(one, plus[0], -1)
+    assert np.array_equal(one, np.arange(length, dtype=dtype) - expand(plus[0], length, bits))
+
+
+@given(st.binary(min_size=0, max_size=40), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_share_associated_data_is_the_encoded_fields(session: bytes, a: int, b: int) -> None:
+    assert share_associated_data(session, a, b) == encode_fields(
+        b"secure_fed/share-ciphertext/v1", session, a.to_bytes(4, "big"), b.to_bytes(4, "big"))

@@ -221,8 +221,8 @@ def _server_text(run: RunData, agg: str) -> str:
     if run.config.get("authenticated") is True:
         return (base + " <strong>Authenticated mode:</strong> this holds even against an "
                 "<em>active</em> server, one that drops, delays or forges messages and lies "
-                "about who dropped out, because clients sign their keys and the survivor set "
-                "(consistency check). It assumes a PKI: every client's long-term Ed25519 "
+                "about who dropped out, because clients sign their keys and confirm the survivor "
+                "set to each other (consistency check). It assumes a PKI: every client's long-term Ed25519 "
                 "verification key reaches the others through a channel the server does not "
                 "control. If the server can substitute keys, this mode gives no more than the "
                 "unauthenticated one.")
