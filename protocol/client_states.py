@@ -78,6 +78,7 @@ from protocol.session import (
     pairwise_contexts,
     session_id,
     share_associated_data,
+    survivors_digest,
 )
 from protocol.vectors import pack, reduce_in_place
 
@@ -416,8 +417,9 @@ class ConsistencyCheckState(ClientState):
         # every surviving neighbour is a holder here (checked just above)
         alive = set(msg.survivors)
         rcpts = sorted(v for v in self.held if v != u and v in alive)
+        digest = survivors_digest(msg.survivors)  # hashed once, MACed per neighbour
         tags = tuple((v, mac(self.confirm_keys[v],
-                             *confirmation_fields(self.session, u, v, msg.survivors)))
+                             *confirmation_fields(self.session, u, v, digest)))
                      for v in rcpts)
         nxt = UnmaskingState(self.session, self.held, msg.survivors, self.confirm_keys)
         return nxt, ConsistencyConfirm(self.session, u, tags)
@@ -454,10 +456,11 @@ class UnmaskingState(ClientState):
         # this client itself confirmed the set (checked against what it confirmed above)
         if len(confirmers) + 1 < ctx.config.threshold:
             raise ProtocolAbort("fewer than t share holders confirmed the survivor set")
+        digest = survivors_digest(msg.survivors)
         for v in confirmers:
             try:
                 verify_mac(self.confirm_keys[v], tags[v],
-                           *confirmation_fields(self.session, v, u, msg.survivors))
+                           *confirmation_fields(self.session, v, u, digest))
             except (SignatureError, KeyError):
                 raise ConsistencyViolation("survivor sets differ between clients") from None
 

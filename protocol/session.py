@@ -20,6 +20,7 @@ from protocol.config import PROTOCOL_VERSION, ProtocolConfig
 SESSION_ID_BYTES = 32
 _ADVERTISE_TAG = b"secure_fed/advertise-keys/v2"
 _CONFIRM_TAG = b"secure_fed/survivor-confirmation/v2"
+_SURVIVORS_TAG = b"secure_fed/survivor-set/v1"
 _SHARE_AD_TAG = b"secure_fed/share-ciphertext/v1"
 _PAIR = struct.Struct(">II")  # two 4-byte big-endian client ids
 _AD_HEAD = encode_fields(_SHARE_AD_TAG)  # the first field of every share's associated data
@@ -50,12 +51,21 @@ def advertise_fields(config: ProtocolConfig, sender: int, c_pk: bytes, s_pk: byt
     return (_ADVERTISE_TAG, config.digest(), u32(sender), c_pk, s_pk, commitment)
 
 
+def survivors_digest(survivors: Sequence[int]) -> bytes:
+    """SHA-256 of a survivor set's encoding (:func:`encode_ids`): what a confirmation
+    authenticates. A client hashes the set once and MACs the 32-byte digest to each of its
+    k neighbours, instead of MACing the whole O(n) encoding k times (at n = 10,000 that
+    is 38 kB per tag); a different set with the same digest would be a SHA-256 collision."""
+    return hashlib.sha256(_SURVIVORS_TAG + encode_ids(survivors)).digest()
+
+
 def confirmation_fields(session: bytes, sender: int, recipient: int,
-                        survivors: Sequence[int]) -> tuple[bytes, ...]:
+                        digest: bytes) -> tuple[bytes, ...]:
     """Fields ``sender`` authenticates (HMAC under the pair's confirmation key) to tell
-    neighbour ``recipient`` which survivor set it was shown. Both ids are bound, so a tag
-    is never valid in the other direction (the key is the same both ways)."""
-    return (_CONFIRM_TAG, session, u32(sender), u32(recipient), encode_ids(survivors))
+    neighbour ``recipient`` which survivor set it was shown, given as
+    :func:`survivors_digest`. Both ids are bound, so a tag is never valid in the other
+    direction (the key is the same both ways)."""
+    return (_CONFIRM_TAG, session, u32(sender), u32(recipient), digest)
 
 
 def encode_ids(ids: Sequence[int]) -> bytes:

@@ -60,7 +60,7 @@ from protocol.messages import (
 from protocol.policy import ClientPolicy
 from protocol.runner import make_identities
 from protocol.server import reconstruct_secrets
-from protocol.session import confirmation_fields, session_id
+from protocol.session import confirmation_fields, session_id, survivors_digest
 from protocol.simulator import simulated_inputs
 from protocol.vectors import reduce_in_place
 
@@ -255,7 +255,8 @@ class Attack:
             key = self.confirm_keys.get(w, {}).get(v)
             if key is None:
                 return None
-            return mac(key, *confirmation_fields(self._session(v), w, v, survivors))
+            return mac(key, *confirmation_fields(self._session(v), w, v,
+                                                 survivors_digest(survivors)))
         return self.confirms.get(w, {}).get(survivors, {}).get(v)
 
     def consistency(self, views: Views) -> None:

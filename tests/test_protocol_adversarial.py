@@ -28,7 +28,7 @@ from protocol.params import choose_graph_params, tolerated_colluders
 from protocol.policy import ClientPolicy
 from protocol.runner import make_identities
 from protocol.server import SecAggServer
-from protocol.session import advertise_fields, confirmation_fields
+from protocol.session import advertise_fields, confirmation_fields, survivors_digest
 from tests.adversary import (
     Attack,
     SplitPlan,
@@ -190,8 +190,8 @@ def _oracle(attack: Attack, w: int, v: int, survivors: tuple[int, ...]) -> bytes
     (which the server never has): shows the test fails if confirmations could be made."""
     state = attack.clients[w].state
     key = getattr(state, "confirm_keys", {}).get(v)
-    return None if key is None else mac(key, *confirmation_fields(attack.session, w, v,
-                                                                  survivors))
+    return None if key is None else mac(key, *confirmation_fields(
+        attack.session, w, v, survivors_digest(survivors)))
 
 
 def _forged_split(n: int, graph: str, k: int, t: int, forge: object) -> tuple[Attack, int,

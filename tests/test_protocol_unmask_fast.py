@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -34,7 +36,13 @@ from crypto.signing import encode_fields
 from protocol.errors import MalformedMessage, ProtocolAbort
 from protocol.masking import apply_mask, apply_masks, pairwise_seed_from_secret, pairwise_seeds
 from protocol.server import SecAggServer, Stage, reconstruct_secrets
-from protocol.session import pairwise_context, pairwise_contexts, share_associated_data
+from protocol.session import (
+    encode_ids,
+    pairwise_context,
+    pairwise_contexts,
+    share_associated_data,
+    survivors_digest,
+)
 from protocol.wire import Reader, Writer
 from tests.protocol_helpers import make_round
 
@@ -265,3 +273,16 @@ def test_streamed_masks_equal_the_sum_of_expanded_masks(length: int, dtype: type
 def test_share_associated_data_is_the_encoded_fields(session: bytes, a: int, b: int) -> None:
     assert share_associated_data(session, a, b) == encode_fields(
         b"secure_fed/share-ciphertext/v1", session, a.to_bytes(4, "big"), b.to_bytes(4, "big"))
+
+
+_SETS = st.lists(st.integers(0, 2**32 - 1), max_size=30, unique=True).map(
+    lambda ids: tuple(sorted(ids)))
+
+
+@given(_SETS, _SETS)
+def test_survivors_digest_binds_the_exact_set(a: tuple, b: tuple) -> None:
+    """A confirmation MACs the digest, so two sets must share a digest only if equal (the
+    encoding is fixed-width and the digest is SHA-256 of it, under its own tag)."""
+    assert (survivors_digest(a) == survivors_digest(b)) == (a == b)
+    assert survivors_digest(a) == hashlib.sha256(b"secure_fed/survivor-set/v1"
+                                                 + encode_ids(a)).digest()
