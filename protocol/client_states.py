@@ -417,11 +417,14 @@ class ConsistencyCheckState(ClientState):
         # every surviving neighbour is a holder here (checked just above)
         alive = set(msg.survivors)
         rcpts = sorted(v for v in self.held if v != u and v in alive)
-        digest = survivors_digest(msg.survivors)  # hashed once, MACed per neighbour
+        # hashed once: MACed to each neighbour here, and the holders' tags are checked
+        # against it in the unmask round (whose set must equal this one)
+        digest = survivors_digest(msg.survivors)
         tags = tuple((v, mac(self.confirm_keys[v],
                              *confirmation_fields(self.session, u, v, digest)))
                      for v in rcpts)
-        nxt = UnmaskingState(self.session, self.held, msg.survivors, self.confirm_keys)
+        nxt = UnmaskingState(self.session, self.held, msg.survivors, self.confirm_keys,
+                             digest)
         return nxt, ConsistencyConfirm(self.session, u, tags)
 
 
@@ -435,6 +438,7 @@ class UnmaskingState(ClientState):
     held: Mapping[int, Share]
     confirmed: tuple[int, ...] | None  # the survivor set this client confirmed (authenticated)
     confirm_keys: Mapping[int, bytes] = field(default_factory=dict)
+    confirmed_digest: bytes = b""  # survivors_digest(confirmed), made when confirming
 
     def _check_confirmations(self, ctx: ClientContext, msg: UnmaskRequest) -> None:
         """At least t of this client's holders must have confirmed exactly this survivor
@@ -456,11 +460,10 @@ class UnmaskingState(ClientState):
         # this client itself confirmed the set (checked against what it confirmed above)
         if len(confirmers) + 1 < ctx.config.threshold:
             raise ProtocolAbort("fewer than t share holders confirmed the survivor set")
-        digest = survivors_digest(msg.survivors)
         for v in confirmers:
             try:
                 verify_mac(self.confirm_keys[v], tags[v],
-                           *confirmation_fields(self.session, v, u, digest))
+                           *confirmation_fields(self.session, v, u, self.confirmed_digest))
             except (SignatureError, KeyError):
                 raise ConsistencyViolation("survivor sets differ between clients") from None
 
