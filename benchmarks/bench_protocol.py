@@ -82,6 +82,8 @@ class Row:
     wall: float
     aborted: int  # seeds skipped because the round aborted (< t live holders for a client)
     transcript: dict = field(default_factory=dict, repr=False, compare=False)
+    # stage -> median over clients of that stage's compute seconds
+    client_stages: dict = field(default_factory=dict, compare=False)
 
 
 def client_totals(res: RoundResult) -> list[float]:
@@ -158,7 +160,8 @@ def measure(name: str, n: int, length: int, graph: str, k: int | None, t: int, a
     return Row(name, n, length, k or n - 1, t, auth, res.stage("unmask").server_seconds,
                sum(s.server_seconds for s in res.stages), statistics.median(client_totals(res)),
                statistics.median(masked.bytes_up.values()) / length,
-               statistics.median(per_client_up.values()) / length, wall, aborted, log)
+               statistics.median(per_client_up.values()) / length, wall, aborted, log,
+               {st.stage: st.client_median_seconds for st in res.stages if st.client_seconds})
 
 
 def best_of(repeats: int, *args: object, record: bool = False) -> Row:
@@ -167,8 +170,11 @@ def best_of(repeats: int, *args: object, record: bool = False) -> Row:
     (whose server input is recorded if ``record``)."""
     rows = [measure(*args, record=record and i == 0)  # type: ignore[arg-type,misc]
             for i in range(repeats)]
-    return replace(rows[0], **{f: min(getattr(r, f) for r in rows) for f in
-                               ("server_unmask", "server_total", "client_median", "wall")})
+    stages = {s: min(r.client_stages.get(s, float("inf")) for r in rows)
+              for s in rows[0].client_stages}
+    return replace(rows[0], client_stages=stages,
+                   **{f: min(getattr(r, f) for r in rows) for f in
+                      ("server_unmask", "server_total", "client_median", "wall")})
 
 
 def workload_table(rows: list[Row]) -> str:
@@ -189,6 +195,20 @@ def workload_table(rows: list[Row]) -> str:
                    f" {r.server_total:.3f} | {r.client_median:.4f} | "
                    f"{r.masked_bytes_per_entry:.4f} / {r.all_bytes_per_entry:.4f} | {yard} |"
                    f" {sp_s} / {sp_c} | {target} |")
+    return "\n".join(out)
+
+
+def stage_table(rows: list[Row]) -> str:
+    """Per workload, each stage's median client milliseconds (minimum over repeats)."""
+    stages: list[str] = []  # in round order: the row with the most stages first
+    for r in sorted(rows, key=lambda r: -len(r.client_stages)):
+        stages += [s for s in r.client_stages if s not in stages]
+    out = ["| workload | auth | " + " | ".join(stages) + " |",
+           "|---|---|" + "---:|" * len(stages)]
+    for r in rows:
+        cells = [f"{r.client_stages[s] * 1e3:.2f}" if s in r.client_stages else "-"
+                 for s in stages]
+        out.append(f"| {r.name} | {'yes' if r.auth else 'no'} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -450,6 +470,10 @@ def main() -> int:
               flush=True)
     print("\n## Workloads (20% of clients drop before the masked input, b = 32)\n")
     print(workload_table(rows))
+    print("\n## Client median ms per stage (median over the clients of a round, minimum "
+          "over repeats; a client's total above is its own sum, so the columns need not "
+          "add up to it)\n")
+    print(stage_table(rows))
     print(f"\nload average after the workloads: {loadavg()}")
     if args.baseline is not None:
         ab = replay_ab(rows, args.baseline, args.replays, args.workers)
